@@ -1,0 +1,181 @@
+"""Typed, validated per-environment configuration read from ``cdk.json`` context.
+
+The context key ``loraops:environments`` maps an environment name to its settings. Everything is
+validated before any construct is built; an error names the offending key, e.g.
+``loraops:environments.prod.region: ...``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loraops.naming import (
+    NamingError,
+    OutputMode,
+    adapter_group_name,
+    base_group_name,
+    check_slug,
+    merged_group_name,
+)
+
+CONTEXT_KEY = "loraops:environments"
+ENV_SELECTOR_KEY = "env"
+
+LOG_RETENTION_DAYS = frozenset(
+    {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+)
+_INSTANCE_TYPE = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
+_REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
+
+
+class ConfigError(ValueError):
+    """The cdk.json configuration is missing or invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FineTunedLine(_Strict):
+    """One fine-tuned model line: a package group that versions its fine-tunes."""
+
+    mode: OutputMode
+    dataset: str = Field(description="dataset slug, recorded in the sourceDataset tag")
+    task: str | None = Field(default=None, description="task slug; required for adapter lines")
+
+    @field_validator("dataset", "task")
+    @classmethod
+    def _slug(cls, value: str | None) -> str | None:
+        return None if value is None else check_slug(value, "value")
+
+    @model_validator(mode="after")
+    def _task_for_adapters(self) -> "FineTunedLine":
+        if self.mode is OutputMode.ADAPTER and self.task is None:
+            raise ValueError("adapter lines need a 'task' (group <base>-finetuned-<task>)")
+        if self.mode is OutputMode.MERGED and self.task is not None:
+            raise ValueError("merged lines are named by their dataset; remove 'task'")
+        return self
+
+    def group_name(self, base_model_id: str) -> str:
+        if self.mode is OutputMode.ADAPTER:
+            return adapter_group_name(base_model_id, self.task or "")
+        return merged_group_name(base_model_id, self.dataset)
+
+
+class EnvironmentConfig(_Strict):
+    """Settings of one deployment environment (dev, staging, prod, ...)."""
+
+    name: str
+    account: str = Field(pattern=r"^\d{12}$")
+    region: str = Field(pattern=_REGION)
+    availability_zones: list[str] = Field(min_length=2, max_length=3)
+    vpc_cidr: str = Field(default="10.40.0.0/16", pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-4])$")
+    base_model_id: str = "meta-llama/Llama-2-7b-hf"
+    training_instance_type: str = Field(default="ml.g5.2xlarge", pattern=_INSTANCE_TYPE)
+    serving_instance_type: str = Field(default="ml.g5.2xlarge", pattern=_INSTANCE_TYPE)
+    approval: Literal["auto", "manual"]
+    removal_policy: Literal["destroy", "retain"]
+    noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
+    log_retention_days: int = Field(default=90, description="one of CloudWatch Logs' retention values")
+    user_profiles: list[str] = Field(default_factory=list)
+    fine_tuned_lines: list[FineTunedLine] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("availability_zones")
+    @classmethod
+    def _azs(cls, zones: list[str]) -> list[str]:
+        if len(set(zones)) != len(zones):
+            raise ValueError("availability zones must be distinct")
+        return zones
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, days: int) -> int:
+        if days not in LOG_RETENTION_DAYS:
+            raise ValueError(f"must be one of CloudWatch Logs' retention values {sorted(LOG_RETENTION_DAYS)}")
+        return days
+
+    @field_validator("base_model_id")
+    @classmethod
+    def _base_model(cls, model_id: str) -> str:
+        base_group_name(model_id)
+        return model_id
+
+    @field_validator("user_profiles")
+    @classmethod
+    def _profiles(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.match(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$", name):
+                raise ValueError(f"user profile name {name!r} is not valid for SageMaker")
+        if len(set(names)) != len(names):
+            raise ValueError("user profile names must be distinct")
+        return names
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "EnvironmentConfig":
+        for zone in self.availability_zones:
+            if not zone.startswith(self.region):
+                raise ValueError(f"availability zone {zone!r} is not in region {self.region!r}")
+        groups = [line.group_name(self.base_model_id) for line in self.fine_tuned_lines]
+        if len(set(groups)) != len(groups):
+            raise ValueError(f"fine_tuned_lines name the same package group twice: {groups}")
+        return self
+
+    @property
+    def auto_approve(self) -> bool:
+        return self.approval == "auto"
+
+    @property
+    def base_group(self) -> str:
+        return base_group_name(self.base_model_id)
+
+    @property
+    def artifact_bucket_name(self) -> str:
+        """Globally unique, predictable name, so policies in other stacks can name it literally."""
+        return f"{self.prefix}-artifacts-{self.account}-{self.region}"
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of stack and resource names: ``loraops-<env>``."""
+        return f"loraops-{self.name}"
+
+
+def _format_errors(env: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in (CONTEXT_KEY, env, *item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_environment(name: str, raw: Any) -> EnvironmentConfig:
+    """Validate one environment's raw context dict."""
+    if not re.match(r"^[a-z][a-z0-9]{0,15}$", name):
+        raise ConfigError(f"{CONTEXT_KEY}.{name}: environment names are 1-16 lowercase letters/digits")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{CONTEXT_KEY}.{name}: expected an object, got {type(raw).__name__}")
+    try:
+        return EnvironmentConfig(name=name, **raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(name, error)) from None
+    except (NamingError, TypeError) as error:
+        raise ConfigError(f"{CONTEXT_KEY}.{name}: {error}") from None
+
+
+def load_environments(context: dict[str, Any], selected: str | None = None) -> list[EnvironmentConfig]:
+    """All configured environments, or only ``selected`` (from ``-c env=<name>``)."""
+    raw = context.get(CONTEXT_KEY)
+    if raw is None:
+        raise ConfigError(f"The CDK context key: {CONTEXT_KEY} is undefined.")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{CONTEXT_KEY}: expected a non-empty object of environments")
+    if selected is not None:
+        if selected not in raw:
+            known = ", ".join(sorted(raw))
+            raise ConfigError(f"-c {ENV_SELECTOR_KEY}={selected}: unknown environment (configured: {known})")
+        return [parse_environment(selected, raw[selected])]
+    return [parse_environment(name, value) for name, value in raw.items()]

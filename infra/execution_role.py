@@ -1,0 +1,206 @@
+"""Least-privilege policy statements of the SageMaker execution role.
+
+Each function returns the statements for one concern, so tests and reviewers can read them apart.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+
+from loraops import s3_layout
+
+COLLECTION_TAG = "sagemaker:collection"
+#: Account that publishes the AWS Deep Learning Containers (training and DJL/LMI images).
+DLC_ACCOUNT = "763104351884"
+
+
+#: Why each statement that holds a wildcard needs it; a new wildcard statement needs a reason here.
+WILDCARD_REASONS: dict[str, str] = {
+    "ListLoraopsPrefixes": "ListBucket is limited by an s3:prefix condition to the loraops prefixes.",
+    "ReadBaseModelsAndDatasets": "Base models and datasets are keyed by digest under base/ and datasets/; "
+    "reading every version under those two prefixes is the job's purpose.",
+    "ReadWriteFineTuneOutputs": "Training jobs write under adapters/, merged/, evaluation/ and checkpoints/ "
+    "with job names chosen at run time; access is confined to those prefixes of the one bucket.",
+    "CollectionsCreateAndTag": "Collection (Resource Group) names are chosen by users; the call must carry "
+    "the sagemaker:collection tag key (condition), as the SageMaker Collections guide prescribes.",
+    "CollectionsDelete": "Only groups tagged sagemaker:collection=true may be deleted (condition).",
+    "CollectionsRead": "Collections are created at run time with user-chosen names; read-only calls.",
+    "CollectionsSearch": "tag:GetResources supports no resource-level permissions; it only accepts '*'.",
+    "CollectionsTagModelPackageGroups": "Fine-tuned lines create package groups at run time; adding a group to "
+    "a collection is tagging it. Limited to model package groups of this account and region.",
+    "WriteSageMakerLogs": "SageMaker names log streams per job at run time under /aws/sagemaker/.",
+    "PutMetrics": "PutMetricData supports no resource-level permissions; limited by a namespace condition.",
+    "EcrLogin": "ecr:GetAuthorizationToken supports no resource-level permissions; it only accepts '*'.",
+    "PullImages": "Pulls the AWS Deep Learning Containers (account 763104351884) and this account's CDK "
+    "image-asset repositories (cdk-*); image names vary by framework version.",
+    "VpcNetworkInterfaces": "EC2 network-interface calls for VPC jobs support no resource-level scoping at "
+    "create time; SageMaker needs them to attach jobs to the isolated subnets.",
+    "SageMakerReadOnly": "Read-only Describe/List/Search calls across SageMaker resources so Studio can browse "
+    "the registry; they cannot change anything.",
+    "SageMakerLoraopsWork": "Training jobs, packages, models, endpoints, experiments and Studio apps are named at "
+    "run time; every action is limited to this account and region's resources of those types.",
+}
+
+
+def wildcard_findings(statements: list[iam.PolicyStatement]) -> list[tuple[str, str]]:
+    """The granular cdk-nag IAM5 finding ids of ``statements``, each with its statement's reason.
+
+    Raises ``KeyError`` for a wildcard statement without a reason in :data:`WILDCARD_REASONS`, and
+    ``ValueError`` for an unresolved token (it cannot be acknowledged as a literal).
+    """
+    findings: list[tuple[str, str]] = []
+    for statement in statements:
+        doc = statement.to_statement_json()
+        actions = doc.get("Action", [])
+        resources = doc.get("Resource", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        wild = [f"Action::{a}" for a in actions if "*" in a] + [f"Resource::{r}" for r in resources if "*" in str(r)]
+        if not wild:
+            continue
+        if statement.sid not in WILDCARD_REASONS:
+            raise KeyError(f"statement {statement.sid!r} uses a wildcard but has no reason in WILDCARD_REASONS")
+        for finding in wild:
+            if "${Token[" in finding or not isinstance(finding, str):
+                raise ValueError(f"statement {statement.sid!r}: cannot acknowledge unresolved token {finding!r}")
+            findings.append((finding, WILDCARD_REASONS[statement.sid]))
+    return findings
+
+
+def bucket_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
+    """Read the base models and datasets; read-write the fine-tune outputs, evaluation, checkpoints."""
+    read_only = [bucket.arn_for_objects(f"{p}*") for p in s3_layout.READ_ONLY_PREFIXES]
+    read_write = [bucket.arn_for_objects(f"{p}*") for p in s3_layout.READ_WRITE_PREFIXES]
+    all_prefixes = [f"{p}*" for p in (*s3_layout.READ_ONLY_PREFIXES, *s3_layout.READ_WRITE_PREFIXES)]
+    return [
+        iam.PolicyStatement(
+            sid="ListLoraopsPrefixes",
+            actions=["s3:ListBucket"],
+            resources=[bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [*all_prefixes, *(p.rstrip("/") for p in all_prefixes)]}},
+        ),
+        iam.PolicyStatement(sid="ReadBaseModelsAndDatasets", actions=["s3:GetObject"], resources=read_only),
+        iam.PolicyStatement(
+            sid="ReadWriteFineTuneOutputs",
+            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            resources=read_write,
+        ),
+    ]
+
+
+def key_statements(key: kms.IKey) -> list[iam.PolicyStatement]:
+    """Use the artifact key for data (not administer it)."""
+    return [
+        iam.PolicyStatement(
+            sid="UseArtifactKey",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+                     "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey", "kms:CreateGrant"],
+            resources=[key.key_arn],
+        )
+    ]
+
+
+def collection_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
+    """Model Registry Collections (Resource Groups), as the SageMaker developer guide prescribes."""
+    group_arn = stack.format_arn(service="resource-groups", resource="group", resource_name="*")
+    package_group_arn = stack.format_arn(service="sagemaker", resource="model-package-group", resource_name="*")
+    return [
+        iam.PolicyStatement(
+            sid="CollectionsCreateAndTag",
+            actions=["resource-groups:CreateGroup", "resource-groups:Tag"],
+            resources=[group_arn],
+            conditions={"ForAnyValue:StringEquals": {"aws:TagKeys": COLLECTION_TAG}},
+        ),
+        iam.PolicyStatement(
+            sid="CollectionsDelete",
+            actions=["resource-groups:DeleteGroup"],
+            resources=[group_arn],
+            conditions={"StringEquals": {f"aws:ResourceTag/{COLLECTION_TAG}": "true"}},
+        ),
+        iam.PolicyStatement(
+            sid="CollectionsRead",
+            actions=["resource-groups:GetGroupQuery", "resource-groups:ListGroupResources"],
+            resources=[group_arn],
+        ),
+        # tag:GetResources has no resource-level permissions: it only accepts "*".
+        iam.PolicyStatement(sid="CollectionsSearch", actions=["tag:GetResources"], resources=["*"]),
+        iam.PolicyStatement(
+            sid="CollectionsTagModelPackageGroups",
+            actions=["sagemaker:AddTags", "sagemaker:DeleteTags", "sagemaker:DescribeModelPackageGroup"],
+            resources=[package_group_arn],
+        ),
+    ]
+
+
+def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]:
+    """What training jobs and endpoints running as this role need at run time."""
+    log_group_arn = stack.format_arn(
+        service="logs", resource="log-group", resource_name="/aws/sagemaker/*",
+        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+    )
+    return [
+        iam.PolicyStatement(
+            sid="WriteSageMakerLogs",
+            actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
+        ),
+        iam.PolicyStatement(sid="PutMetrics", actions=["cloudwatch:PutMetricData"], resources=["*"],
+                            conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "loraops/*"]}}),
+        # ecr:GetAuthorizationToken has no resource-level permissions: it only accepts "*".
+        iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+        iam.PolicyStatement(
+            sid="PullImages",
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[
+                stack.format_arn(service="ecr", account=DLC_ACCOUNT, resource="repository", resource_name="*"),
+                stack.format_arn(service="ecr", resource="repository", resource_name="cdk-*"),
+            ],
+        ),
+        # Jobs in the VPC create their network interfaces; EC2 scopes these by VPC condition only.
+        iam.PolicyStatement(
+            sid="VpcNetworkInterfaces",
+            actions=["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
+                     "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs",
+                     "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="PassOwnRoleToSageMaker",
+            actions=["iam:PassRole"],
+            resources=[role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        ),
+    ]
+
+
+def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
+    """SageMaker actions of a loraops user: train, track, register, deploy within this account/region."""
+    def arn(resource: str) -> str:
+        return stack.format_arn(service="sagemaker", resource=resource, resource_name="*")
+
+    return [
+        iam.PolicyStatement(
+            sid="SageMakerReadOnly",
+            actions=["sagemaker:Describe*", "sagemaker:List*", "sagemaker:Search", "sagemaker:GetSearchSuggestions",
+                     "sagemaker:BatchDescribeModelPackage"],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="SageMakerLoraopsWork",
+            actions=["sagemaker:CreateTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:CreateModelPackage",
+                     "sagemaker:UpdateModelPackage", "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig",
+                     "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:CreateInferenceComponent",
+                     "sagemaker:UpdateInferenceComponent", "sagemaker:InvokeEndpoint", "sagemaker:CreateExperiment",
+                     "sagemaker:CreateTrial", "sagemaker:CreateTrialComponent", "sagemaker:UpdateTrialComponent",
+                     "sagemaker:AssociateTrialComponent", "sagemaker:BatchPutMetrics", "sagemaker:AddTags",
+                     "sagemaker:CreatePresignedDomainUrl", "sagemaker:CreateApp", "sagemaker:DeleteApp",
+                     "sagemaker:CreateSpace", "sagemaker:UpdateSpace"],
+            resources=[arn(r) for r in ("training-job", "model-package", "model-package-group", "model",
+                                        "endpoint-config", "endpoint", "inference-component", "experiment",
+                                        "experiment-trial", "experiment-trial-component", "app", "space",
+                                        "user-profile")],
+        ),
+    ]

@@ -1,0 +1,93 @@
+"""Studio: the VPC-only SageMaker domain, its user profiles and the SageMaker execution role."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sagemaker as sagemaker
+from constructs import Construct
+
+from infra import execution_role
+from infra.config import EnvironmentConfig
+from infra.nag import acknowledge
+
+
+class StudioStack(cdk.Stack):
+    """SageMaker domain (``VpcOnly``, IAM auth, KMS storage) and the execution role its users run as."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        key: kms.IKey,
+        vpc: ec2.IVpc,
+        subnets: list[ec2.ISubnet],
+        security_group: ec2.ISecurityGroup,
+        **kwargs,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        # Imported by name (not by reference) so every policy ARN is a literal nag can match exactly.
+        bucket = s3.Bucket.from_bucket_name(self, "ArtifactBucket", config.artifact_bucket_name)
+
+        self.role = iam.Role(
+            self,
+            "ExecutionRole",
+            role_name=f"{config.prefix}-sagemaker-execution",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description="loraops: Studio users, training jobs and endpoints",
+        )
+        statements = [
+            *execution_role.bucket_statements(bucket),
+            *execution_role.key_statements(key),
+            *execution_role.collection_statements(self),
+            *execution_role.job_statements(self, self.role.role_arn),
+            *execution_role.sagemaker_statements(self),
+        ]
+        policy = iam.Policy(self, "ExecutionPolicy", statements=statements)
+        policy.attach_to_role(self.role)
+        self._acknowledge_wildcards(policy, statements)
+
+        self.domain = sagemaker.CfnDomain(
+            self,
+            "Domain",
+            domain_name=config.prefix,
+            auth_mode="IAM",
+            app_network_access_type="VpcOnly",
+            vpc_id=vpc.vpc_id,
+            subnet_ids=[s.subnet_id for s in subnets],
+            kms_key_id=key.key_id,
+            default_user_settings=sagemaker.CfnDomain.UserSettingsProperty(
+                execution_role=self.role.role_arn,
+                security_groups=[security_group.security_group_id],
+                studio_web_portal="ENABLED",
+                default_landing_uri="studio::",
+            ),
+            domain_settings=sagemaker.CfnDomain.DomainSettingsProperty(
+                security_group_ids=[security_group.security_group_id],
+            ),
+            app_security_group_management="Service",
+        )
+        self.domain.node.add_dependency(policy)
+        for profile in config.user_profiles:
+            sagemaker.CfnUserProfile(
+                self,
+                f"User-{profile}",
+                domain_id=self.domain.attr_domain_id,
+                user_profile_name=profile,
+                user_settings=sagemaker.CfnUserProfile.UserSettingsProperty(
+                    execution_role=self.role.role_arn,
+                    security_groups=[security_group.security_group_id],
+                ),
+            )
+        cdk.CfnOutput(self, "DomainId", value=self.domain.attr_domain_id)
+        cdk.CfnOutput(self, "ExecutionRoleArn", value=self.role.role_arn)
+
+    def _acknowledge_wildcards(self, policy: iam.Policy, statements: list[iam.PolicyStatement]) -> None:
+        """Acknowledge each IAM5 finding of the execution policy on its own, with its statement's reason."""
+        for finding, reason in execution_role.wildcard_findings(statements):
+            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)

@@ -1,0 +1,96 @@
+"""Configuration validation: every bad value fails with a message naming its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.config import CONTEXT_KEY, ConfigError, load_environments
+from loraops.naming import OutputMode
+
+
+def _envs(context):
+    return context[CONTEXT_KEY]
+
+
+def test_all_environments_load_from_cdk_json(context_copy):
+    configs = load_environments(context_copy)
+    assert [c.name for c in configs] == ["dev", "staging", "prod"]
+    dev = configs[0]
+    assert dev.base_model_id == "meta-llama/Llama-2-7b-hf"
+    assert dev.auto_approve and not configs[1].auto_approve and not configs[2].auto_approve
+    assert dev.base_group == "meta-llama--Llama-2-7b-hf"
+    assert {line.mode for line in dev.fine_tuned_lines} == {OutputMode.MERGED, OutputMode.ADAPTER}
+
+
+def test_selecting_one_environment(context_copy):
+    assert [c.name for c in load_environments(context_copy, "staging")] == ["staging"]
+
+
+def test_unknown_environment_names_the_known_ones(context_copy):
+    with pytest.raises(ConfigError, match=r"-c env=qa: unknown environment \(configured: dev, prod, staging\)"):
+        load_environments(context_copy, "qa")
+
+
+def test_missing_context_key():
+    with pytest.raises(ConfigError, match="The CDK context key: loraops:environments is undefined."):
+        load_environments({})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("region", "useast1", r"loraops:environments\.dev\.region: String should match pattern"),
+        ("account", "12345", r"loraops:environments\.dev\.account: String should match pattern"),
+        ("approval", "sometimes", r"loraops:environments\.dev\.approval: Input should be 'auto' or 'manual'"),
+        ("removal_policy", "keep", r"loraops:environments\.dev\.removal_policy"),
+        ("training_instance_type", "g5.2xlarge", r"loraops:environments\.dev\.training_instance_type"),
+        ("log_retention_days", 31, r"loraops:environments\.dev\.log_retention_days: must be one of"),
+        ("base_model_id", "llama", r"loraops:environments\.dev\.base_model_id: base model id 'llama' must look like"),
+        ("availability_zones", ["us-east-1a"], r"loraops:environments\.dev\.availability_zones: List should have at least 2"),
+        ("user_profiles", ["bad_name"], r"loraops:environments\.dev\.user_profiles: user profile name 'bad_name'"),
+        ("surprise", 1, r"loraops:environments\.dev\.surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_values_name_their_key(context_copy, key, value, message):
+    _envs(context_copy)["dev"][key] = value
+    with pytest.raises(ConfigError, match=message):
+        load_environments(context_copy)
+
+
+def test_missing_required_key(context_copy):
+    del _envs(context_copy)["prod"]["account"]
+    with pytest.raises(ConfigError, match=r"loraops:environments\.prod\.account: Field required"):
+        load_environments(context_copy)
+
+
+def test_zone_outside_region(context_copy):
+    _envs(context_copy)["prod"]["availability_zones"] = ["us-east-1a", "us-east-1b"]
+    with pytest.raises(ConfigError, match="availability zone 'us-east-1a' is not in region 'us-west-2'"):
+        load_environments(context_copy)
+
+
+def test_adapter_line_needs_task(context_copy):
+    _envs(context_copy)["dev"]["fine_tuned_lines"] = [{"mode": "adapter", "dataset": "dolly"}]
+    with pytest.raises(ConfigError, match=r"fine_tuned_lines\.0: adapter lines need a 'task'"):
+        load_environments(context_copy)
+
+
+def test_duplicate_groups_rejected(context_copy):
+    line = {"mode": "merged", "dataset": "dolly"}
+    _envs(context_copy)["dev"]["fine_tuned_lines"] = [line, line]
+    with pytest.raises(ConfigError, match="name the same package group twice"):
+        load_environments(context_copy)
+
+
+def test_group_name_too_long(context_copy):
+    _envs(context_copy)["dev"]["fine_tuned_lines"] = [
+        {"mode": "adapter", "dataset": "dolly", "task": "a-very-long-task-name-that-overflows"}
+    ]
+    with pytest.raises(ConfigError, match="SageMaker allows at most 63"):
+        load_environments(context_copy)
+
+
+def test_environment_name_rules(context_copy):
+    _envs(context_copy)["Dev_1"] = _envs(context_copy)["dev"]
+    with pytest.raises(ConfigError, match=r"loraops:environments\.Dev_1: environment names"):
+        load_environments(context_copy)

@@ -1,0 +1,110 @@
+"""The cdk-nag gate: a planted violation fails synth, in-process and through the real CDK CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_iam as iam
+
+from infra import execution_role
+from infra.app_factory import build_app
+from tests.infra.conftest import ROOT
+from tests.infra.planted_violation_app import plant
+
+CDK = ROOT / "node_modules" / ".bin" / "cdk"
+
+
+def _cdk_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CDK_DISABLE_VERSION_CHECK="true", AWS_EC2_METADATA_DISABLED="true")
+    # Synth must never need credentials: make sure none leak in from the machine.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        env.pop(key, None)
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+    return env
+
+
+def _violations(outdir: Path) -> list[dict]:
+    """cdk-nag's findings (the report also carries CDK's own CloudFormation warnings)."""
+    report = json.loads((outdir / "validation-report.json").read_text())
+    return [v for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions" for v in r["violations"]]
+
+
+def test_planted_violation_fails_synth_in_process(context_copy, tmp_path):
+    context_copy["env"] = "dev"
+    app, _ = build_app(context=context_copy, outdir=str(tmp_path))
+    plant(app)
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    rules = {v["ruleName"] for v in _violations(tmp_path)}
+    assert "AwsSolutions-S10" in rules  # no SSL enforcement
+    assert "AwsSolutions-S1" in rules  # no server access logs
+    paths = {c["constructPath"] for v in _violations(tmp_path) for c in v["violatingConstructs"]}
+    assert paths == {"loraops-planted-violation/InsecureBucket/Resource"}
+
+
+def test_planted_violation_fails_cdk_cli_synth(tmp_path):
+    result = subprocess.run(
+        [str(CDK), "synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path),
+         "--app", f"{sys.executable} tests/infra/planted_violation_app.py"],
+        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "AwsSolutions-S10" in result.stdout + result.stderr
+
+
+def test_wildcard_statement_without_a_reason_is_refused():
+    statement = iam.PolicyStatement(sid="Unreasoned", actions=["s3:GetObject"], resources=["arn:aws:s3:::b/*"])
+    with pytest.raises(KeyError, match="'Unreasoned' uses a wildcard but has no reason"):
+        execution_role.wildcard_findings([statement])
+
+
+def test_every_wildcard_reason_is_concrete():
+    for sid, reason in execution_role.WILDCARD_REASONS.items():
+        assert len(reason) > 40, sid
+
+
+def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
+    """`cdk synth` (the README's main job) with no credentials: 12 templates, no findings, cfn-lint clean."""
+    result = subprocess.run(
+        [str(CDK), "synth", "-q", "--no-notices", "-o", str(tmp_path)],
+        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    templates = sorted(p.name for p in tmp_path.glob("*.template.json"))
+    assert templates == sorted(
+        f"loraops-{env}-{concern}.template.json"
+        for env in ("dev", "staging", "prod") for concern in ("network", "registry", "storage", "studio")
+    )
+    assert _violations(tmp_path) == []
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "missing" not in manifest, "synth needed a context lookup (AWS credentials)"
+    lint = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), *map(str, tmp_path.glob("*.template.json"))],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_cli_synth_of_one_environment(tmp_path):
+    result = subprocess.run(
+        [str(CDK), "synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path)],
+        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {p.name.split("-")[1] for p in tmp_path.glob("*.template.json")} == {"dev"}
+
+
+def test_cli_synth_of_unknown_environment_fails_with_message(tmp_path):
+    result = subprocess.run(
+        [str(CDK), "synth", "-q", "--no-notices", "-c", "env=qa", "-o", str(tmp_path)],
+        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "-c env=qa: unknown environment (configured: dev, prod, staging)" in result.stderr

@@ -1,0 +1,164 @@
+"""Template assertions for every stack of every environment (one shared synth, nag gate included)."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Match
+
+from infra.stacks.network import INTERFACE_ENDPOINTS
+from loraops import s3_layout
+from tests.infra.conftest import ENVIRONMENTS
+
+pytestmark = pytest.mark.parametrize("env", ENVIRONMENTS)
+
+
+def _one(template, type_):
+    resources = template.find_resources(type_)
+    assert len(resources) == 1, f"expected one {type_}, found {len(resources)}"
+    return next(iter(resources.values()))["Properties"]
+
+
+def test_storage_key_and_buckets(env, templates, synthesized):
+    t = templates[(env, "storage")]
+    config = synthesized[env].config
+    t.resource_count_is("AWS::KMS::Key", 1)
+    t.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
+    t.has_resource_properties("AWS::KMS::Alias", {"AliasName": f"alias/loraops-{env}-artifacts"})
+    t.resource_count_is("AWS::S3::Bucket", 2)
+    t.has_resource_properties(
+        "AWS::S3::Bucket",
+        {
+            "BucketName": config.artifact_bucket_name,
+            "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
+                "BucketKeyEnabled": True,
+                "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": Match.any_value()},
+            }]},
+            "VersioningConfiguration": {"Status": "Enabled"},
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+            },
+            "LoggingConfiguration": {"DestinationBucketName": Match.any_value(), "LogFilePrefix": "artifact-bucket/"},
+            "LifecycleConfiguration": {"Rules": Match.array_with([
+                Match.object_like({"NoncurrentVersionExpiration": {"NoncurrentDays": config.noncurrent_version_days},
+                                   "Status": "Enabled"}),
+                Match.object_like({"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}, "Status": "Enabled"}),
+            ])},
+        },
+    )
+    expected_deletion = "Delete" if config.removal_policy == "destroy" else "Retain"
+    for resource in t.find_resources("AWS::S3::Bucket").values():
+        assert resource["DeletionPolicy"] == expected_deletion
+
+
+def test_every_bucket_denies_plain_http(env, templates):
+    t = templates[(env, "storage")]
+    policies = t.find_resources("AWS::S3::BucketPolicy")
+    assert len(policies) == 2
+    for policy in policies.values():
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert any(
+            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
+        )
+
+
+def test_network_is_isolated_with_flow_logs_and_endpoints(env, templates, synthesized):
+    t = templates[(env, "network")]
+    zones = synthesized[env].config.availability_zones
+    t.resource_count_is("AWS::EC2::VPC", 1)
+    t.resource_count_is("AWS::EC2::Subnet", len(zones))
+    t.resource_count_is("AWS::EC2::InternetGateway", 0)
+    t.resource_count_is("AWS::EC2::NatGateway", 0)
+    for subnet in t.find_resources("AWS::EC2::Subnet").values():
+        assert subnet["Properties"]["MapPublicIpOnLaunch"] is False
+    assert sorted(s["Properties"]["AvailabilityZone"] for s in t.find_resources("AWS::EC2::Subnet").values()) == zones
+    t.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "ALL", "ResourceType": "VPC"})
+    t.resource_count_is("AWS::EC2::VPCEndpoint", len(INTERFACE_ENDPOINTS) + 1)
+    services = [str(e["Properties"]["ServiceName"]) for e in t.find_resources("AWS::EC2::VPCEndpoint").values()]
+    for suffix in ("sagemaker.api", "sagemaker.runtime", "studio", "notebook", "sts", "ecr.api", "ecr.dkr", "logs", "kms", "s3"):
+        assert any(suffix in s for s in services), f"no VPC endpoint for {suffix}: {services}"
+    t.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway"})
+
+
+def test_studio_domain_is_vpc_only(env, templates, synthesized):
+    t = templates[(env, "studio")]
+    config = synthesized[env].config
+    domain = _one(t, "AWS::SageMaker::Domain")
+    assert domain["AppNetworkAccessType"] == "VpcOnly"
+    assert domain["AuthMode"] == "IAM"
+    assert domain["KmsKeyId"]
+    assert domain["DomainName"] == f"loraops-{env}"
+    assert len(domain["SubnetIds"]) == len(config.availability_zones)
+    assert domain["DefaultUserSettings"]["SecurityGroups"]
+    t.resource_count_is("AWS::SageMaker::UserProfile", len(config.user_profiles))
+
+
+def _statements(template):
+    policy = _one(template, "AWS::IAM::Policy")
+    return {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+
+
+def test_execution_role_is_scoped_to_loraops_prefixes(env, templates, synthesized):
+    t = templates[(env, "studio")]
+    bucket = synthesized[env].config.artifact_bucket_name
+    t.has_resource_properties("AWS::IAM::Role", {
+        "RoleName": f"loraops-{env}-sagemaker-execution",
+        "AssumeRolePolicyDocument": {"Statement": [Match.object_like({"Principal": {"Service": "sagemaker.amazonaws.com"}})]},
+    })
+    assert not _one(t, "AWS::IAM::Role").get("ManagedPolicyArns")
+    statements = _statements(t)
+    read = statements["ReadBaseModelsAndDatasets"]
+    assert read["Action"] == "s3:GetObject"
+    assert read["Resource"] == [f"arn:aws:s3:::{bucket}/{p}*" for p in s3_layout.READ_ONLY_PREFIXES]
+    write = statements["ReadWriteFineTuneOutputs"]
+    assert "s3:PutObject" in write["Action"]
+    assert write["Resource"] == [f"arn:aws:s3:::{bucket}/{p}*" for p in s3_layout.READ_WRITE_PREFIXES]
+    assert statements["ListLoraopsPrefixes"]["Condition"]["StringLike"]["s3:prefix"]
+    assert "kms:Decrypt" in statements["UseArtifactKey"]["Action"]
+    assert "*" not in str(statements["UseArtifactKey"]["Resource"])
+    passrole = statements["PassOwnRoleToSageMaker"]
+    assert passrole["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+def test_execution_role_has_collection_permissions(env, templates, synthesized):
+    config = synthesized[env].config
+    statements = _statements(templates[(env, "studio")])
+    group_arn = f"arn:aws:resource-groups:{config.region}:{config.account}:group/*"
+    create = statements["CollectionsCreateAndTag"]
+    assert sorted(create["Action"]) == ["resource-groups:CreateGroup", "resource-groups:Tag"]
+    assert create["Resource"] == group_arn
+    assert create["Condition"] == {"ForAnyValue:StringEquals": {"aws:TagKeys": "sagemaker:collection"}}
+    delete = statements["CollectionsDelete"]
+    assert delete["Action"] == "resource-groups:DeleteGroup"
+    assert delete["Condition"] == {"StringEquals": {"aws:ResourceTag/sagemaker:collection": "true"}}
+    assert sorted(statements["CollectionsRead"]["Action"]) == [
+        "resource-groups:GetGroupQuery", "resource-groups:ListGroupResources"]
+    assert statements["CollectionsSearch"] == {
+        "Sid": "CollectionsSearch", "Effect": "Allow", "Action": "tag:GetResources", "Resource": "*"}
+    tagging = statements["CollectionsTagModelPackageGroups"]
+    assert sorted(tagging["Action"]) == [
+        "sagemaker:AddTags", "sagemaker:DeleteTags", "sagemaker:DescribeModelPackageGroup"]
+    assert tagging["Resource"] == f"arn:aws:sagemaker:{config.region}:{config.account}:model-package-group/*"
+
+
+def test_registry_groups_and_tags(env, templates, synthesized):
+    t = templates[(env, "registry")]
+    config = synthesized[env].config
+    groups = {g["Properties"]["ModelPackageGroupName"]: {tag["Key"]: tag["Value"] for tag in g["Properties"]["Tags"]}
+              for g in t.find_resources("AWS::SageMaker::ModelPackageGroup").values()}
+    assert len(groups) == 1 + len(config.fine_tuned_lines)
+    base = groups["meta-llama--Llama-2-7b-hf"]
+    assert base["modelType"] == "BaseModel" and base["fineTuned"] == "False"
+    for line in config.fine_tuned_lines:
+        tags = groups[line.group_name(config.base_model_id)]
+        assert tags["fineTuned"] == "True"
+        assert tags["sourceDataset"] == line.dataset
+        assert tags["modelType"] == ("LoRAAdapter" if line.mode.value == "adapter" else "MergedFineTunedModel")
+    for tags in groups.values():
+        assert tags["loraops:approvalPolicy"] == config.approval
+        assert tags["loraops:environment"] == env
+
+
+def test_environment_tags_on_every_stack(env, synthesized):
+    for stack in synthesized[env].stacks:
+        assert stack.tags.tag_values()["loraops:environment"] == env
+        assert stack.tags.tag_values()["project"] == "loraops"
