@@ -14,12 +14,13 @@ from infra.stacks.network import NetworkStack
 from infra.stacks.registry import RegistryStack
 from infra.stacks.storage import StorageStack
 from infra.stacks.studio import StudioStack
+from infra.stacks.training import TrainingStack
 
 ENVIRONMENT_TAG = "loraops:environment"
 
 
 class EnvironmentStacks:
-    """All stacks of one environment: storage, network, studio, registry."""
+    """All stacks of one environment: storage, network, studio, registry, training."""
 
     def __init__(self, app: cdk.App, config: EnvironmentConfig) -> None:
         self.config = config
@@ -41,6 +42,7 @@ class EnvironmentStacks:
             security_group=self.network.workload_security_group,
         )
         self.registry = RegistryStack(app, name("registry"), config=config, env=env)
+        self.training = TrainingStack(app, name("training"), config=config, env=env)
 
         for stack in self.stacks:
             cdk.Tags.of(stack).add(ENVIRONMENT_TAG, config.name)
@@ -49,4 +51,4 @@ class EnvironmentStacks:
 
     @property
     def stacks(self) -> list[cdk.Stack]:
-        return [self.storage, self.network, self.studio, self.registry]
+        return [self.storage, self.network, self.studio, self.registry, self.training]

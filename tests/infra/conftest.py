@@ -38,7 +38,7 @@ def templates(synthesized) -> dict[tuple[str, str], Template]:
     """(environment, concern) -> Template."""
     result = {}
     for name, env in synthesized.items():
-        for concern in ("storage", "network", "studio", "registry"):
+        for concern in ("storage", "network", "studio", "registry", "training"):
             result[(name, concern)] = Template.from_stack(getattr(env, concern))
     return result
 

@@ -80,7 +80,7 @@ def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
     templates = sorted(p.name for p in tmp_path.glob("*.template.json"))
     assert templates == sorted(
         f"loraops-{env}-{concern}.template.json"
-        for env in ("dev", "staging", "prod") for concern in ("network", "registry", "storage", "studio")
+        for env in ("dev", "staging", "prod") for concern in ("network", "registry", "storage", "studio", "training")
     )
     assert _violations(tmp_path) == []
     manifest = json.loads((tmp_path / "manifest.json").read_text())

@@ -162,3 +162,24 @@ def test_environment_tags_on_every_stack(env, synthesized):
     for stack in synthesized[env].stacks:
         assert stack.tags.tag_values()["loraops:environment"] == env
         assert stack.tags.tag_values()["project"] == "loraops"
+
+
+def test_training_image_asset_is_staged_from_the_trainer(env, synthesized):
+    import json
+    from pathlib import Path
+
+    stack = synthesized[env].training
+    assembly = stack.node.root.synth()  # already synthesized once: returns the same cloud assembly
+    artifact = assembly.get_stack_artifact(stack.artifact_id)
+    assets = json.loads(Path(assembly.directory, f"{stack.artifact_id}.assets.json").read_text())
+    (image,) = assets["dockerImages"].values()
+    source = image["source"]
+    assert source["dockerFile"] == "training_container/Dockerfile"
+    assert source["dockerBuildArgs"]["BASE_IMAGE"].startswith(f"763104351884.dkr.ecr.{synthesized[env].config.region}.")
+    staged = Path(assembly.directory, source["directory"])
+    top = sorted(p.name for p in staged.iterdir())
+    assert top == ["loraops", "training_container"], top
+    assert (staged / "training_container" / "Dockerfile").is_file()
+    assert (staged / "training_container" / "loraops_trainer" / "run.py").is_file()
+    assert not list(staged.rglob("__pycache__"))
+    assert artifact.stack_name == f"loraops-{env}-training"

@@ -1,0 +1,40 @@
+"""Training: the QLoRA trainer image, built from training_container/ as a CDK Docker image asset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aws_cdk as cdk
+from aws_cdk import aws_ecr_assets as ecr_assets
+from constructs import Construct
+
+from infra.config import EnvironmentConfig
+from infra.execution_role import DLC_ACCOUNT
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Pinned AWS Hugging Face training image the trainer builds on (region substituted per environment).
+TRAINING_BASE_IMAGE = "huggingface-pytorch-training:2.9.0-transformers5.3.0-gpu-py312-cu130-ubuntu22.04"
+#: Only what the image needs travels into the build context (Docker ignore syntax).
+BUILD_CONTEXT = ["**", "!loraops/**", "!training_container/**", "**/__pycache__", "**/*.pyc"]
+
+
+def training_base_image(region: str) -> str:
+    return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{TRAINING_BASE_IMAGE}"
+
+
+class TrainingStack(cdk.Stack):
+    """The trainer image asset; `cdk deploy` builds and pushes it (synth only stages the context)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.image = ecr_assets.DockerImageAsset(
+            self,
+            "TrainerImage",
+            directory=str(REPO_ROOT),
+            file="training_container/Dockerfile",
+            exclude=BUILD_CONTEXT,
+            ignore_mode=cdk.IgnoreMode.DOCKER,
+            build_args={"BASE_IMAGE": training_base_image(config.region)},
+            platform=ecr_assets.Platform.LINUX_AMD64,
+        )
+        cdk.CfnOutput(self, "TrainerImageUri", value=self.image.image_uri)

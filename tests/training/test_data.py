@@ -1,0 +1,97 @@
+"""Dolly data: prompt template, response-only labels, and errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loraops_trainer import data
+from loraops_trainer.data import IGNORE_INDEX, DataError
+from tests.training.conftest import DOLLY
+
+
+def test_reads_the_dolly_sample():
+    records = data.read_records(DOLLY)
+    assert len(records) == 577
+    assert {r.category for r in records} >= {"open_qa", "closed_qa", "brainstorming"}
+    with_context = next(r for r in records if "### Context:" in r.prompt)
+    assert with_context.prompt.startswith("### Instruction:\n") and with_context.prompt.endswith("### Response:\n")
+
+
+def test_loss_only_on_response_tokens(tokenizer):
+    record = data.parse_record({"instruction": "Name a colour.", "context": "", "response": "Blue."}, "x:1")
+    (sample,) = data.tokenize([record], tokenizer, max_seq_length=256)
+    prompt_len = len([tokenizer.bos_token_id] + tokenizer(record.prompt, add_special_tokens=False)["input_ids"])
+    assert sample.labels[:prompt_len] == [IGNORE_INDEX] * prompt_len
+    scored = [t for t in sample.labels if t != IGNORE_INDEX]
+    assert scored[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(scored, skip_special_tokens=True) == "Blue."
+    assert sample.input_ids[prompt_len:] == scored
+
+
+def test_text_column_is_scored_entirely(tokenizer):
+    record = data.parse_record({"text": "plain pretraining text"}, "x:1")
+    (sample,) = data.tokenize([record], tokenizer, max_seq_length=256)
+    assert sample.labels[0] == IGNORE_INDEX  # BOS only
+    assert all(t != IGNORE_INDEX for t in sample.labels[1:])
+
+
+def test_long_records_are_truncated_and_oversized_prompts_dropped(tokenizer):
+    records = data.read_records(DOLLY)
+    samples = data.tokenize(records, tokenizer, max_seq_length=64)
+    assert all(len(s) <= 64 for s in samples)
+    assert len(samples) < len(records)
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"instruction": "a", "response": "b"}', "{not json"], r"train\.jsonl:2: not valid JSON"),
+        (['{"instruction": "a"}'], r"train\.jsonl:1: missing field 'response'"),
+        (['{"instruction": "a", "response": 3}'], r"train\.jsonl:1: field 'response' must be a string, got int"),
+        (['{"instruction": " ", "response": "b"}'], r"train\.jsonl:1: field 'instruction' is empty"),
+        (['["a", "b"]'], r"train\.jsonl:1: expected a JSON object, got list"),
+        ([""], r"train\.jsonl: no records"),
+    ],
+)
+def test_malformed_records_name_file_and_line(tmp_path, lines, message):
+    with pytest.raises(DataError, match=message):
+        data.read_records(_write(tmp_path, lines))
+
+
+def test_missing_path_and_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        data.read_records(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match=r"no \.jsonl or \.json files"):
+        data.read_records(tmp_path)
+
+
+def test_category_filter(tmp_path):
+    records = data.read_records(DOLLY)
+    kept = data.filter_categories(records, ["summarization"])
+    assert len(kept) == 46 and {r.category for r in kept} == {"summarization"}
+    with pytest.raises(DataError, match=r"no records in categories \['poetry'\]; the data has \['brainstorming'"):
+        data.filter_categories(records, ["poetry"])
+
+
+def test_split_is_deterministic_and_disjoint():
+    records = data.read_records(DOLLY)
+    train, val = data.split(records, 0.1, seed=3)
+    again = data.split(records, 0.1, seed=3)
+    assert (train, val) == again
+    assert len(val) == 58 and len(train) + len(val) == 577
+    assert not {r.source for r in train} & {r.source for r in val}
+
+
+def test_dataset_digest_changes_with_content(tmp_path):
+    path = _write(tmp_path, [json.dumps({"instruction": "a", "response": "b"})])
+    first = data.dataset_digest(path)
+    path.write_text(path.read_text() + json.dumps({"instruction": "c", "response": "d"}) + "\n")
+    assert data.dataset_digest(path) != first and first.startswith("sha256:")
