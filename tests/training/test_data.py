@@ -95,3 +95,16 @@ def test_dataset_digest_changes_with_content(tmp_path):
     first = data.dataset_digest(path)
     path.write_text(path.read_text() + json.dumps({"instruction": "c", "response": "d"}) + "\n")
     assert data.dataset_digest(path) != first and first.startswith("sha256:")
+
+
+def test_validation_channel_is_used_instead_of_a_split(tmp_path, tokenizer):
+    from loraops_trainer.config import build_config
+    from loraops_trainer.run import prepare_data
+
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("\n".join(DOLLY.read_text().splitlines()[:5]) + "\n")
+    config = build_config({"train_path": str(DOLLY), "validation_path": str(validation), "max_seq_length": 2048})
+    prepared = prepare_data(config, tokenizer)
+    assert len(prepared.validation_records) == 5
+    assert len(prepared.train) == len(data.tokenize(data.read_records(DOLLY), tokenizer, 2048))
+    assert prepared.digest == f"{data.dataset_digest(DOLLY)},{data.dataset_digest(validation)}"

@@ -39,7 +39,6 @@ class PreparedData:
     train: list[data_lib.Sample]
     validation: list[data_lib.Sample]
     validation_records: list[data_lib.Record]
-    train_records: int
     digest: str
 
 
@@ -54,12 +53,10 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> PreparedData:
         digest = f"{digest},{data_lib.dataset_digest(Path(config.validation_path))}"
     else:
         train, validation = data_lib.split(records, config.validation_fraction, config.seed)
-    train_samples = data_lib.tokenize(train, tokenizer, config.max_seq_length)
     return PreparedData(
-        train=train_samples,
+        train=data_lib.tokenize(train, tokenizer, config.max_seq_length),
         validation=data_lib.tokenize(validation, tokenizer, config.max_seq_length) if validation else [],
         validation_records=validation,
-        train_records=len(train_samples),
         digest=digest,
     )
 
@@ -163,6 +160,43 @@ def build_trainer(config: TrainConfig, model: Any, tokenizer: Any, samples: list
     return trainer, dataset, collator
 
 
+def evaluate(config: TrainConfig, model: Any, tokenizer: Any, prepared: PreparedData, pad_to: int | None,
+             metrics: dict[str, Any], tracking: TrackingCallback, reports_dir: Path) -> list[Path]:
+    """Validation loss/perplexity and sample generations into ``metrics`` and report files; returns the files."""
+    if not prepared.validation:
+        return []
+    loss, tokens = validation_loss(model, prepared.validation, config.tokens_per_step, tokenizer.pad_token_id,
+                                   pad_to, config.eval_batches)
+    report = metrics_report(loss, metrics["train_loss"], tokens)
+    metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
+    tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
+    files = [write_json(reports_dir / EVALUATION_FILE, report)]
+    if config.sample_generations:
+        samples = sample_generations(model, tokenizer, prepared.validation_records[: config.sample_generations],
+                                     config.max_new_tokens)
+        files.append(write_json(reports_dir / SAMPLES_FILE, samples))
+    return files
+
+
+def build_manifest(config: TrainConfig, mode: str, base_digest: str, prepared: PreparedData,
+                   metrics: dict[str, Any], job_name: str | None) -> Manifest:
+    return Manifest(
+        output_mode=mode,
+        base_model_id=config.base_model_id,
+        base_weights_digest=base_digest,
+        base_model_package_arn=config.base_model_package_arn or None,
+        dataset_name=config.dataset_name,
+        dataset_digest=prepared.digest,
+        dataset_records=len(prepared.train),
+        validation_records=len(prepared.validation_records),
+        hyperparameters=config.to_dict(),
+        code_version=code_version(),
+        metrics={k: float(v) for k, v in metrics.items()},
+        training_job=job_name,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run the whole job; returns the final metrics. Artifacts are written by rank 0 only."""
     from transformers import set_seed
@@ -177,60 +211,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
     logger.info("data: %d training samples, %d validation samples", len(prepared.train), len(prepared.validation))
 
     model = add_lora(load_base_model(config), config)
-    scratch = tempfile.TemporaryDirectory(prefix="loraops-")
-    checkpoint_dir = config.checkpoint_dir or str(Path(scratch.name) / "checkpoints")
-    reports_dir = Path(config.output_data_dir or Path(scratch.name) / "reports")
-    reports_dir.mkdir(parents=True, exist_ok=True)
     job_name = os.environ.get("TRAINING_JOB_NAME")
-    tracking = TrackingCallback(
-        reports_dir,
-        params=config.to_dict(),
-        backends=backends_from_environment(job_name, config.experiment_name, config.mlflow_tracking_uri,
-                                           config.artifact_s3_uri),
-    )
-    trainer, train_set, collator = build_trainer(config, model, tokenizer, prepared.train, checkpoint_dir, [tracking])
-    resume = last_checkpoint(checkpoint_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-
-    metrics: dict[str, Any] = {"train_loss": float(result.training_loss), "global_step": int(result.global_step),
-                               "train_tokens": train_set.tokens}
-    if not trainer.is_world_process_zero():
-        return metrics
-    reports = [reports_dir / METRICS_FILE]
-    if prepared.validation:
-        loss, tokens = validation_loss(model, prepared.validation, config.tokens_per_step, tokenizer.pad_token_id,
-                                       collator.pad_to, config.eval_batches)
-        report = metrics_report(loss, metrics["train_loss"], tokens)
-        metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
-        reports.append(write_json(reports_dir / EVALUATION_FILE, report))
-        tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
-        if config.sample_generations:
-            samples = sample_generations(model, tokenizer, prepared.validation_records[: config.sample_generations],
-                                         config.max_new_tokens)
-            reports.append(write_json(reports_dir / SAMPLES_FILE, samples))
-    tracking.finish(reports)
-    reports.append(reports_dir / LOSS_CURVE_FILE)
-
-    def manifest_for(mode: str) -> Manifest:
-        return Manifest(
-            output_mode=mode,
-            base_model_id=config.base_model_id,
-            base_weights_digest=base_digest,
-            base_model_package_arn=config.base_model_package_arn or None,
-            dataset_name=config.dataset_name,
-            dataset_digest=prepared.digest,
-            dataset_records=prepared.train_records,
-            validation_records=len(prepared.validation_records),
-            hyperparameters={k: v for k, v in config.to_dict().items()},
-            code_version=code_version(),
-            metrics={k: float(v) for k, v in metrics.items()},
-            training_job=job_name,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    with tempfile.TemporaryDirectory(prefix="loraops-") as scratch:
+        checkpoint_dir = config.checkpoint_dir or str(Path(scratch) / "checkpoints")
+        reports_dir = Path(config.output_data_dir or Path(scratch) / "reports")
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        tracking = TrackingCallback(
+            reports_dir,
+            params=config.to_dict(),
+            backends=backends_from_environment(job_name, config.experiment_name, config.mlflow_tracking_uri,
+                                               config.artifact_s3_uri),
         )
+        trainer, train_set, collator = build_trainer(config, model, tokenizer, prepared.train, checkpoint_dir,
+                                                     [tracking])
+        resume = last_checkpoint(checkpoint_dir)
+        if resume:
+            logger.info("resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+        metrics: dict[str, Any] = {"train_loss": float(result.training_loss), "global_step": int(result.global_step),
+                                   "train_tokens": train_set.tokens}
+        if not trainer.is_world_process_zero():
+            return metrics
 
-    write_artifacts(Path(config.model_dir), config.output_mode, model, tokenizer, manifest_for, reports,
-                    config.merged_shard_size)
-    scratch.cleanup()
+        reports = [reports_dir / METRICS_FILE]
+        reports += evaluate(config, model, tokenizer, prepared, collator.pad_to, metrics, tracking, reports_dir)
+        tracking.finish(reports)
+        reports.append(reports_dir / LOSS_CURVE_FILE)
+        write_artifacts(Path(config.model_dir), config.output_mode, model, tokenizer,
+                        lambda mode: build_manifest(config, mode, base_digest, prepared, metrics, job_name),
+                        reports, config.merged_shard_size)
     return metrics
