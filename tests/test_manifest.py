@@ -1,0 +1,55 @@
+"""The lineage manifest: digests, round trip, and refusal of anything that does not match."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loraops.manifest import MANIFEST_FILE, Manifest, ManifestError, file_digest, folder_weights_digest
+
+
+def _manifest() -> Manifest:
+    return Manifest(output_mode="adapter", base_model_id="meta-llama/Llama-2-7b-hf", base_weights_digest="sha256:0",
+                    dataset_name="databricks-dolly-15k", dataset_digest="sha256:1", dataset_records=10,
+                    validation_records=1, hyperparameters={"lora_r": 8}, code_version="loraops test")
+
+
+def test_round_trip_and_verify(tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.json").write_text("{}")
+    _manifest().write(tmp_path)
+    read = Manifest.read(tmp_path)
+    assert read.files == {"adapter_model.safetensors": file_digest(tmp_path / "adapter_model.safetensors"),
+                          "sub/x.json": file_digest(tmp_path / "sub" / "x.json")}
+    read.verify(tmp_path)
+    (tmp_path / "extra.bin").write_bytes(b"?")
+    with pytest.raises(ManifestError, match=r"extra \['extra.bin'\]"):
+        read.verify(tmp_path)
+
+
+def test_weights_digest_covers_names_and_contents(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"a")
+    first = folder_weights_digest(tmp_path)
+    (tmp_path / "config.json").write_text('{"changed": true}')
+    assert folder_weights_digest(tmp_path) == first  # only weights count
+    (tmp_path / "model.safetensors").write_bytes(b"b")
+    assert folder_weights_digest(tmp_path) != first
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ManifestError, match="no weight files"):
+        folder_weights_digest(empty)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no manifest"), ("{oops", "not JSON"), (json.dumps({"schema_version": 99}), "schema_version 99"),
+     (json.dumps({"schema_version": 1, "surprise": 1}), "unexpected keyword argument")],
+)
+def test_bad_manifests_are_refused(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / MANIFEST_FILE).write_text(content)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.read(tmp_path)
