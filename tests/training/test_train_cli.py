@@ -245,3 +245,33 @@ def test_unreachable_tracking_never_stops_training(tiny_base, tmp_path, monkeypa
     mlflow.set_tracking_uri(mlruns)
     (run,) = mlflow.search_runs(experiment_names=["dolly-offline"], output_format="list")
     assert run.info.run_name == "job-offline" and "loss" in run.data.metrics
+
+
+def test_merged_only_output_is_a_plain_model_folder(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    result = run_train(fast_args(tiny_base, out, output_mode="merged", sample_generations=0))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter").exists()
+    manifest = Manifest.read(out)
+    assert manifest.output_mode == "merged"
+    manifest.verify(out)
+    AutoModelForCausalLM.from_pretrained(str(out))
+
+
+def test_failed_write_leaves_no_artifact(tmp_path):
+    """An error while saving (disk full, bad model) removes the half-written folder and keeps what was there."""
+    from loraops_trainer.outputs import write_artifacts
+
+    class FailingModel:  # stand-in: the point is the error path, not the model
+        def save_pretrained(self, folder, **kwargs):
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+            raise OSError("No space left on device")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    with pytest.raises(OSError, match="No space left"):
+        write_artifacts(out, "both", FailingModel(), None, lambda mode: None, [], "2GB")
+    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]

@@ -74,22 +74,20 @@ def write_artifacts(
     manifest_for: Callable[[str], Manifest],
     reports: list[Path],
     shard_size: str,
-) -> list[Path]:
-    """Write the configured artifacts atomically into ``model_dir``; return their folders."""
+) -> None:
+    """Write the configured artifacts into ``model_dir``: all of them, or (on any error) nothing."""
     model_dir.mkdir(parents=True, exist_ok=True)
     partial = model_dir / PARTIAL
     shutil.rmtree(partial, ignore_errors=True)
     both = output_mode == "both"
-    adapter_folder = partial / "adapter" if both or output_mode == "merged" else partial
+    adapter_folder = partial if output_mode == "adapter" else partial / "adapter"
     merged_folder = partial / "merged" if both else partial
     try:
         adapter_folder.mkdir(parents=True, exist_ok=True)
         save_adapter(peft_model, tokenizer, adapter_folder)
-        written = []
         if output_mode in ("adapter", "both"):
             copy_reports(reports, adapter_folder)
             manifest_for("adapter").write(adapter_folder)
-            written.append("adapter" if both else "")
         if output_mode in ("merged", "both"):
             merged = merge_into_bf16_base(peft_model, adapter_folder)
             if not both:  # merged only: the adapter was a stepping stone
@@ -98,14 +96,14 @@ def write_artifacts(
             save_merged(merged, tokenizer, merged_folder, shard_size)
             copy_reports(reports, merged_folder)
             manifest_for("merged").write(merged_folder)
-            written.append("merged" if both else "")
         for item in sorted(partial.iterdir()):
             target = model_dir / item.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
             item.rename(target)
         partial.rmdir()
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return [model_dir / name if name else model_dir for name in written]
