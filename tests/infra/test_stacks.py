@@ -183,3 +183,12 @@ def test_training_image_asset_is_staged_from_the_trainer(env, synthesized):
     assert (staged / "training_container" / "loraops_trainer" / "run.py").is_file()
     assert not list(staged.rglob("__pycache__"))
     assert artifact.stack_name == f"loraops-{env}-training"
+
+
+def test_no_security_group_is_open_to_the_internet(env, templates):
+    for concern in ("network", "studio"):
+        for group in templates[(env, concern)].find_resources("AWS::EC2::SecurityGroup").values():
+            for rule in group["Properties"].get("SecurityGroupIngress", []):
+                assert rule.get("CidrIp") != "0.0.0.0/0" and rule.get("CidrIpv6") != "::/0", rule
+        for rule in templates[(env, concern)].find_resources("AWS::EC2::SecurityGroupIngress").values():
+            assert rule["Properties"].get("CidrIp") != "0.0.0.0/0", rule

@@ -77,3 +77,12 @@ def test_target_modules_and_categories():
     assert config.target_modules == ["q_proj", "v_proj"]
     assert config.category_filter == ["open_qa", "closed_qa"]
     assert build_config({}).target_modules == "all-linear"
+
+
+def test_idle_gpus_are_reported():
+    from loraops_trainer.run import idle_gpu_warning
+
+    assert idle_gpu_warning({}) is None
+    assert idle_gpu_warning({"SM_NUM_GPUS": "4", "LOCAL_WORLD_SIZE": "4"}) is None
+    message = idle_gpu_warning({"SM_NUM_GPUS": "4"})
+    assert message.startswith("SM_NUM_GPUS=4 but 1 training process(es) on this host: 3 GPU(s) idle")

@@ -131,6 +131,16 @@ def code_version() -> str:
     return f"loraops {loraops.__version__}" + (f" ({sha})" if sha else "")
 
 
+def idle_gpu_warning(environ: dict[str, str]) -> str | None:
+    """A message when SageMaker gave this job more GPUs (``SM_NUM_GPUS``) than processes were started."""
+    gpus = int(environ.get("SM_NUM_GPUS", "0") or 0)
+    processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if gpus > processes:
+        return (f"SM_NUM_GPUS={gpus} but {processes} training process(es) on this host: {gpus - processes} GPU(s) "
+                "idle; launch with torchrun (SageMaker distribution torch_distributed) to use them all")
+    return None
+
+
 def last_checkpoint(checkpoint_dir: str) -> str | None:
     """The newest *complete* checkpoint: the Trainer writes ``trainer_state.json`` last, so a folder
     without a readable one was cut off mid-save (e.g. a spot interruption) and is skipped."""
@@ -202,6 +212,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from transformers import set_seed
 
     set_seed(config.seed)
+    if warning := idle_gpu_warning(dict(os.environ)):
+        logger.warning(warning)
     base_dir = Path(config.base_model_dir)
     if not (base_dir / "config.json").is_file():
         raise data_lib.DataError(f"{base_dir}: not a Hugging Face model folder (no config.json)")
