@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
@@ -18,12 +19,18 @@ TRAINING_BASE_IMAGE = "huggingface-pytorch-training:2.9.0-transformers5.3.0-gpu-
 BUILD_CONTEXT = ["**", "!loraops/**", "!training_container/**", "**/__pycache__", "**/*.pyc"]
 
 
+def trainer_image_parameter(prefix: str) -> str:
+    """SSM parameter holding the trainer image URI of an environment."""
+    return f"/{prefix}/trainer-image-uri"
+
+
 def training_base_image(region: str) -> str:
     return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{TRAINING_BASE_IMAGE}"
 
 
 class TrainingStack(cdk.Stack):
-    """The trainer image asset; `cdk deploy` builds and pushes it (synth only stages the context)."""
+    """The trainer image asset, published under an SSM parameter; `cdk deploy` builds and pushes the image
+    (synth only stages the build context)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -36,5 +43,13 @@ class TrainingStack(cdk.Stack):
             ignore_mode=cdk.IgnoreMode.DOCKER,
             build_args={"BASE_IMAGE": training_base_image(config.region)},
             platform=ecr_assets.Platform.LINUX_AMD64,
+        )
+        # Where the fine-tune workflow and Studio users find the image to start training jobs with.
+        self.image_parameter = ssm.StringParameter(
+            self,
+            "TrainerImageUriParameter",
+            parameter_name=trainer_image_parameter(config.prefix),
+            string_value=self.image.image_uri,
+            description="loraops QLoRA trainer image (built from training_container/ by cdk deploy)",
         )
         cdk.CfnOutput(self, "TrainerImageUri", value=self.image.image_uri)

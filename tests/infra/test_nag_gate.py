@@ -83,6 +83,8 @@ def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
         for env in ("dev", "staging", "prod") for concern in ("network", "registry", "storage", "studio", "training")
     )
     assert _violations(tmp_path) == []
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    assert [v for r in report["pluginReports"] for v in r["violations"]] == [], "no warnings either"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert "missing" not in manifest, "synth needed a context lookup (AWS credentials)"
     lint = subprocess.run(

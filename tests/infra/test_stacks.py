@@ -192,3 +192,14 @@ def test_no_security_group_is_open_to_the_internet(env, templates):
                 assert rule.get("CidrIp") != "0.0.0.0/0" and rule.get("CidrIpv6") != "::/0", rule
         for rule in templates[(env, concern)].find_resources("AWS::EC2::SecurityGroupIngress").values():
             assert rule["Properties"].get("CidrIp") != "0.0.0.0/0", rule
+
+
+def test_every_template_has_resources(env, templates):
+    """CloudFormation rejects a template without resources ('At least one Resources member must be defined')."""
+    for concern in ("storage", "network", "studio", "registry", "training"):
+        assert templates[(env, concern)].to_json().get("Resources"), concern
+
+
+def test_trainer_image_uri_is_published(env, templates):
+    templates[(env, "training")].has_resource_properties("AWS::SSM::Parameter", {
+        "Name": f"/loraops-{env}/trainer-image-uri", "Type": "String"})
