@@ -16,8 +16,6 @@ SMALL = dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_a
 
 
 def test_nf4_training_and_merge_on_cuda(tmp_path):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     from loraops_trainer.synthetic_base import build_base_model, dolly_texts
 
     base = build_base_model(tmp_path / "base", dolly_texts(DOLLY), SMALL)
@@ -29,11 +27,19 @@ def test_nf4_training_and_merge_on_cuda(tmp_path):
     metrics = json.loads(result.stdout.strip().splitlines()[-1])["metrics"]
     assert metrics["global_step"] == 8
 
+    assert_nf4_merge_is_faithful(base, out, "cuda")
+
+
+def assert_nf4_merge_is_faithful(base, out, device: str) -> None:
+    """Load the base as NF4 (as training did), de-quantize it, and compare the merged output against it."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)
-    nf4 = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, device_map={"": 0})
+    device_map = {"": 0} if device == "cuda" else None
+    nf4 = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, device_map=device_map)
     assert any(type(m).__name__ == "Linear4bit" for m in nf4.modules())
-    assert_merged_equals_base_plus_adapter(nf4.dequantize().float(), out, "cuda")
+    assert_merged_equals_base_plus_adapter(nf4.dequantize().float(), out, device)
 
 
 def assert_merged_equals_base_plus_adapter(base_model, out, device: str) -> None:

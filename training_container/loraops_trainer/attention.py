@@ -9,6 +9,7 @@ compiled. Without ``position_ids`` (generation with a KV cache) it falls back to
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -36,11 +37,18 @@ def _set_segments(module, args, kwargs):
     _state["segments"] = None if position_ids is None or has_cache else cumulative_lengths(position_ids)
 
 
-def _varlen(query, key, value, cu, longest, scale):
+@functools.cache
+def _causal_varlen() -> tuple[Any, dict[str, Any]]:
+    """``varlen_attn`` and its causal switch, looked up once (``is_causal`` up to torch 2.11, a window later)."""
     from torch.nn.attention.varlen import varlen_attn
 
     causal = ({"is_causal": True} if "is_causal" in inspect.signature(varlen_attn).parameters
               else {"window_size": (-1, 0)})
+    return varlen_attn, causal
+
+
+def _varlen(query, key, value, cu, longest, scale):
+    varlen_attn, causal = _causal_varlen()
     return varlen_attn(query, key, value, cu, cu, longest, longest, scale=scale, **causal)
 
 

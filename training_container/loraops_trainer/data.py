@@ -142,20 +142,25 @@ def dataset_digest(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def prompt_ids(record: Record, tokenizer: Any) -> list[int]:
+    """BOS + the prompt's tokens: what training scores after, and what generation continues."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + (tokenizer(record.prompt, add_special_tokens=False)["input_ids"] if record.prompt else [])
+
+
 def tokenize(records: Iterable[Record], tokenizer: Any, max_seq_length: int) -> list[Sample]:
     """BOS + prompt + response + EOS; labels only on response (+EOS); truncated at ``max_seq_length``."""
     samples: list[Sample] = []
     dropped = 0
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id]
     for record in records:
-        prompt_ids = bos + (tokenizer(record.prompt, add_special_tokens=False)["input_ids"] if record.prompt else [])
+        prompt = prompt_ids(record, tokenizer)
         response_ids = tokenizer(record.response, add_special_tokens=False)["input_ids"] + eos
-        if len(prompt_ids) >= max_seq_length - 1:
+        if len(prompt) >= max_seq_length - 1:
             dropped += 1
             continue
-        input_ids = (prompt_ids + response_ids)[:max_seq_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_seq_length]
+        input_ids = (prompt + response_ids)[:max_seq_length]
+        labels = ([IGNORE_INDEX] * len(prompt) + response_ids)[:max_seq_length]
         samples.append(Sample(input_ids=input_ids, labels=labels))
     if dropped:
         logger.warning("dropped %d record(s) whose prompt alone exceeds max_seq_length=%d", dropped, max_seq_length)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from loraops_trainer.data import IGNORE_INDEX, Record, Sample
+from loraops_trainer.data import IGNORE_INDEX, Record, Sample, prompt_ids
 from loraops_trainer.packing import PackedCollator, PackedDataset
 
 EVALUATION_FILE = "evaluation.json"
@@ -71,8 +71,7 @@ def sample_generations(model: Any, tokenizer: Any, records: Sequence[Record], ma
         for record in records:
             if not record.prompt:
                 continue
-            ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-            ids += tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+            ids = prompt_ids(record, tokenizer)
             input_ids = torch.tensor([ids], device=device)
             output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                     max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,7 +58,7 @@ def quantization_config(config: TrainConfig) -> Any:
     return None
 
 
-def load_base_model(config: TrainConfig, base_dir: Path | None = None) -> Any:
+def load_base_model(config: TrainConfig) -> Any:
     """The base model, quantized as configured, frozen, ready for LoRA."""
     from transformers import AutoModelForCausalLM
 
@@ -74,7 +73,7 @@ def load_base_model(config: TrainConfig, base_dir: Path | None = None) -> Any:
     if attention == packed_attention.NAME:
         packed_attention.register()
     model = AutoModelForCausalLM.from_pretrained(
-        str(base_dir or config.base_model_dir),
+        config.base_model_dir,
         dtype=compute_dtype(config),
         quantization_config=quantization_config(config),
         attn_implementation=attention,
