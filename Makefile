@@ -17,10 +17,12 @@ export CDK_DISABLE_VERSION_CHECK := true
 
 install: $(STAMP)/python $(STAMP)/node
 
-$(STAMP)/python: requirements.txt requirements-dev.txt training_container/requirements.txt
+$(STAMP)/python: requirements.txt requirements-dev.txt training_container/requirements.txt pyproject.toml
 	@mkdir -p $(STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	# the loraops distribution itself (the `loraops` and `loraops-train` commands), editable
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 $(STAMP)/node: package.json package-lock.json
@@ -33,8 +35,10 @@ synth: install
 	$(CDK) synth -q $(CDK_FLAGS)
 	@echo "templates:"; ls cdk.out/*.template.json
 
-## cfn-lint over the synthesized templates.
+## ruff (lint + format check) over the Python code, cfn-lint over the synthesized templates.
 lint: synth
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/cfn-lint cdk.out/*.template.json
 
 test: install

@@ -6,12 +6,14 @@ from typing import Any
 
 import aws_cdk as cdk
 
-from infra.config import ENV_SELECTOR_KEY, CONTEXT_KEY, load_environments
+from infra.config import CONTEXT_KEY, ENV_SELECTOR_KEY, load_environments
+from infra.environment import EnvironmentStacks
 from infra.nag import apply_gate
-from infra.stage import EnvironmentStacks
 
 
-def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> tuple[cdk.App, list[EnvironmentStacks]]:
+def build_app(
+    context: dict[str, Any] | None = None, outdir: str | None = None
+) -> tuple[cdk.App, list[EnvironmentStacks]]:
     """Create the app; ``context`` (tests) defaults to what ``cdk.json`` and ``-c`` provide."""
     app = cdk.App(context=context, outdir=outdir)
     raw = {CONTEXT_KEY: app.node.try_get_context(CONTEXT_KEY)}

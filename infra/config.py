@@ -52,7 +52,7 @@ class FineTunedLine(_Strict):
         return None if value is None else check_slug(value, "value")
 
     @model_validator(mode="after")
-    def _task_for_adapters(self) -> "FineTunedLine":
+    def _task_for_adapters(self) -> FineTunedLine:
         if self.mode is OutputMode.ADAPTER and self.task is None:
             raise ValueError("adapter lines need a 'task' (group <base>-finetuned-<task>)")
         if self.mode is OutputMode.MERGED and self.task is not None:
@@ -115,7 +115,7 @@ class EnvironmentConfig(_Strict):
         return names
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "EnvironmentConfig":
+    def _cross_checks(self) -> EnvironmentConfig:
         for zone in self.availability_zones:
             if not zone.startswith(self.region):
                 raise ValueError(f"availability zone {zone!r} is not in region {self.region!r}")

@@ -96,8 +96,16 @@ def key_statements(key: kms.IKey) -> list[iam.PolicyStatement]:
     return [
         iam.PolicyStatement(
             sid="UseArtifactKey",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
-                     "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey", "kms:CreateGrant"],
+            actions=[
+                "kms:Decrypt",
+                "kms:Encrypt",
+                "kms:GenerateDataKey",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo",
+                "kms:DescribeKey",
+                "kms:CreateGrant",
+            ],
             resources=[key.key_arn],
         )
     ]
@@ -138,7 +146,9 @@ def collection_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
 def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]:
     """What training jobs and endpoints running as this role need at run time."""
     log_group_arn = stack.format_arn(
-        service="logs", resource="log-group", resource_name="/aws/sagemaker/*",
+        service="logs",
+        resource="log-group",
+        resource_name="/aws/sagemaker/*",
         arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
     )
     return [
@@ -147,8 +157,12 @@ def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]
             actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
         ),
-        iam.PolicyStatement(sid="PutMetrics", actions=["cloudwatch:PutMetricData"], resources=["*"],
-                            conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "loraops/*"]}}),
+        iam.PolicyStatement(
+            sid="PutMetrics",
+            actions=["cloudwatch:PutMetricData"],
+            resources=["*"],
+            conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "loraops/*"]}},
+        ),
         # ecr:GetAuthorizationToken has no resource-level permissions: it only accepts "*".
         iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
         iam.PolicyStatement(
@@ -159,12 +173,20 @@ def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]
                 stack.format_arn(service="ecr", resource="repository", resource_name="cdk-*"),
             ],
         ),
-        # Jobs in the VPC create their network interfaces; EC2 scopes these by VPC condition only.
+        # Jobs in the VPC create and delete their network interfaces; not yet limited to the VPC's subnets.
         iam.PolicyStatement(
             sid="VpcNetworkInterfaces",
-            actions=["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
-                     "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs",
-                     "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"],
+            actions=[
+                "ec2:CreateNetworkInterface",
+                "ec2:CreateNetworkInterfacePermission",
+                "ec2:DeleteNetworkInterface",
+                "ec2:DeleteNetworkInterfacePermission",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeVpcs",
+                "ec2:DescribeDhcpOptions",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeSecurityGroups",
+            ],
             resources=["*"],
         ),
         iam.PolicyStatement(
@@ -178,29 +200,66 @@ def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]
 
 def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
     """SageMaker actions of a loraops user: train, track, register, deploy within this account/region."""
+
     def arn(resource: str) -> str:
         return stack.format_arn(service="sagemaker", resource=resource, resource_name="*")
 
     return [
         iam.PolicyStatement(
             sid="SageMakerReadOnly",
-            actions=["sagemaker:Describe*", "sagemaker:List*", "sagemaker:Search", "sagemaker:GetSearchSuggestions",
-                     "sagemaker:BatchDescribeModelPackage"],
+            actions=[
+                "sagemaker:Describe*",
+                "sagemaker:List*",
+                "sagemaker:Search",
+                "sagemaker:GetSearchSuggestions",
+                "sagemaker:BatchDescribeModelPackage",
+            ],
             resources=["*"],
         ),
         iam.PolicyStatement(
             sid="SageMakerLoraopsWork",
-            actions=["sagemaker:CreateTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:CreateModelPackage",
-                     "sagemaker:UpdateModelPackage", "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig",
-                     "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:CreateInferenceComponent",
-                     "sagemaker:UpdateInferenceComponent", "sagemaker:InvokeEndpoint", "sagemaker:CreateExperiment",
-                     "sagemaker:CreateTrial", "sagemaker:CreateTrialComponent", "sagemaker:UpdateTrialComponent",
-                     "sagemaker:AssociateTrialComponent", "sagemaker:BatchPutMetrics", "sagemaker:AddTags",
-                     "sagemaker:CreatePresignedDomainUrl", "sagemaker:CreateApp", "sagemaker:DeleteApp",
-                     "sagemaker:CreateSpace", "sagemaker:UpdateSpace"],
-            resources=[arn(r) for r in ("training-job", "model-package", "model-package-group", "model",
-                                        "endpoint-config", "endpoint", "inference-component", "experiment",
-                                        "experiment-trial", "experiment-trial-component", "app", "space",
-                                        "user-profile")],
+            actions=[
+                "sagemaker:CreateTrainingJob",
+                "sagemaker:StopTrainingJob",
+                "sagemaker:CreateModelPackage",
+                "sagemaker:UpdateModelPackage",
+                "sagemaker:CreateModel",
+                "sagemaker:CreateEndpointConfig",
+                "sagemaker:CreateEndpoint",
+                "sagemaker:UpdateEndpoint",
+                "sagemaker:CreateInferenceComponent",
+                "sagemaker:UpdateInferenceComponent",
+                "sagemaker:InvokeEndpoint",
+                "sagemaker:CreateExperiment",
+                "sagemaker:CreateTrial",
+                "sagemaker:CreateTrialComponent",
+                "sagemaker:UpdateTrialComponent",
+                "sagemaker:AssociateTrialComponent",
+                "sagemaker:BatchPutMetrics",
+                "sagemaker:AddTags",
+                "sagemaker:CreatePresignedDomainUrl",
+                "sagemaker:CreateApp",
+                "sagemaker:DeleteApp",
+                "sagemaker:CreateSpace",
+                "sagemaker:UpdateSpace",
+            ],
+            resources=[
+                arn(r)
+                for r in (
+                    "training-job",
+                    "model-package",
+                    "model-package-group",
+                    "model",
+                    "endpoint-config",
+                    "endpoint",
+                    "inference-component",
+                    "experiment",
+                    "experiment-trial",
+                    "experiment-trial-component",
+                    "app",
+                    "space",
+                    "user-profile",
+                )
+            ],
         ),
     ]

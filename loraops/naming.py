@@ -8,7 +8,7 @@ alphabet deterministically: ``/`` becomes ``--`` and any other character outside
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 MAX_GROUP_NAME_LENGTH = 63
 _GROUP_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -28,14 +28,14 @@ class NamingError(ValueError):
     """A model id, dataset or task cannot be turned into a valid registry name."""
 
 
-class OutputMode(str, Enum):
+class OutputMode(StrEnum):
     """How a fine-tune is kept: folded into the base, or as a separate adapter."""
 
     MERGED = "merged"
     ADAPTER = "adapter"
 
 
-class ModelType(str, Enum):
+class ModelType(StrEnum):
     """Value of the ``modelType`` tag on a model package group."""
 
     BASE = "BaseModel"

@@ -1,8 +1,8 @@
 """The artifact bucket's key layout: one place that says where everything lives.
 
 ```
-base/<base-group>/<weights-digest>/            uncompressed Hugging Face folder of a base model
-datasets/<dataset>/<dataset-digest>/           training / validation files
+base/<base-group>/<weights-hex>/               uncompressed Hugging Face folder of a base model
+datasets/<dataset>/<dataset-hex>/              training / validation files
 adapters/<adapter-group>/<job>/output/model/   LoRA adapter written by a training job (uncompressed)
 merged/<merged-group>/<job>/output/model/      merged model written by a training job (uncompressed)
 evaluation/<group>/<job>/                      evaluation reports
@@ -11,6 +11,7 @@ checkpoints/<job>/                             spot / resume checkpoints
 
 Training jobs write ``<output-root><job>/output/model/`` themselves (``S3OutputPath`` = the root,
 ``CompressionType=NONE``), so the registered model points at what the job wrote: no copy step.
+``<weights-hex>`` / ``<dataset-hex>``: the hex part of the manifest's ``sha256:<hex>`` digests.
 Every prefix ends with ``/`` as ``ModelDataSource.S3DataSource`` (``S3Prefix``) requires.
 """
 
@@ -32,6 +33,7 @@ READ_ONLY_PREFIXES = (BASE, DATASETS)
 #: Prefixes training jobs and Studio users write.
 READ_WRITE_PREFIXES = (ADAPTERS, MERGED, EVALUATION, CHECKPOINTS)
 
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,12 +43,20 @@ def _segment(value: str, what: str) -> str:
     return value
 
 
+def digest_segment(digest: str) -> str:
+    """``sha256:<64 hex>`` (the manifest's form) -> ``<64 hex>`` (a key segment: S3 keys avoid ``:``)."""
+    match = _DIGEST.match(digest)
+    if not match:
+        raise ValueError(f"digest {digest!r} is not of the form sha256:<64 hex digits>")
+    return match.group(1)
+
+
 def base_model_prefix(base_group: str, weights_digest: str) -> str:
-    return f"{BASE}{_segment(base_group, 'base group')}/{_segment(weights_digest, 'weights digest')}/"
+    return f"{BASE}{_segment(base_group, 'base group')}/{digest_segment(weights_digest)}/"
 
 
 def dataset_prefix(dataset: str, dataset_digest: str) -> str:
-    return f"{DATASETS}{_segment(dataset, 'dataset')}/{_segment(dataset_digest, 'dataset digest')}/"
+    return f"{DATASETS}{_segment(dataset, 'dataset')}/{digest_segment(dataset_digest)}/"
 
 
 def training_output_root(mode: OutputMode, group: str) -> str:

@@ -7,12 +7,20 @@ import json
 import pytest
 
 from loraops.manifest import MANIFEST_FILE, Manifest, ManifestError, file_digest, folder_weights_digest
+from loraops.naming import OutputMode
 
 
 def _manifest() -> Manifest:
-    return Manifest(output_mode="adapter", base_model_id="meta-llama/Llama-2-7b-hf", base_weights_digest="sha256:0",
-                    dataset_name="databricks-dolly-15k", dataset_digest="sha256:1", dataset_records=10,
-                    validation_records=1, hyperparameters={"lora_r": 8}, code_version="loraops test")
+    return Manifest(
+        output_mode=OutputMode.ADAPTER,
+        base_model_id="meta-llama/Llama-2-7b-hf",
+        base_weights_digest="sha256:0",
+        dataset_name="databricks-dolly-15k",
+        dataset_digest="sha256:1",
+        data={"training": {"records_read": 10, "samples": 9}},
+        hyperparameters={"lora_r": 8},
+        code_version="loraops test",
+    )
 
 
 def test_round_trip_and_verify(tmp_path):
@@ -21,8 +29,10 @@ def test_round_trip_and_verify(tmp_path):
     (tmp_path / "sub" / "x.json").write_text("{}")
     _manifest().write(tmp_path)
     read = Manifest.read(tmp_path)
-    assert read.files == {"adapter_model.safetensors": file_digest(tmp_path / "adapter_model.safetensors"),
-                          "sub/x.json": file_digest(tmp_path / "sub" / "x.json")}
+    assert read.files == {
+        "adapter_model.safetensors": file_digest(tmp_path / "adapter_model.safetensors"),
+        "sub/x.json": file_digest(tmp_path / "sub" / "x.json"),
+    }
     read.verify(tmp_path)
     (tmp_path / "extra.bin").write_bytes(b"?")
     with pytest.raises(ManifestError, match=r"extra \['extra.bin'\]"):
@@ -45,11 +55,36 @@ def test_weights_digest_covers_names_and_contents(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no manifest"), ("{oops", "not JSON"), (json.dumps({"schema_version": 99}), "schema_version 99"),
-     (json.dumps({"schema_version": 1, "surprise": 1}), "unexpected keyword argument")],
+    [
+        (None, "no manifest"),
+        ("{oops", "not JSON"),
+        (json.dumps({"schema_version": 99}), "schema_version 99"),
+        (json.dumps({"schema_version": 2, "surprise": 1}), "unexpected keyword argument"),
+        (json.dumps({"schema_version": 2, "output_mode": "zip"}), "'zip' is not a valid OutputMode"),
+    ],
 )
 def test_bad_manifests_are_refused(tmp_path, content, message):
     if content is not None:
         (tmp_path / MANIFEST_FILE).write_text(content)
     with pytest.raises(ManifestError, match=message):
+        Manifest.read(tmp_path)
+
+
+def test_output_mode_reads_back_as_the_registry_vocabulary(tmp_path):
+    _manifest().write(tmp_path)
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["output_mode"] == "adapter"
+    assert Manifest.read(tmp_path).output_mode is OutputMode.ADAPTER
+
+
+def test_non_finite_numbers_are_refused_both_ways(tmp_path):
+    """Strict JSON: a NaN metric is never written, and a file holding one is not read."""
+    manifest = _manifest()
+    manifest.metrics = {"validation_loss": float("nan")}
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        manifest.write(tmp_path)
+    assert not (tmp_path / MANIFEST_FILE).exists()
+    _manifest().write(tmp_path)
+    text = (tmp_path / MANIFEST_FILE).read_text().replace('"metrics": {}', '"metrics": {"loss": NaN}')
+    (tmp_path / MANIFEST_FILE).write_text(text)
+    with pytest.raises(ManifestError, match="NaN is not valid JSON"):
         Manifest.read(tmp_path)

@@ -40,9 +40,13 @@ def test_tags():
 
 
 def test_s3_layout():
-    assert s3_layout.base_model_prefix("meta-llama--Llama-2-7b-hf", "sha256-ab12") == (
-        "base/meta-llama--Llama-2-7b-hf/sha256-ab12/"
+    digest = "sha256:" + "ab" * 32  # what the manifest and folder_weights_digest write
+    assert s3_layout.base_model_prefix("meta-llama--Llama-2-7b-hf", digest) == (
+        f"base/meta-llama--Llama-2-7b-hf/{'ab' * 32}/"
     )
+    assert s3_layout.dataset_prefix("databricks-dolly-15k", digest) == f"datasets/databricks-dolly-15k/{'ab' * 32}/"
+    with pytest.raises(ValueError, match="not of the form sha256:<64 hex digits>"):
+        s3_layout.base_model_prefix("g", "sha256-ab12")
     assert s3_layout.model_prefix(OutputMode.ADAPTER, "g", "job-1") == "adapters/g/job-1/output/model/"
     assert s3_layout.model_prefix(OutputMode.MERGED, "g", "job-1") == "merged/g/job-1/output/model/"
     assert s3_layout.checkpoint_prefix("job-1") == "checkpoints/job-1/"

@@ -1,1 +1,1 @@
-"""One focused stack per concern; :mod:`infra.stage` wires them for an environment."""
+"""One focused stack per concern; :mod:`infra.environment` wires them for an environment."""

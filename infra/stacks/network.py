@@ -52,17 +52,22 @@ class NetworkStack(cdk.Stack):
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=20)
             ],
-            flow_logs={"all-traffic": ec2.FlowLogOptions(
-                destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
-                traffic_type=ec2.FlowLogTrafficType.ALL,
-            )},
+            flow_logs={
+                "all-traffic": ec2.FlowLogOptions(
+                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),
+                    traffic_type=ec2.FlowLogTrafficType.ALL,
+                )
+            },
             restrict_default_security_group=False,
         )
         self.subnets = self.vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
         for subnet in self.subnets.subnets:
-            acknowledge(subnet, "CloudFormation-Validate::W3010",
-                        "Zones are explicit in cdk.json (checked against the region) so synth never needs AWS "
-                        "credentials for an availability-zone lookup.")
+            acknowledge(
+                subnet,
+                "CloudFormation-Validate::W3010",
+                "Zones are explicit in cdk.json (checked against the region) so synth never needs AWS "
+                "credentials for an availability-zone lookup.",
+            )
 
         self.workload_security_group = ec2.SecurityGroup(
             self,
@@ -93,11 +98,17 @@ class NetworkStack(cdk.Stack):
 
         for name, service in INTERFACE_ENDPOINTS.items():
             self.vpc.add_interface_endpoint(
-                name, service=service, subnets=ec2.SubnetSelection(subnets=self.subnets.subnets),
-                security_groups=[endpoint_security_group], private_dns_enabled=True, open=False,
+                name,
+                service=service,
+                subnets=ec2.SubnetSelection(subnets=self.subnets.subnets),
+                security_groups=[endpoint_security_group],
+                private_dns_enabled=True,
+                open=False,
             )
         self.vpc.add_gateway_endpoint(
-            "S3", service=ec2.GatewayVpcEndpointAwsService.S3, subnets=[ec2.SubnetSelection(subnets=self.subnets.subnets)]
+            "S3",
+            service=ec2.GatewayVpcEndpointAwsService.S3,
+            subnets=[ec2.SubnetSelection(subnets=self.subnets.subnets)],
         )
 
     @property

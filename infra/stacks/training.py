@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -16,12 +17,29 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Pinned AWS Hugging Face training image the trainer builds on (region substituted per environment).
 TRAINING_BASE_IMAGE = "huggingface-pytorch-training:2.9.0-transformers5.3.0-gpu-py312-cu130-ubuntu22.04"
 #: Only what the image needs travels into the build context (Docker ignore syntax).
-BUILD_CONTEXT = ["**", "!loraops/**", "!training_container/**", "**/__pycache__", "**/*.pyc"]
+BUILD_CONTEXT = [
+    "**",
+    "!pyproject.toml",
+    "!README.md",
+    "!loraops/**",
+    "!training_container/**",
+    "**/__pycache__",
+    "**/*.pyc",
+]
 
 
 def trainer_image_parameter(prefix: str) -> str:
     """SSM parameter holding the trainer image URI of an environment."""
     return f"/{prefix}/trainer-image-uri"
+
+
+def source_commit() -> str:
+    """The checkout's commit, recorded in every manifest the image writes (``unknown`` outside a git checkout)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def training_base_image(region: str) -> str:
@@ -41,7 +59,7 @@ class TrainingStack(cdk.Stack):
             file="training_container/Dockerfile",
             exclude=BUILD_CONTEXT,
             ignore_mode=cdk.IgnoreMode.DOCKER,
-            build_args={"BASE_IMAGE": training_base_image(config.region)},
+            build_args={"BASE_IMAGE": training_base_image(config.region), "LORAOPS_GIT_SHA": source_commit()},
             platform=ecr_assets.Platform.LINUX_AMD64,
         )
         # Where the fine-tune workflow and Studio users find the image to start training jobs with.

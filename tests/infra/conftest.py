@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
 
 from infra.app_factory import build_app
-from infra.stage import EnvironmentStacks
-
-ROOT = Path(__file__).resolve().parents[2]
+from infra.environment import EnvironmentStacks
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +36,11 @@ def templates(synthesized) -> dict[tuple[str, str], Template]:
     """(environment, concern) -> Template."""
     result = {}
     for name, env in synthesized.items():
-        for concern in ("storage", "network", "studio", "registry", "training"):
+        for concern in CONCERNS:
             result[(name, concern)] = Template.from_stack(getattr(env, concern))
     return result
 
 
-ENVIRONMENTS = ("dev", "staging", "prod")
+#: Every environment configured in cdk.json: adding one there adds its assertions everywhere.
+ENVIRONMENTS = tuple(json.loads((ROOT / "cdk.json").read_text())["context"]["loraops:environments"])
+CONCERNS = ("storage", "network", "studio", "registry", "training")

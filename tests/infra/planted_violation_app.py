@@ -1,17 +1,13 @@
 """A CDK app for the gate test: the real loraops app plus one deliberately insecure bucket.
 
-Run by ``cdk synth --app`` in tests/infra/test_nag_gate.py; never part of the product.
+Run as ``cdk synth --app "python -m tests.infra.planted_violation_app"`` from the repository root by
+tests/infra/test_nag_gate.py; never part of the product.
 """
 
-import sys
-from pathlib import Path
+import aws_cdk as cdk
+from aws_cdk import aws_s3 as s3
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import aws_cdk as cdk  # noqa: E402
-from aws_cdk import aws_s3 as s3  # noqa: E402
-
-from infra.app_factory import build_app  # noqa: E402
+from infra.app_factory import build_app
 
 
 def plant(app: cdk.App) -> cdk.Stack:

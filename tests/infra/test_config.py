@@ -46,7 +46,11 @@ def test_missing_context_key():
         ("training_instance_type", "g5.2xlarge", r"loraops:environments\.dev\.training_instance_type"),
         ("log_retention_days", 31, r"loraops:environments\.dev\.log_retention_days: must be one of"),
         ("base_model_id", "llama", r"loraops:environments\.dev\.base_model_id: base model id 'llama' must look like"),
-        ("availability_zones", ["us-east-1a"], r"loraops:environments\.dev\.availability_zones: List should have at least 2"),
+        (
+            "availability_zones",
+            ["us-east-1a"],
+            r"loraops:environments\.dev\.availability_zones: List should have at least 2",
+        ),
         ("user_profiles", ["bad_name"], r"loraops:environments\.dev\.user_profiles: user profile name 'bad_name'"),
         ("surprise", 1, r"loraops:environments\.dev\.surprise: Extra inputs are not permitted"),
     ],

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_iam as iam
 
 from infra import execution_role
 from infra.app_factory import build_app
-from tests.infra.conftest import ROOT
+from tests.helpers import ROOT
+from tests.infra.conftest import CONCERNS, ENVIRONMENTS
 from tests.infra.planted_violation_app import plant
 
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
@@ -51,9 +51,23 @@ def test_planted_violation_fails_synth_in_process(context_copy, tmp_path):
 
 def test_planted_violation_fails_cdk_cli_synth(tmp_path):
     result = subprocess.run(
-        [str(CDK), "synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path),
-         "--app", f"{sys.executable} tests/infra/planted_violation_app.py"],
-        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+        [
+            str(CDK),
+            "synth",
+            "-q",
+            "--no-notices",
+            "-c",
+            "env=dev",
+            "-o",
+            str(tmp_path),
+            "--app",
+            f"{sys.executable} -m tests.infra.planted_violation_app",
+        ],
+        cwd=ROOT,
+        env=_cdk_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0, result.stdout + result.stderr
     assert "AwsSolutions-S10" in result.stdout + result.stderr
@@ -71,17 +85,18 @@ def test_every_wildcard_reason_is_concrete():
 
 
 def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
-    """`cdk synth` (the README's main job) with no credentials: 12 templates, no findings, cfn-lint clean."""
+    """`cdk synth` with no credentials: a template per stack of every environment, no findings, cfn-lint clean."""
     result = subprocess.run(
         [str(CDK), "synth", "-q", "--no-notices", "-o", str(tmp_path)],
-        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_cdk_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     templates = sorted(p.name for p in tmp_path.glob("*.template.json"))
-    assert templates == sorted(
-        f"loraops-{env}-{concern}.template.json"
-        for env in ("dev", "staging", "prod") for concern in ("network", "registry", "storage", "studio", "training")
-    )
+    assert templates == sorted(f"loraops-{env}-{concern}.template.json" for env in ENVIRONMENTS for concern in CONCERNS)
     assert _violations(tmp_path) == []
     report = json.loads((tmp_path / "validation-report.json").read_text())
     assert [v for r in report["pluginReports"] for v in r["violations"]] == [], "no warnings either"
@@ -89,7 +104,9 @@ def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
     assert "missing" not in manifest, "synth needed a context lookup (AWS credentials)"
     lint = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), *map(str, tmp_path.glob("*.template.json"))],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
@@ -97,7 +114,11 @@ def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
 def test_cli_synth_of_one_environment(tmp_path):
     result = subprocess.run(
         [str(CDK), "synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path)],
-        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_cdk_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert {p.name.split("-")[1] for p in tmp_path.glob("*.template.json")} == {"dev"}
@@ -106,7 +127,11 @@ def test_cli_synth_of_one_environment(tmp_path):
 def test_cli_synth_of_unknown_environment_fails_with_message(tmp_path):
     result = subprocess.run(
         [str(CDK), "synth", "-q", "--no-notices", "-c", "env=qa", "-o", str(tmp_path)],
-        cwd=ROOT, env=_cdk_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_cdk_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
-    assert "-c env=qa: unknown environment (configured: dev, prod, staging)" in result.stderr
+    assert f"-c env=qa: unknown environment (configured: {', '.join(sorted(ENVIRONMENTS))})" in result.stderr

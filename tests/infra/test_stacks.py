@@ -7,7 +7,7 @@ from aws_cdk.assertions import Match
 
 from infra.stacks.network import INTERFACE_ENDPOINTS
 from loraops import s3_layout
-from tests.infra.conftest import ENVIRONMENTS
+from tests.infra.conftest import CONCERNS, ENVIRONMENTS
 
 pytestmark = pytest.mark.parametrize("env", ENVIRONMENTS)
 
@@ -29,20 +29,40 @@ def test_storage_key_and_buckets(env, templates, synthesized):
         "AWS::S3::Bucket",
         {
             "BucketName": config.artifact_bucket_name,
-            "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
-                "BucketKeyEnabled": True,
-                "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": Match.any_value()},
-            }]},
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [
+                    {
+                        "BucketKeyEnabled": True,
+                        "ServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": "aws:kms",
+                            "KMSMasterKeyID": Match.any_value(),
+                        },
+                    }
+                ]
+            },
             "VersioningConfiguration": {"Status": "Enabled"},
             "PublicAccessBlockConfiguration": {
-                "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+                "BlockPublicAcls": True,
+                "BlockPublicPolicy": True,
+                "IgnorePublicAcls": True,
+                "RestrictPublicBuckets": True,
             },
             "LoggingConfiguration": {"DestinationBucketName": Match.any_value(), "LogFilePrefix": "artifact-bucket/"},
-            "LifecycleConfiguration": {"Rules": Match.array_with([
-                Match.object_like({"NoncurrentVersionExpiration": {"NoncurrentDays": config.noncurrent_version_days},
-                                   "Status": "Enabled"}),
-                Match.object_like({"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}, "Status": "Enabled"}),
-            ])},
+            "LifecycleConfiguration": {
+                "Rules": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "NoncurrentVersionExpiration": {"NoncurrentDays": config.noncurrent_version_days},
+                                "Status": "Enabled",
+                            }
+                        ),
+                        Match.object_like(
+                            {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}, "Status": "Enabled"}
+                        ),
+                    ]
+                )
+            },
         },
     )
     expected_deletion = "Delete" if config.removal_policy == "destroy" else "Retain"
@@ -74,7 +94,18 @@ def test_network_is_isolated_with_flow_logs_and_endpoints(env, templates, synthe
     t.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "ALL", "ResourceType": "VPC"})
     t.resource_count_is("AWS::EC2::VPCEndpoint", len(INTERFACE_ENDPOINTS) + 1)
     services = [str(e["Properties"]["ServiceName"]) for e in t.find_resources("AWS::EC2::VPCEndpoint").values()]
-    for suffix in ("sagemaker.api", "sagemaker.runtime", "studio", "notebook", "sts", "ecr.api", "ecr.dkr", "logs", "kms", "s3"):
+    for suffix in (
+        "sagemaker.api",
+        "sagemaker.runtime",
+        "studio",
+        "notebook",
+        "sts",
+        "ecr.api",
+        "ecr.dkr",
+        "logs",
+        "kms",
+        "s3",
+    ):
         assert any(suffix in s for s in services), f"no VPC endpoint for {suffix}: {services}"
     t.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway"})
 
@@ -100,10 +131,15 @@ def _statements(template):
 def test_execution_role_is_scoped_to_loraops_prefixes(env, templates, synthesized):
     t = templates[(env, "studio")]
     bucket = synthesized[env].config.artifact_bucket_name
-    t.has_resource_properties("AWS::IAM::Role", {
-        "RoleName": f"loraops-{env}-sagemaker-execution",
-        "AssumeRolePolicyDocument": {"Statement": [Match.object_like({"Principal": {"Service": "sagemaker.amazonaws.com"}})]},
-    })
+    t.has_resource_properties(
+        "AWS::IAM::Role",
+        {
+            "RoleName": f"loraops-{env}-sagemaker-execution",
+            "AssumeRolePolicyDocument": {
+                "Statement": [Match.object_like({"Principal": {"Service": "sagemaker.amazonaws.com"}})]
+            },
+        },
+    )
     assert not _one(t, "AWS::IAM::Role").get("ManagedPolicyArns")
     statements = _statements(t)
     read = statements["ReadBaseModelsAndDatasets"]
@@ -131,20 +167,31 @@ def test_execution_role_has_collection_permissions(env, templates, synthesized):
     assert delete["Action"] == "resource-groups:DeleteGroup"
     assert delete["Condition"] == {"StringEquals": {"aws:ResourceTag/sagemaker:collection": "true"}}
     assert sorted(statements["CollectionsRead"]["Action"]) == [
-        "resource-groups:GetGroupQuery", "resource-groups:ListGroupResources"]
+        "resource-groups:GetGroupQuery",
+        "resource-groups:ListGroupResources",
+    ]
     assert statements["CollectionsSearch"] == {
-        "Sid": "CollectionsSearch", "Effect": "Allow", "Action": "tag:GetResources", "Resource": "*"}
+        "Sid": "CollectionsSearch",
+        "Effect": "Allow",
+        "Action": "tag:GetResources",
+        "Resource": "*",
+    }
     tagging = statements["CollectionsTagModelPackageGroups"]
     assert sorted(tagging["Action"]) == [
-        "sagemaker:AddTags", "sagemaker:DeleteTags", "sagemaker:DescribeModelPackageGroup"]
+        "sagemaker:AddTags",
+        "sagemaker:DeleteTags",
+        "sagemaker:DescribeModelPackageGroup",
+    ]
     assert tagging["Resource"] == f"arn:aws:sagemaker:{config.region}:{config.account}:model-package-group/*"
 
 
 def test_registry_groups_and_tags(env, templates, synthesized):
     t = templates[(env, "registry")]
     config = synthesized[env].config
-    groups = {g["Properties"]["ModelPackageGroupName"]: {tag["Key"]: tag["Value"] for tag in g["Properties"]["Tags"]}
-              for g in t.find_resources("AWS::SageMaker::ModelPackageGroup").values()}
+    groups = {
+        g["Properties"]["ModelPackageGroupName"]: {tag["Key"]: tag["Value"] for tag in g["Properties"]["Tags"]}
+        for g in t.find_resources("AWS::SageMaker::ModelPackageGroup").values()
+    }
     assert len(groups) == 1 + len(config.fine_tuned_lines)
     base = groups["meta-llama--Llama-2-7b-hf"]
     assert base["modelType"] == "BaseModel" and base["fineTuned"] == "False"
@@ -166,7 +213,11 @@ def test_environment_tags_on_every_stack(env, synthesized):
 
 def test_training_image_asset_is_staged_from_the_trainer(env, synthesized):
     import json
+    import subprocess
     from pathlib import Path
+
+    from infra.stacks.training import TRAINING_BASE_IMAGE, training_base_image
+    from tests.helpers import ROOT
 
     stack = synthesized[env].training
     assembly = stack.node.root.synth()  # already synthesized once: returns the same cloud assembly
@@ -175,10 +226,14 @@ def test_training_image_asset_is_staged_from_the_trainer(env, synthesized):
     (image,) = assets["dockerImages"].values()
     source = image["source"]
     assert source["dockerFile"] == "training_container/Dockerfile"
-    assert source["dockerBuildArgs"]["BASE_IMAGE"].startswith(f"763104351884.dkr.ecr.{synthesized[env].config.region}.")
+    assert source["dockerBuildArgs"]["BASE_IMAGE"] == training_base_image(synthesized[env].config.region)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert source["dockerBuildArgs"]["LORAOPS_GIT_SHA"] == commit  # every manifest the image writes names it
     staged = Path(assembly.directory, source["directory"])
     top = sorted(p.name for p in staged.iterdir())
-    assert top == ["loraops", "training_container"], top
+    assert top == ["README.md", "loraops", "pyproject.toml", "training_container"], top
+    dockerfile = (staged / "training_container" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE\n" in dockerfile and TRAINING_BASE_IMAGE not in dockerfile  # one constant names it
     assert (staged / "training_container" / "Dockerfile").is_file()
     assert (staged / "training_container" / "loraops_trainer" / "run.py").is_file()
     assert not list(staged.rglob("__pycache__"))
@@ -196,10 +251,11 @@ def test_no_security_group_is_open_to_the_internet(env, templates):
 
 def test_every_template_has_resources(env, templates):
     """CloudFormation rejects a template without resources ('At least one Resources member must be defined')."""
-    for concern in ("storage", "network", "studio", "registry", "training"):
+    for concern in CONCERNS:
         assert templates[(env, concern)].to_json().get("Resources"), concern
 
 
 def test_trainer_image_uri_is_published(env, templates):
-    templates[(env, "training")].has_resource_properties("AWS::SSM::Parameter", {
-        "Name": f"/loraops-{env}/trainer-image-uri", "Type": "String"})
+    templates[(env, "training")].has_resource_properties(
+        "AWS::SSM::Parameter", {"Name": f"/loraops-{env}/trainer-image-uri", "Type": "String"}
+    )

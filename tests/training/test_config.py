@@ -1,4 +1,4 @@
-"""Hyperparameters: SageMaker file + CLI + environment, typed and validated."""
+"""Settings: SageMaker file + environment + CLI through HfArgumentParser, typed and validated in-process."""
 
 from __future__ import annotations
 
@@ -6,77 +6,144 @@ import json
 
 import pytest
 
-from loraops_trainer.config import ConfigError, build_config, load_config, parse_bool
+from loraops.naming import OutputMode
+from loraops_trainer.config import ConfigError, TrainConfig, decode_sagemaker_value, load_settings
 
 REQUIRED = ["--base_model_dir", "/b", "--train_path", "/t", "--model_dir", "/m"]
 
 
-@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
-                                             ("True", True), ("1", True), ("yes", True)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("False", False),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("f", False),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+        ("t", True),
+    ],
+)
 def test_booleans_parse_properly(text, expected):
-    assert parse_bool("x", text) is expected
+    settings = load_settings([*REQUIRED, "--double_quant", text], environ={})
+    assert settings.config.double_quant is expected
 
 
 def test_false_string_is_false_not_truthy():
     """The reference recipe's `type=bool` turned '--merge_weights False' into True; this must not."""
-    config = load_config([*REQUIRED, "--gradient_checkpointing", "False", "--double-quant", "false"], environ={})
-    assert config.gradient_checkpointing is False and config.double_quant is False
+    settings = load_settings([*REQUIRED, "--gradient_checkpointing", "False", "--double-quant", "false"], environ={})
+    assert settings.training.gradient_checkpointing is False and settings.config.double_quant is False
 
 
 def test_bad_boolean_names_the_hyperparameter():
-    with pytest.raises(ConfigError, match="hyperparameter 'gradient_checkpointing': expected true/false, got 'maybe'"):
-        load_config([*REQUIRED, "--gradient_checkpointing", "maybe"], environ={})
+    with pytest.raises(ConfigError, match="hyperparameter 'gradient_checkpointing': Truthy value expected: got maybe"):
+        load_settings([*REQUIRED, "--gradient_checkpointing", "maybe"], environ={})
 
 
-def test_sagemaker_channels_and_hyperparameters_file(tmp_path):
+def test_loraops_defaults_for_training_arguments():
+    settings = load_settings(REQUIRED, environ={})
+    training = settings.training
+    assert (training.learning_rate, training.num_train_epochs, training.max_grad_norm) == (2e-4, 1.0, 0.3)
+    assert training.lr_scheduler_type.value == "cosine" and training.gradient_checkpointing is True
+    assert training.per_device_train_batch_size == 1 and training.remove_unused_columns is False
+    assert training.use_cpu is True  # without it, torchrun on CPU trains one unsynchronised copy per rank
+    assert settings.config.output_modes == (OutputMode.ADAPTER,)
+    assert settings.config.checkpoint_dir == "/m.checkpoints"  # kept beside the model folder, not in a temp dir
+    assert settings.hyperparameters["learning_rate"] == 2e-4 and "model_dir" not in settings.hyperparameters
+    json.dumps(settings.hyperparameters, allow_nan=False)
+
+
+def test_sagemaker_channels_and_json_encoded_hyperparameters(tmp_path):
+    """The SageMaker Python SDK JSON-encodes every value ('"both"', '64'); the file alone must be enough."""
     hp = tmp_path / "hyperparameters.json"
-    # SageMaker writes every value as a JSON string, plus entries of its own.
-    hp.write_text(json.dumps({"lora_r": "16", "learning_rate": "0.0001", "output_mode": "both",
-                              "sagemaker_program": "train.py"}))
-    env = {"SM_CHANNEL_BASE": "/opt/ml/input/data/base", "SM_CHANNEL_TRAINING": "/opt/ml/input/data/training",
-           "SM_MODEL_DIR": "/opt/ml/model", "TRAINING_JOB_NAME": "job-1"}
-    config = load_config(["--hyperparameters-file", str(hp), "--lora-r", "32"], environ=env)
+    hp.write_text(
+        json.dumps(
+            {
+                "lora_r": "16",
+                "learning_rate": "0.0001",
+                "output_mode": json.dumps("both"),
+                "double_quant": json.dumps(False),
+                "sagemaker_program": "train.py",
+            }
+        )
+    )
+    env = {
+        "SM_CHANNEL_BASE": "/opt/ml/input/data/base",
+        "SM_CHANNEL_TRAINING": "/opt/ml/input/data/training",
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "TRAINING_JOB_NAME": "job-1",
+    }
+    settings = load_settings(["--hyperparameters-file", str(hp), "--lora-r", "32"], environ=env)
+    config = settings.config
     assert config.base_model_dir == "/opt/ml/input/data/base"
     assert config.train_path == "/opt/ml/input/data/training"
     assert config.lora_r == 32  # the CLI wins over the file
-    assert config.learning_rate == 1e-4 and config.output_mode == "both"
+    assert settings.training.learning_rate == 1e-4 and config.output_mode == "both" and config.double_quant is False
+    assert config.output_modes == (OutputMode.ADAPTER, OutputMode.MERGED)
     assert config.checkpoint_dir == "/opt/ml/checkpoints"  # inside a job, checkpoints go where SageMaker syncs them
+
+
+def test_decoding_sagemaker_values():
+    assert decode_sagemaker_value('"both"') == "both"
+    assert decode_sagemaker_value("64") == "64"
+    assert decode_sagemaker_value(True) == "true"
+    assert decode_sagemaker_value("plain text") == "plain text"
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--lora_r", "0"], "hyperparameter 'lora_r': must be > 0"),
-        (["--lora_r", "1.5"], "hyperparameter 'lora_r': expected int, got '1.5'"),
-        (["--output_mode", "zip"], "hyperparameter 'output_mode': expected one of adapter, merged, both"),
-        (["--quantization", "fp4"], "hyperparameter 'quantization': expected one of nf4, int8, none"),
+        (["--lora_r", "1.5"], "hyperparameter 'lora_r': invalid int value: '1.5'"),
+        (["--output_mode", "zip"], "hyperparameter 'output_mode': invalid choice: 'zip'"),
+        (["--quantization", "fp4"], "hyperparameter 'quantization': invalid choice: 'fp4'"),
         (["--tokens_per_step", "100"], "hyperparameter 'tokens_per_step': must be >= max_seq_length"),
         (["--lora_dropout", "1"], r"hyperparameter 'lora_dropout': must be in \[0, 1\)"),
-        (["--merge_weights", "False"], r"unknown argument\(s\) \['--merge_weights', 'False'\]"),
+        (["--merge_weights", "False"], r"unknown hyperparameter\(s\) \['--merge_weights', 'False'\]"),
+        # the settings that once failed late, with a traceback, or not at all:
+        (["--merged_shard_size", "foo"], "hyperparameter 'merged_shard_size': expected a size such as 2GB"),
+        (["--num_train_epochs", "inf"], "hyperparameter 'num_train_epochs': must be a finite number, got inf"),
+        (["--learning_rate", "inf"], "hyperparameter 'learning_rate': must be a finite number, got inf"),
+        (["--learning_rate", "nan"], "hyperparameter 'learning_rate': must be a finite number, got nan"),
+        (["--optim", "foo"], r"hyperparameter 'optim': invalid choice: 'foo' \(choose from 'adamw_torch'"),
+        (["--warmup_steps", "-5"], "hyperparameter 'warmup_steps': must be >= 0"),
+        (["--max_grad_norm", "-1"], r"hyperparameter 'max_grad_norm': must be >= 0 \(0 turns clipping off\)"),
+        (["--lora_target_modules", " , "], "hyperparameter 'lora_target_modules': must name at least one module"),
+        (["--max_dropped_fraction", "2"], r"hyperparameter 'max_dropped_fraction': must be in \[0, 1\]"),
+        (
+            ["--per_device_train_batch_size", "4"],
+            "hyperparameter 'per_device_train_batch_size' is set by loraops; use tokens_per_step",
+        ),
+        (["--report_to", "wandb"], "hyperparameter 'report_to' is set by loraops"),
     ],
 )
 def test_invalid_hyperparameters(args, message):
     with pytest.raises(ConfigError, match=message):
-        load_config([*REQUIRED, *args], environ={})
+        load_settings([*REQUIRED, *args], environ={})
 
 
-def test_unknown_key_in_hyperparameters_file(tmp_path):
+def test_file_values_take_the_same_validation_path(tmp_path):
     hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({"merged_shard_size": json.dumps("foo")}))
+    with pytest.raises(ConfigError, match="hyperparameter 'merged_shard_size'"):
+        load_settings([*REQUIRED, "--hyperparameters-file", str(hp)], environ={})
     hp.write_text(json.dumps({"lora_rank": "8"}))
-    with pytest.raises(ConfigError, match=r"unknown hyperparameter\(s\) \['lora_rank'\]"):
-        load_config([*REQUIRED, "--hyperparameters-file", str(hp)], environ={})
+    with pytest.raises(ConfigError, match=r"unknown hyperparameter\(s\) \['--lora_rank', '8'\]"):
+        load_settings([*REQUIRED, "--hyperparameters-file", str(hp)], environ={})
 
 
 def test_missing_required_location():
     with pytest.raises(ConfigError, match="hyperparameter 'base_model_dir' is required .*SM_CHANNEL_BASE"):
-        load_config(["--train_path", "/t", "--model_dir", "/m"], environ={})
+        load_settings(["--train_path", "/t", "--model_dir", "/m"], environ={})
 
 
 def test_target_modules_and_categories():
-    config = build_config({"lora_target_modules": "q_proj, v_proj", "categories": "open_qa,closed_qa"})
+    config = TrainConfig(lora_target_modules="q_proj, v_proj", categories="open_qa,closed_qa")
     assert config.target_modules == ["q_proj", "v_proj"]
     assert config.category_filter == ["open_qa", "closed_qa"]
-    assert build_config({}).target_modules == "all-linear"
+    assert TrainConfig().target_modules == "all-linear"
 
 
 def test_idle_gpus_are_reported():

@@ -8,7 +8,7 @@ import pytest
 
 from loraops_trainer import data
 from loraops_trainer.data import IGNORE_INDEX, DataError
-from tests.training.conftest import DOLLY
+from tests.helpers import DOLLY
 
 
 def test_reads_the_dolly_sample():
@@ -21,7 +21,7 @@ def test_reads_the_dolly_sample():
 
 def test_loss_only_on_response_tokens(tokenizer):
     record = data.parse_record({"instruction": "Name a colour.", "context": "", "response": "Blue."}, "x:1")
-    (sample,) = data.tokenize([record], tokenizer, max_seq_length=256)
+    (sample,) = data.tokenize([record], tokenizer, max_seq_length=256).samples
     prompt_len = len([tokenizer.bos_token_id] + tokenizer(record.prompt, add_special_tokens=False)["input_ids"])
     assert sample.labels[:prompt_len] == [IGNORE_INDEX] * prompt_len
     scored = [t for t in sample.labels if t != IGNORE_INDEX]
@@ -32,16 +32,38 @@ def test_loss_only_on_response_tokens(tokenizer):
 
 def test_text_column_is_scored_entirely(tokenizer):
     record = data.parse_record({"text": "plain pretraining text"}, "x:1")
-    (sample,) = data.tokenize([record], tokenizer, max_seq_length=256)
+    (sample,) = data.tokenize([record], tokenizer, max_seq_length=256).samples
     assert sample.labels[0] == IGNORE_INDEX  # BOS only
     assert all(t != IGNORE_INDEX for t in sample.labels[1:])
 
 
 def test_long_records_are_truncated_and_oversized_prompts_dropped(tokenizer):
     records = data.read_records(DOLLY)
-    samples = data.tokenize(records, tokenizer, max_seq_length=64)
-    assert all(len(s) <= 64 for s in samples)
-    assert len(samples) < len(records)
+    channel = data.tokenize(records, tokenizer, max_seq_length=64, source=str(DOLLY))
+    assert all(len(s) <= 64 for s in channel.samples)
+    assert len(channel.samples) + channel.dropped_too_long == len(records) == channel.records_read
+    assert channel.dropped_too_long > 0 and channel.truncated > 0
+    assert channel.summary() == {
+        "source": DOLLY.name,
+        "records_read": 577,
+        "samples": len(channel.samples),
+        "dropped": {"prompt_longer_than_max_seq_length": channel.dropped_too_long},
+        "truncated_to_max_seq_length": channel.truncated,
+    }
+
+
+def test_too_many_dropped_records_fail_naming_the_channel(tokenizer):
+    """A max_seq_length that silently drops a large share of the data is refused, unless allowed."""
+    records = data.read_records(DOLLY)
+    dropped = data.tokenize(records, tokenizer, max_seq_length=64).dropped_too_long
+    share = dropped / len(records)
+    with pytest.raises(
+        DataError,
+        match=rf"training data {DOLLY}: {dropped} of 577 records \({share:.0%}\) have a "
+        r"prompt longer than max_seq_length=64, more than max_dropped_fraction=0.05",
+    ):
+        data.tokenize(records, tokenizer, max_seq_length=64, source=str(DOLLY), max_dropped_fraction=0.05)
+    assert data.tokenize(records, tokenizer, max_seq_length=64, max_dropped_fraction=share).dropped_too_long == dropped
 
 
 def _write(tmp_path, lines):
@@ -98,13 +120,15 @@ def test_dataset_digest_changes_with_content(tmp_path):
 
 
 def test_validation_channel_is_used_instead_of_a_split(tmp_path, tokenizer):
-    from loraops_trainer.config import build_config
+    from loraops_trainer.config import TrainConfig
     from loraops_trainer.run import prepare_data
 
     validation = tmp_path / "validation.jsonl"
     validation.write_text("\n".join(DOLLY.read_text().splitlines()[:5]) + "\n")
-    config = build_config({"train_path": str(DOLLY), "validation_path": str(validation), "max_seq_length": 2048})
-    prepared = prepare_data(config, tokenizer)
+    config = TrainConfig(train_path=str(DOLLY), validation_path=str(validation), max_seq_length=2048)
+    prepared = prepare_data(config, tokenizer, seed=42)
     assert len(prepared.validation_records) == 5
-    assert len(prepared.train) == len(data.tokenize(data.read_records(DOLLY), tokenizer, 2048))
-    assert prepared.digest == f"{data.dataset_digest(DOLLY)},{data.dataset_digest(validation)}"
+    assert len(prepared.train.samples) == len(data.tokenize(data.read_records(DOLLY), tokenizer, 2048).samples)
+    assert prepared.digest == data.dataset_digest(DOLLY, validation)
+    assert prepared.digest != data.dataset_digest(validation, DOLLY) != data.dataset_digest(DOLLY)
+    assert prepared.summary()["validation"]["records_read"] == 5

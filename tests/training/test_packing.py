@@ -7,7 +7,7 @@ import torch
 
 from loraops_trainer.data import IGNORE_INDEX, Sample, read_records, tokenize
 from loraops_trainer.packing import PackedCollator, PackedDataset, pack, pad_batch
-from tests.training.conftest import DOLLY
+from tests.helpers import DOLLY
 
 
 def test_bins_respect_budget_and_cover_every_sample_once():
@@ -41,7 +41,7 @@ def test_packed_loss_equals_padded_loss(tiny_base, tokenizer, attention):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_base), attn_implementation=attention).eval()
     # As in training: no KV cache (transformers only derives per-sample masks from position ids without one).
     model.config.use_cache = False
-    samples = tokenize(read_records(DOLLY)[:10], tokenizer, max_seq_length=256)
+    samples = tokenize(read_records(DOLLY)[:10], tokenizer, max_seq_length=256).samples
     with torch.no_grad():
         packed = model(**PackedCollator(tokenizer.pad_token_id)([samples])).loss
         padded = model(**pad_batch(samples, tokenizer.pad_token_id)).loss

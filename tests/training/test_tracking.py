@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 
 import boto3
-import pytest
 from botocore.config import Config
 from botocore.stub import ANY, Stubber
 from transformers import TrainerControl, TrainerState
@@ -19,8 +17,12 @@ from loraops_trainer.tracking import MLflowBackend, SageMakerExperimentsBackend,
 def _clients():
     """Real boto3 clients; the Stubber below checks every request against the SageMaker API model.
     (The local AWS emulator does not implement SageMaker Experiments or sagemaker-metrics.)"""
-    kwargs = dict(region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test",
-                  config=Config(retries={"max_attempts": 1}))
+    kwargs = dict(
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"max_attempts": 1}),
+    )
     return boto3.client("sagemaker", **kwargs), boto3.client("sagemaker-metrics", **kwargs)
 
 
@@ -34,23 +36,46 @@ def test_sagemaker_experiments_requests():
     sm, metrics = _clients()
     with Stubber(sm) as sm_stub, Stubber(metrics) as metrics_stub:
         sm_stub.add_response("create_experiment", {"ExperimentArn": "arn:x"}, {"ExperimentName": "dolly"})
-        sm_stub.add_client_error("create_trial", "ResourceInUse", expected_params={
-            "TrialName": "dolly-job-1", "ExperimentName": "dolly"})
-        sm_stub.add_response("associate_trial_component", {}, {
-            "TrialComponentName": "job-1-aws-training-job", "TrialName": "dolly-job-1"})
-        sm_stub.add_response("update_trial_component", {}, {
-            "TrialComponentName": "job-1-aws-training-job",
-            "Parameters": {"lora_r": {"NumberValue": 64.0}, "quantization": {"StringValue": "nf4"},
-                           "gradient_checkpointing": {"StringValue": "True"}}})
-        metrics_stub.add_response("batch_put_metrics", {}, {
-            "TrialComponentName": "job-1-aws-training-job",
-            "MetricData": [{"MetricName": "loss", "Timestamp": ANY, "Step": 10, "Value": 1.5}]})
-        sm_stub.add_response("update_trial_component", {}, {
-            "TrialComponentName": "job-1-aws-training-job",
-            "OutputArtifacts": {"metrics.jsonl": {"Value": "s3://b/adapters/g/job-1/output/model/metrics.jsonl"}}})
+        sm_stub.add_client_error(
+            "create_trial", "ResourceInUse", expected_params={"TrialName": "dolly-job-1", "ExperimentName": "dolly"}
+        )
+        sm_stub.add_response(
+            "associate_trial_component",
+            {},
+            {"TrialComponentName": "job-1-aws-training-job", "TrialName": "dolly-job-1"},
+        )
+        sm_stub.add_response(
+            "update_trial_component",
+            {},
+            {
+                "TrialComponentName": "job-1-aws-training-job",
+                "Parameters": {
+                    "lora_r": {"NumberValue": 64.0},
+                    "quantization": {"StringValue": "nf4"},
+                    "gradient_checkpointing": {"StringValue": "True"},
+                },
+            },
+        )
+        metrics_stub.add_response(
+            "batch_put_metrics",
+            {},
+            {
+                "TrialComponentName": "job-1-aws-training-job",
+                "MetricData": [{"MetricName": "loss", "Timestamp": ANY, "Step": 10, "Value": 1.5}],
+            },
+        )
+        sm_stub.add_response(
+            "update_trial_component",
+            {},
+            {
+                "TrialComponentName": "job-1-aws-training-job",
+                "OutputArtifacts": {"metrics.jsonl": {"Value": "s3://b/adapters/g/job-1/output/model/metrics.jsonl"}},
+            },
+        )
 
-        backend = SageMakerExperimentsBackend("job-1", "dolly", "s3://b/adapters/g/job-1/output/model/",
-                                              sagemaker_client=sm, metrics_client=metrics)
+        backend = SageMakerExperimentsBackend(
+            "job-1", "dolly", "s3://b/adapters/g/job-1/output/model/", sagemaker_client=sm, metrics_client=metrics
+        )
         backend.start({"lora_r": 64, "quantization": "nf4", "gradient_checkpointing": True})
         backend.log_metrics(10, {"loss": 1.5})
         from pathlib import Path

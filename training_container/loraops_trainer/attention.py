@@ -42,8 +42,9 @@ def _causal_varlen() -> tuple[Any, dict[str, Any]]:
     """``varlen_attn`` and its causal switch, looked up once (``is_causal`` up to torch 2.11, a window later)."""
     from torch.nn.attention.varlen import varlen_attn
 
-    causal = ({"is_causal": True} if "is_causal" in inspect.signature(varlen_attn).parameters
-              else {"window_size": (-1, 0)})
+    causal = (
+        {"is_causal": True} if "is_causal" in inspect.signature(varlen_attn).parameters else {"window_size": (-1, 0)}
+    )
     return varlen_attn, causal
 
 
@@ -57,8 +58,8 @@ def packed_varlen_attention(module, query, key, value, attention_mask, scaling=N
     segments = _state["segments"]
     if segments is None or query.shape[2] != key.shape[2]:
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=query.shape[2] > 1, scale=scaling,
-            enable_gqa=query.shape[1] != key.shape[1])
+            query, key, value, is_causal=query.shape[2] > 1, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+        )
         return out.transpose(1, 2).contiguous(), None
     if key.shape[1] != query.shape[1]:  # grouped-query attention: expand the shared heads
         repeat = query.shape[1] // key.shape[1]

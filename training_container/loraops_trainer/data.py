@@ -21,9 +21,10 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ def parse_record(obj: Any, where: str) -> Record:
         raise DataError(f"{where}: field 'response' is empty")
     context = _string_field(obj, "context", where, required=False)
     category = _string_field(obj, "category", where, required=False) or None
-    return Record(prompt=format_prompt(instruction, context), response=response.strip(), category=category, source=where)
+    return Record(
+        prompt=format_prompt(instruction, context), response=response.strip(), category=category, source=where
+    )
 
 
 def read_records(path: Path) -> list[Record]:
@@ -134,11 +137,14 @@ def filter_categories(records: list[Record], categories: list[str]) -> list[Reco
     return kept
 
 
-def dataset_digest(path: Path) -> str:
-    """``sha256:`` over the data files' names and bytes."""
+def dataset_digest(*paths: Path) -> str:
+    """``sha256:<hex>`` over the channels' data files: each file's position, name and bytes."""
     digest = hashlib.sha256()
-    for file in data_files(path):
-        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    for channel, path in enumerate(paths):
+        for file in data_files(path):
+            with open(file, "rb") as handle:
+                content = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest.update(f"{channel}\0{file.name}\0{content}\n".encode())
     return f"sha256:{digest.hexdigest()}"
 
 
@@ -148,10 +154,45 @@ def prompt_ids(record: Record, tokenizer: Any) -> list[int]:
     return bos + (tokenizer(record.prompt, add_special_tokens=False)["input_ids"] if record.prompt else [])
 
 
-def tokenize(records: Iterable[Record], tokenizer: Any, max_seq_length: int) -> list[Sample]:
-    """BOS + prompt + response + EOS; labels only on response (+EOS); truncated at ``max_seq_length``."""
+@dataclass(frozen=True)
+class Channel:
+    """One data channel tokenized: its samples and what happened to its records."""
+
+    name: str
+    source: str
+    samples: list[Sample]
+    records_read: int
+    dropped_too_long: int
+    truncated: int
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest records of the channel."""
+        return {
+            "source": Path(self.source).name,
+            "records_read": self.records_read,
+            "samples": len(self.samples),
+            "dropped": {"prompt_longer_than_max_seq_length": self.dropped_too_long},
+            "truncated_to_max_seq_length": self.truncated,
+        }
+
+
+def tokenize(
+    records: Iterable[Record],
+    tokenizer: Any,
+    max_seq_length: int,
+    *,
+    name: str = "training",
+    source: str = "",
+    max_dropped_fraction: float = 1.0,
+) -> Channel:
+    """BOS + prompt + response + EOS; labels only on response (+EOS); truncated at ``max_seq_length``.
+
+    A record whose prompt alone fills ``max_seq_length`` is dropped; more than ``max_dropped_fraction`` of the
+    channel dropped fails with the channel's source named.
+    """
     samples: list[Sample] = []
-    dropped = 0
+    records = list(records)
+    dropped = truncated = 0
     eos = [tokenizer.eos_token_id]
     for record in records:
         prompt = prompt_ids(record, tokenizer)
@@ -159,14 +200,35 @@ def tokenize(records: Iterable[Record], tokenizer: Any, max_seq_length: int) -> 
         if len(prompt) >= max_seq_length - 1:
             dropped += 1
             continue
+        truncated += len(prompt) + len(response_ids) > max_seq_length
         input_ids = (prompt + response_ids)[:max_seq_length]
         labels = ([IGNORE_INDEX] * len(prompt) + response_ids)[:max_seq_length]
         samples.append(Sample(input_ids=input_ids, labels=labels))
-    if dropped:
-        logger.warning("dropped %d record(s) whose prompt alone exceeds max_seq_length=%d", dropped, max_seq_length)
+    where = f"{name} data {source}".rstrip()
     if not samples:
-        raise DataError(f"no sample fits max_seq_length={max_seq_length}")
-    return samples
+        raise DataError(f"{where}: no sample fits max_seq_length={max_seq_length}")
+    if records and dropped / len(records) > max_dropped_fraction:
+        raise DataError(
+            f"{where}: {dropped} of {len(records)} records ({dropped / len(records):.0%}) have a prompt "
+            f"longer than max_seq_length={max_seq_length}, more than max_dropped_fraction="
+            f"{max_dropped_fraction}; raise max_seq_length or max_dropped_fraction"
+        )
+    if dropped:
+        logger.warning(
+            "%s: dropped %d of %d record(s) whose prompt alone exceeds max_seq_length=%d",
+            where,
+            dropped,
+            len(records),
+            max_seq_length,
+        )
+    return Channel(
+        name=name,
+        source=source,
+        samples=samples,
+        records_read=len(records),
+        dropped_too_long=dropped,
+        truncated=truncated,
+    )
 
 
 def split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from loraops_trainer.data import IGNORE_INDEX, Record, Sample, prompt_ids
+from loraops_trainer.data import IGNORE_INDEX, DataError, Record, Sample, prompt_ids
 from loraops_trainer.packing import PackedCollator, PackedDataset
 
 EVALUATION_FILE = "evaluation.json"
@@ -17,8 +18,15 @@ SAMPLES_FILE = "samples.json"
 
 
 @torch.no_grad()
-def validation_loss(model: Any, samples: Sequence[Sample], budget: int, pad_token_id: int,
-                    pad_to: int | None = None, max_batches: int = 0) -> tuple[float, int]:
+def validation_loss(
+    model: Any,
+    samples: Sequence[Sample],
+    budget: int,
+    pad_token_id: int,
+    pad_to: int | None = None,
+    max_batches: int = 0,
+    where: str = "validation data",
+) -> tuple[float, int]:
     """Token-weighted mean loss over packed validation batches, and the number of scored tokens."""
     dataset = PackedDataset(samples, budget, seed=0)
     collate = PackedCollator(pad_token_id, pad_to)
@@ -40,7 +48,7 @@ def validation_loss(model: Any, samples: Sequence[Sample], budget: int, pad_toke
     finally:
         model.train(was_training)
     if tokens == 0:
-        raise ValueError("validation data has no response tokens to score")
+        raise DataError(f"{where}: no response tokens to score")
     return total / tokens, tokens
 
 
@@ -61,7 +69,9 @@ def metrics_report(validation: float, train_loss: float | None, tokens: int) -> 
 
 
 @torch.no_grad()
-def sample_generations(model: Any, tokenizer: Any, records: Sequence[Record], max_new_tokens: int) -> list[dict[str, str]]:
+def sample_generations(
+    model: Any, tokenizer: Any, records: Sequence[Record], max_new_tokens: int
+) -> list[dict[str, str]]:
     """Greedy completions of the first validation prompts, next to the reference responses."""
     device = next(p for p in model.parameters()).device
     results = []
@@ -73,10 +83,15 @@ def sample_generations(model: Any, tokenizer: Any, records: Sequence[Record], ma
                 continue
             ids = prompt_ids(record, tokenizer)
             input_ids = torch.tensor([ids], device=device)
-            output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                    max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                    pad_token_id=tokenizer.pad_token_id)
-            generated = tokenizer.decode(output[0, len(ids):], skip_special_tokens=True)
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            generated = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
             results.append({"prompt": record.prompt, "reference": record.response, "generated": generated})
     finally:
         model.train(was_training)
@@ -84,5 +99,5 @@ def sample_generations(model: Any, tokenizer: Any, records: Sequence[Record], ma
 
 
 def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     return path

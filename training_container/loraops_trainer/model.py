@@ -30,14 +30,17 @@ def attention_implementation(config: TrainConfig) -> str:
 
 
 def fused_kernels_enabled(config: TrainConfig) -> bool:
-    """Liger kernels (Triton) when asked, or by default on CUDA when the package is installed."""
+    """Liger kernels (Triton; applied by the Trainer through ``use_liger_kernel``) when asked, or by default
+    on CUDA when the package is installed."""
+    from loraops_trainer.config import ConfigError
+
     if config.fused_kernels == "off":
         return False
     try:
         import liger_kernel  # noqa: F401
     except ImportError:
         if config.fused_kernels == "on":
-            raise RuntimeError("fused_kernels=on needs the liger-kernel package") from None
+            raise ConfigError("hyperparameter 'fused_kernels': 'on' needs the liger-kernel package") from None
         return False
     return config.fused_kernels == "on" or torch.cuda.is_available()
 
@@ -62,12 +65,6 @@ def load_base_model(config: TrainConfig) -> Any:
     """The base model, quantized as configured, frozen, ready for LoRA."""
     from transformers import AutoModelForCausalLM
 
-    if fused_kernels_enabled(config):
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
-
-        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=True)
-        logger.info("fused kernels: liger (rope, rms_norm, swiglu, fused linear cross-entropy)")
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
     attention = attention_implementation(config)
     if attention == packed_attention.NAME:
@@ -81,19 +78,49 @@ def load_base_model(config: TrainConfig) -> Any:
     )
     if attention == packed_attention.NAME:
         packed_attention.install(model)
+    if config.quantization == "nf4" and not torch.cuda.is_available():
+        keep_cpu_4bit_layout(model)
     model.config.use_cache = False
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
 
 
+def keep_cpu_4bit_layout(model: Any) -> None:
+    """bitsandbytes on CPUs with AVX512-BF16 repacks a Linear4bit's weights on its first no-grad eval forward:
+    that repack needs out_features divisible by 32 (other shapes crash at evaluation) and, once done, LoRA
+    gradients come out wrong. Turning it off keeps the one layout every shape trains, evaluates and merges in."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def check_target_modules(config: TrainConfig) -> None:
+    """Refuse LoRA target names the base model does not have, from its config alone (no weights loaded)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from loraops_trainer.config import ConfigError
+
+    if config.target_modules == "all-linear":
+        return
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config.base_model_dir))
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = sorted(set(config.target_modules) - present)
+    if missing:
+        raise ConfigError(
+            f"hyperparameter 'lora_target_modules': the base model has no linear layer named "
+            f"{missing}; its linear layers are {sorted(present)}"
+        )
+
+
 def add_lora(model: Any, config: TrainConfig) -> Any:
     """Wrap ``model`` with trainable LoRA adapters (fp32 master weights) on the target modules."""
     from peft import LoraConfig, get_peft_model
 
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

@@ -1,40 +1,50 @@
-"""Writing the artifacts: the LoRA adapter (bf16) and/or the merged model, each with its manifest.
+"""Writing the artifacts into a staging folder: the LoRA adapter (bf16) and/or the merged model.
 
-Everything is written into ``<model_dir>/.partial`` first and moved into place only when complete, so
-a failed run leaves no half-written artifact. Layout of ``model_dir``:
+Layout (what :mod:`loraops_trainer.publish` then publishes as the model folder):
 
-- ``adapter``: the PEFT folder itself (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer)
-- ``merged``: the merged model folder (``config.json``, ``model-*.safetensors`` shards, tokenizer)
-- ``both``: ``adapter/`` and ``merged/`` subfolders, each as above
+- adapter only: the PEFT folder itself (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer)
+- merged only: the merged model folder (``config.json``, ``model-*.safetensors`` shards, tokenizer)
+- both: ``adapter/`` and ``merged/`` subfolders, each as above
 
-Every artifact folder also holds ``loraops-manifest.json`` and the run's reports
-(``metrics.jsonl``, ``loss_curve.png``, ``evaluation.json``, ``samples.json``).
+``write_artifacts`` returns the folder of each output mode; the caller adds reports and manifests.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraops.manifest import Manifest
+from loraops.naming import OutputMode
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PARTIAL = ".partial"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
-def save_adapter(peft_model: Any, tokenizer: Any, folder: Path) -> None:
-    """The PEFT adapter with its weights stored in bf16 (not the fp32 they trained in)."""
+def artifact_folders(root: Path, modes: tuple[OutputMode, ...]) -> dict[OutputMode, Path]:
+    """Where each mode's artifact lies under ``root``: the root itself for one mode, a subfolder each for two."""
+    if len(modes) == 1:
+        return {modes[0]: root}
+    return {mode: root / mode.value for mode in modes}
+
+
+def save_adapter(peft_model: Any, tokenizer: Any, folder: Path, base_model_id: str) -> None:
+    """The PEFT adapter with bf16 weights, naming the base by its Hugging Face id (never a local path)."""
     peft_model.save_pretrained(str(folder), safe_serialization=True)
     weights = folder / ADAPTER_WEIGHTS
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(weights)).items()}
     save_file(tensors, str(weights), metadata={"format": "pt"})
+    config_path = folder / ADAPTER_CONFIG
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = base_model_id
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(str(folder))
 
 
@@ -60,50 +70,31 @@ def save_merged(merged: Any, tokenizer: Any, folder: Path, shard_size: str) -> N
     tokenizer.save_pretrained(str(folder))
 
 
+def write_artifacts(
+    staging: Path,
+    modes: tuple[OutputMode, ...],
+    peft_model: Any,
+    tokenizer: Any,
+    *,
+    base_model_id: str,
+    shard_size: str,
+) -> dict[OutputMode, Path]:
+    """Write each mode's artifact under ``staging``; returns mode -> folder. Merging consumes the model."""
+    folders = artifact_folders(staging, modes)
+    # The merge starts from the saved bf16 adapter, so the adapter is written first even for merged-only runs.
+    adapter_folder = folders.get(OutputMode.ADAPTER, staging / ".adapter-for-merge")
+    adapter_folder.mkdir(parents=True, exist_ok=True)
+    save_adapter(peft_model, tokenizer, adapter_folder, base_model_id)
+    if OutputMode.MERGED in folders:
+        merged = merge_into_bf16_base(peft_model, adapter_folder)
+        if OutputMode.ADAPTER not in folders:
+            shutil.rmtree(adapter_folder)
+        folders[OutputMode.MERGED].mkdir(parents=True, exist_ok=True)
+        save_merged(merged, tokenizer, folders[OutputMode.MERGED], shard_size)
+    return folders
+
+
 def copy_reports(reports: list[Path], folder: Path) -> None:
     for report in reports:
         if report.exists():
             shutil.copy2(report, folder / report.name)
-
-
-def write_artifacts(
-    model_dir: Path,
-    output_mode: str,
-    peft_model: Any,
-    tokenizer: Any,
-    manifest_for: Callable[[str], Manifest],
-    reports: list[Path],
-    shard_size: str,
-) -> None:
-    """Write the configured artifacts into ``model_dir``: all of them, or (on any error) nothing."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    partial = model_dir / PARTIAL
-    shutil.rmtree(partial, ignore_errors=True)
-    both = output_mode == "both"
-    adapter_folder = partial if output_mode == "adapter" else partial / "adapter"
-    merged_folder = partial / "merged" if both else partial
-    try:
-        adapter_folder.mkdir(parents=True, exist_ok=True)
-        save_adapter(peft_model, tokenizer, adapter_folder)
-        if output_mode in ("adapter", "both"):
-            copy_reports(reports, adapter_folder)
-            manifest_for("adapter").write(adapter_folder)
-        if output_mode in ("merged", "both"):
-            merged = merge_into_bf16_base(peft_model, adapter_folder)
-            if not both:  # merged only: the adapter was a stepping stone
-                shutil.rmtree(adapter_folder)
-            merged_folder.mkdir(parents=True, exist_ok=True)
-            save_merged(merged, tokenizer, merged_folder, shard_size)
-            copy_reports(reports, merged_folder)
-            manifest_for("merged").write(merged_folder)
-        for item in sorted(partial.iterdir()):
-            target = model_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            item.rename(target)
-        partial.rmdir()
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise

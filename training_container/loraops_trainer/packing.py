@@ -11,7 +11,7 @@ compiled kernels.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -88,8 +88,10 @@ class PackedCollator:
 def pad_batch(samples: Sequence[Sample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """The same samples padded to the longest (right padding, attention mask): the baseline layout."""
     width = max(len(s) for s in samples)
+
     def padded(values: list[int], fill: int) -> list[int]:
         return values + [fill] * (width - len(values))
+
     return {
         "input_ids": torch.tensor([padded(s.input_ids, pad_token_id) for s in samples]),
         "labels": torch.tensor([padded(s.labels, IGNORE_INDEX) for s in samples]),

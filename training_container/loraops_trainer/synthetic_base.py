@@ -6,19 +6,33 @@ saved as an ordinary Hugging Face folder that the trainer loads exactly like a r
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 #: The Llama-2-7B shape (random weights): what the GPU benchmark trains.
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, max_position_embeddings=4096, vocab_size=32000)
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    vocab_size=32000,
+)
 #: The same width with 4 layers: quick GPU probes of the 7B kernels.
 LLAMA2_7B_4_LAYERS = {**LLAMA2_7B, "num_hidden_layers": 4}
 #: A model small enough for CPU tests (well under a second per step).
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=2048, vocab_size=512)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    vocab_size=512,
+)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -29,16 +43,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )
 
 
-def build_base_model(folder: Path, texts: Iterable[str], shape: dict, seed: int = 0,
-                     dtype: torch.dtype = torch.float32) -> Path:
+def build_base_model(
+    folder: Path, texts: Iterable[str], shape: dict, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write tokenizer + random Llama of ``shape`` to ``folder``; returns it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -46,8 +65,9 @@ def build_base_model(folder: Path, texts: Iterable[str], shape: dict, seed: int 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(texts, shape["vocab_size"])
     torch.manual_seed(seed)
-    config = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
-                         rms_norm_eps=1e-5)
+    config = LlamaConfig(
+        **shape, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, rms_norm_eps=1e-5
+    )
     with torch.device("cuda" if dtype == torch.bfloat16 and torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(str(folder), safe_serialization=True)

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,8 +36,11 @@ class Backend(Protocol):
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
 
 
 class SageMakerExperimentsBackend:
@@ -45,8 +48,14 @@ class SageMakerExperimentsBackend:
 
     name = "sagemaker-experiments"
 
-    def __init__(self, job_name: str, experiment_name: str, artifact_s3_uri: str = "",
-                 sagemaker_client: Any = None, metrics_client: Any = None) -> None:
+    def __init__(
+        self,
+        job_name: str,
+        experiment_name: str,
+        artifact_s3_uri: str = "",
+        sagemaker_client: Any = None,
+        metrics_client: Any = None,
+    ) -> None:
         import boto3
 
         self.job_name = job_name
@@ -68,17 +77,20 @@ class SageMakerExperimentsBackend:
         self._create(self.sm.create_trial, TrialName=self.trial_name, ExperimentName=self.experiment_name)
         self.sm.associate_trial_component(TrialComponentName=self.trial_component, TrialName=self.trial_name)
         parameters = {
-            k: {"NumberValue": float(v)} if isinstance(v, (int, float)) and not isinstance(v, bool)
+            k: {"NumberValue": float(v)}
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
             else {"StringValue": str(v)[:2500]}
             for k, v in params.items()
         }
         self.sm.update_trial_component(TrialComponentName=self.trial_component, Parameters=parameters)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         data = [{"MetricName": k, "Timestamp": now, "Step": step, "Value": v} for k, v in metrics.items()]
         for i in range(0, len(data), _METRICS_PER_CALL):
-            self.metrics.batch_put_metrics(TrialComponentName=self.trial_component, MetricData=data[i:i + _METRICS_PER_CALL])
+            self.metrics.batch_put_metrics(
+                TrialComponentName=self.trial_component, MetricData=data[i : i + _METRICS_PER_CALL]
+            )
 
     def log_artifacts(self, files: list[Path]) -> None:
         if not self.artifact_s3_uri:
@@ -91,7 +103,11 @@ class SageMakerExperimentsBackend:
 
 
 class MLflowBackend:
-    """MLflow: a run per job with parameters, step metrics and the artifacts."""
+    """MLflow: a run per job with parameters, step metrics, the evaluation and the artifacts.
+
+    Not transformers' ``MLflowCallback`` (``report_to="mlflow"``): it ends the run in ``on_train_end``, before
+    loraops evaluates and logs the reports, and an unreachable server raises out of it and stops training.
+    """
 
     name = "mlflow"
 
@@ -133,8 +149,13 @@ class TrackingCallback(TrainerCallback):
             try:
                 getattr(backend, method)(*args)
             except Exception as error:  # noqa: BLE001 - tracking must never stop training
-                logger.warning("tracking backend %s failed in %s (%s: %s); it is switched off",
-                               backend.name, method, type(error).__name__, error)
+                logger.warning(
+                    "tracking backend %s failed in %s (%s: %s); it is switched off",
+                    backend.name,
+                    method,
+                    type(error).__name__,
+                    error,
+                )
                 self.backends.remove(backend)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -200,8 +221,9 @@ def write_loss_curve(metrics_path: Path, png_path: Path) -> Path | None:
     return png_path
 
 
-def backends_from_environment(job_name: str | None, experiment_name: str, mlflow_uri: str,
-                              artifact_s3_uri: str = "") -> list[Backend]:
+def backends_from_environment(
+    job_name: str | None, experiment_name: str, mlflow_uri: str, artifact_s3_uri: str = ""
+) -> list[Backend]:
     """SageMaker Experiments inside a job with an experiment name; MLflow with a tracking URI."""
     backends: list[Backend] = []
     if job_name and experiment_name:

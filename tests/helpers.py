@@ -1,0 +1,107 @@
+"""Helpers shared by the test modules (fixtures live in the conftest files)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOLLY = ROOT / "data" / "dolly" / "databricks-dolly-15k-sample.jsonl"
+TRAIN_SCRIPT = ROOT / "training_container" / "train.py"
+
+
+def fast_args(base: Path, model_dir: Path, **overrides) -> list[str]:
+    """CLI arguments for a few quick CPU steps on the dolly sample."""
+    settings = dict(
+        base_model_dir=base,
+        train_path=DOLLY,
+        model_dir=model_dir,
+        quantization="none",
+        tokens_per_step=1024,
+        max_seq_length=256,
+        max_steps=6,
+        logging_steps=2,
+        save_steps=1000,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        gradient_checkpointing="false",
+        sample_generations=1,
+        max_new_tokens=4,
+        learning_rate=1e-3,
+        max_dropped_fraction=0.5,
+    )
+    settings.update(overrides)
+    args: list[str] = []
+    for key, value in settings.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def run_train(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real entry point in a subprocess, as SageMaker would start it."""
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def train_in_process(args: list[str], capsys) -> tuple[int, dict | None, str]:
+    """``loraops-train`` in this process (no interpreter start-up): exit code, metrics, stderr with the log."""
+    import io
+    import logging
+
+    from loraops_trainer.cli import main
+
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        code = main(args)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith('{"metrics"')]
+    return code, (json.loads(lines[-1])["metrics"] if lines else None), captured.err + log.getvalue()
+
+
+def assert_nf4_merge_is_faithful(base, out, device: str) -> None:
+    """Load the base as NF4 (as training did), de-quantize it, and compare the merged output against it."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    device_map = {"": 0} if device == "cuda" else None
+    nf4 = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, device_map=device_map)
+    assert any(type(m).__name__ == "Linear4bit" for m in nf4.modules())
+    assert_merged_equals_base_plus_adapter(nf4.dequantize().float(), out, device)
+
+
+def assert_merged_equals_base_plus_adapter(base_model, out, device: str) -> None:
+    """Merged logits match base + unmerged adapter up to bf16 storage rounding, and the adapter matters."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(3, base_model.config.vocab_size, (2, 48), device=device)
+    with torch.no_grad():
+        base_logits = base_model(input_ids=ids).logits
+        with_adapter = PeftModel.from_pretrained(base_model, str(out / "adapter")).eval()
+        expected = with_adapter(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(str(out / "merged"), dtype=torch.float32).to(device).eval()
+        actual = merged(input_ids=ids).logits
+    assert "quantization_config" not in merged.config.to_dict()
+    effect = (expected - base_logits).abs().max().item()
+    error = (expected - actual).abs().max().item()
+    assert error < 0.1 * effect, f"merge error {error} vs adapter effect {effect}"
