@@ -40,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from loraops_trainer.config import load_settings
         from loraops_trainer.run import train
-
+    except ImportError as error:
+        print(
+            f"train: error: {error}; the trainer needs torch and its pinned dependencies: "
+            "pip install torch==2.13.0 'loraops[train]' (or use the training image)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         metrics = train(load_settings(argv))
     except SystemExit:
         raise  # --help

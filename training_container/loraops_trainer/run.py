@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import loraops
 from loraops.manifest import Manifest, folder_weights_digest
 from loraops.naming import OutputMode
@@ -296,7 +298,14 @@ def train(settings: Settings) -> dict[str, Any]:
                 "train_tokens": train_set.tokens,
                 "skipped_nonfinite_steps": len(nonfinite.skipped),
             }
-            logger.info("rank %d trainable weights %s", settings.training.process_index, weights_digest(model))
+            if torch.cuda.is_available():
+                metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved() / 2**30
+            logger.info(
+                "rank %d trainable weights %s, peak GPU memory %.2f GiB",
+                settings.training.process_index,
+                weights_digest(model),
+                metrics.get("peak_gpu_memory_gib", 0.0),
+            )
             if not trainer.is_world_process_zero():
                 return metrics
             reports = [reports_dir / METRICS_FILE]

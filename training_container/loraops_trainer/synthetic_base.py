@@ -55,15 +55,38 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     )
 
 
+def sentencepiece_tokenizer(model_file: Path):
+    """A Llama-2-class tokenizer from a SentencePiece ``tokenizer.model`` (e.g. the 32k BPE with byte fallback
+    that the ``mistral-common`` package ships as ``mistral_common/data/tokenizer.model.v1``). The conversion
+    needs ``sentencepiece`` and ``protobuf``; the saved ``tokenizer.json`` loads without them."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(model_file, Path(folder) / "tokenizer.model")
+        (Path(folder) / "tokenizer_config.json").write_text(
+            '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", '
+            '"add_bos_token": true, "add_eos_token": false, "legacy": false}'
+        )
+        return AutoTokenizer.from_pretrained(folder)
+
+
 def build_base_model(
-    folder: Path, texts: Iterable[str], shape: dict, seed: int = 0, dtype: torch.dtype = torch.float32
+    folder: Path,
+    texts: Iterable[str],
+    shape: dict,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tokenizer=None,
 ) -> Path:
-    """Write tokenizer + random Llama of ``shape`` to ``folder``; returns it."""
+    """Write a tokenizer (``tokenizer``, else one trained on ``texts``) and a random Llama of ``shape``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts, shape["vocab_size"])
+    tokenizer = tokenizer or train_tokenizer(texts, shape["vocab_size"])
     torch.manual_seed(seed)
     config = LlamaConfig(
         **shape, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, rms_norm_eps=1e-5

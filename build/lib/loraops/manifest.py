@@ -1,0 +1,116 @@
+"""``loraops-manifest.json``: the lineage record written next to every fine-tuned artifact.
+
+The trainer writes it; the registration function reads it to register the package and verify the base.
+Digests are written ``sha256:<64 hex digits>``. The file is strict JSON (no NaN or Infinity). ``files`` maps
+every other file of the artifact folder to its digest, so a reader can check that what it downloaded is what
+the job wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraops.naming import OutputMode
+
+MANIFEST_FILE = "loraops-manifest.json"
+SCHEMA_VERSION = 2
+#: Files that hold a Hugging Face model's weights (what the base digest covers).
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or does not match its files."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of one file."""
+    with open(path, "rb") as handle:
+        return f"sha256:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
+
+
+def folder_weights_digest(folder: Path) -> str:
+    """One digest over a model folder's weight files: names and contents, in name order."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise ManifestError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
+    combined = hashlib.sha256()
+    for path in files:
+        combined.update(f"{path.name}\0{file_digest(path)}\n".encode())
+    return f"sha256:{combined.hexdigest()}"
+
+
+def folder_file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILE,)) -> dict[str, str]:
+    """Relative path -> digest for every file under ``folder`` except ``exclude``."""
+    root = Path(folder)
+    return {
+        str(p.relative_to(root)): file_digest(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in exclude
+    }
+
+
+@dataclass
+class Manifest:
+    """Lineage of one fine-tuned artifact."""
+
+    output_mode: OutputMode
+    base_model_id: str
+    base_weights_digest: str
+    dataset_name: str
+    dataset_digest: str
+    #: per channel (``training``, ``validation``): source file, records read, samples, dropped (by reason)
+    data: dict[str, dict[str, Any]]
+    hyperparameters: dict[str, Any]
+    code_version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    training_job: str | None = None
+    base_model_package_arn: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def write(self, folder: Path) -> Path:
+        """Record the digests of ``folder``'s files and write the manifest into it."""
+        self.files = folder_file_digests(folder)
+        path = Path(folder) / MANIFEST_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise ManifestError(f"{path}: no manifest")
+        try:
+            data = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        except (json.JSONDecodeError, ValueError) as error:
+            raise ManifestError(f"{path}: not JSON ({error})") from None
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ManifestError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        try:
+            if "output_mode" in data:
+                data["output_mode"] = OutputMode(data["output_mode"])
+            return cls(**data)
+        except (TypeError, ValueError) as error:
+            raise ManifestError(f"{path}: {error}") from None
+
+    def verify(self, folder: Path) -> None:
+        """Raise if any listed file is missing or differs, or an unlisted file is present."""
+        actual = folder_file_digests(folder)
+        if actual != self.files:
+            missing = sorted(set(self.files) - set(actual))
+            extra = sorted(set(actual) - set(self.files))
+            changed = sorted(k for k in set(actual) & set(self.files) if actual[k] != self.files[k])
+            raise ManifestError(
+                f"{folder}: files differ from manifest (missing {missing}, extra {extra}, changed {changed})"
+            )

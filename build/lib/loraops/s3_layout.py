@@ -1,0 +1,82 @@
+"""The artifact bucket's key layout: one place that says where everything lives.
+
+```
+base/<base-group>/<weights-hex>/               uncompressed Hugging Face folder of a base model
+datasets/<dataset>/<dataset-hex>/              training / validation files
+adapters/<adapter-group>/<job>/output/model/   LoRA adapter written by a training job (uncompressed)
+merged/<merged-group>/<job>/output/model/      merged model written by a training job (uncompressed)
+evaluation/<group>/<job>/                      evaluation reports
+checkpoints/<job>/                             spot / resume checkpoints
+```
+
+Training jobs write ``<output-root><job>/output/model/`` themselves (``S3OutputPath`` = the root,
+``CompressionType=NONE``), so the registered model points at what the job wrote: no copy step.
+``<weights-hex>`` / ``<dataset-hex>``: the hex part of the manifest's ``sha256:<hex>`` digests.
+Every prefix ends with ``/`` as ``ModelDataSource.S3DataSource`` (``S3Prefix``) requires.
+"""
+
+from __future__ import annotations
+
+import re
+
+from loraops.naming import OutputMode
+
+BASE = "base/"
+DATASETS = "datasets/"
+ADAPTERS = "adapters/"
+MERGED = "merged/"
+EVALUATION = "evaluation/"
+CHECKPOINTS = "checkpoints/"
+
+#: Prefixes the SageMaker execution role may only read.
+READ_ONLY_PREFIXES = (BASE, DATASETS)
+#: Prefixes training jobs and Studio users write.
+READ_WRITE_PREFIXES = (ADAPTERS, MERGED, EVALUATION, CHECKPOINTS)
+
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _segment(value: str, what: str) -> str:
+    if not _SEGMENT.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} is not a valid S3 key segment")
+    return value
+
+
+def digest_segment(digest: str) -> str:
+    """``sha256:<64 hex>`` (the manifest's form) -> ``<64 hex>`` (a key segment: S3 keys avoid ``:``)."""
+    match = _DIGEST.match(digest)
+    if not match:
+        raise ValueError(f"digest {digest!r} is not of the form sha256:<64 hex digits>")
+    return match.group(1)
+
+
+def base_model_prefix(base_group: str, weights_digest: str) -> str:
+    return f"{BASE}{_segment(base_group, 'base group')}/{digest_segment(weights_digest)}/"
+
+
+def dataset_prefix(dataset: str, dataset_digest: str) -> str:
+    return f"{DATASETS}{_segment(dataset, 'dataset')}/{digest_segment(dataset_digest)}/"
+
+
+def training_output_root(mode: OutputMode, group: str) -> str:
+    """``S3OutputPath`` key for a fine-tune job of ``group``; SageMaker appends ``<job>/output/model/``."""
+    root = ADAPTERS if mode is OutputMode.ADAPTER else MERGED
+    return f"{root}{_segment(group, 'group')}/"
+
+
+def model_prefix(mode: OutputMode, group: str, job_name: str) -> str:
+    """Where a finished job's uncompressed model lies (what ``ModelDataSource`` points at)."""
+    return f"{training_output_root(mode, group)}{_segment(job_name, 'job name')}/output/model/"
+
+
+def evaluation_prefix(group: str, job_name: str) -> str:
+    return f"{EVALUATION}{_segment(group, 'group')}/{_segment(job_name, 'job name')}/"
+
+
+def checkpoint_prefix(job_name: str) -> str:
+    return f"{CHECKPOINTS}{_segment(job_name, 'job name')}/"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"

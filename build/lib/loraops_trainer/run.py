@@ -1,0 +1,326 @@
+"""One training run end to end; the data flows one way:
+
+settings -> checks (before anything loads) -> data -> QLoRA training -> evaluation -> artifacts in staging
+-> manifests -> one publish into the model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import loraops
+from loraops.manifest import Manifest, folder_weights_digest
+from loraops.naming import OutputMode
+from loraops_trainer import data as data_lib
+from loraops_trainer.config import Settings, TrainConfig
+from loraops_trainer.evaluation import (
+    EVALUATION_FILE,
+    SAMPLES_FILE,
+    metrics_report,
+    sample_generations,
+    validation_loss,
+    write_json,
+)
+from loraops_trainer.guards import (
+    NonFiniteGuard,
+    TerminationGuard,
+    TrainingFault,
+    check_finite_weights,
+    claim_checkpoint_dir,
+    run_fingerprint,
+    weights_digest,
+)
+from loraops_trainer.model import add_lora, check_target_modules, load_base_model
+from loraops_trainer.outputs import copy_reports, write_artifacts
+from loraops_trainer.packing import PackedCollator, PackedDataset
+from loraops_trainer.publish import check_model_dir, staged
+from loraops_trainer.tracking import LOSS_CURVE_FILE, METRICS_FILE, TrackingCallback, backends_from_environment
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: data_lib.Channel
+    validation: data_lib.Channel | None
+    validation_records: list[data_lib.Record]
+    digest: str
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        channels = [self.train] + ([self.validation] if self.validation else [])
+        return {channel.name: channel.summary() for channel in channels}
+
+
+def prepare_data(config: TrainConfig, tokenizer: Any, seed: int) -> PreparedData:
+    """Read, filter, split and tokenize; every problem raises ``DataError`` (naming the file) before training."""
+    train_path = Path(config.train_path)
+    records = data_lib.filter_categories(data_lib.read_records(train_path), config.category_filter)
+    validation_source = str(train_path)
+    if config.validation_path:
+        validation_source = config.validation_path
+        validation = data_lib.filter_categories(
+            data_lib.read_records(Path(config.validation_path)), config.category_filter
+        )
+        train = records
+        digest = data_lib.dataset_digest(train_path, Path(config.validation_path))
+    else:
+        train, validation = data_lib.split(records, config.validation_fraction, seed)
+        digest = data_lib.dataset_digest(train_path)
+
+    def channel(records: list[data_lib.Record], name: str, source: str) -> data_lib.Channel:
+        return data_lib.tokenize(
+            records,
+            tokenizer,
+            config.max_seq_length,
+            name=name,
+            source=source,
+            max_dropped_fraction=config.max_dropped_fraction,
+        )
+
+    return PreparedData(
+        train=channel(train, "training", str(train_path)),
+        validation=channel(validation, "validation", validation_source) if validation else None,
+        validation_records=validation,
+        digest=digest,
+    )
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token_id is None:
+        raise data_lib.DataError(f"{path}: the tokenizer has no EOS token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def static_shapes(config: TrainConfig) -> bool:
+    """Pad rows to the budget only for compiled attention (flex), which recompiles on new shapes."""
+    from loraops_trainer.model import attention_implementation
+
+    return config.static_shapes == "on" or (
+        config.static_shapes == "auto" and attention_implementation(config) == "flex_attention"
+    )
+
+
+def code_version() -> str:
+    """``loraops <version> (<commit>)``: the commit from the image build (``LORAOPS_GIT_SHA``) or the checkout."""
+    sha = os.environ.get("LORAOPS_GIT_SHA", "")
+    if not sha:
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            sha = ""
+    return f"loraops {loraops.__version__}" + (f" ({sha})" if sha else "")
+
+
+def idle_gpu_warning(environ: dict[str, str]) -> str | None:
+    """A message when SageMaker gave this job more GPUs (``SM_NUM_GPUS``) than processes were started."""
+    gpus = int(environ.get("SM_NUM_GPUS", "0") or 0)
+    processes = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if gpus > processes:
+        return (
+            f"SM_NUM_GPUS={gpus} but {processes} training process(es) on this host: {gpus - processes} GPU(s) "
+            "idle; launch with torchrun (SageMaker distribution torch_distributed) to use them all"
+        )
+    return None
+
+
+def last_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest *complete* checkpoint. Kept rather than transformers' ``get_last_checkpoint``, which takes
+    the highest number even when that folder was cut off mid-save (the Trainer writes ``trainer_state.json``
+    last, so a folder without a readable one is skipped)."""
+    folder = Path(checkpoint_dir) if checkpoint_dir else None
+    if folder is None or not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for candidate in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+            return str(candidate)
+        except (OSError, ValueError):
+            logger.warning("skipping incomplete checkpoint %s", candidate)
+    return None
+
+
+def build_trainer(
+    settings: Settings, model: Any, tokenizer: Any, samples: list[data_lib.Sample], callbacks: list[Any]
+) -> tuple[Any, PackedDataset, PackedCollator]:
+    """The HF Trainer over packed micro-batches of ``tokens_per_step`` tokens (what ``train`` and the benchmark run)."""
+    from transformers import Trainer
+
+    config = settings.config
+    pad_to = config.tokens_per_step if static_shapes(config) else None
+    dataset = PackedDataset(samples, config.tokens_per_step, settings.training.seed)
+    collator = PackedCollator(tokenizer.pad_token_id, pad_to)
+    trainer = Trainer(
+        model=model, args=settings.training, train_dataset=dataset, data_collator=collator, callbacks=callbacks
+    )
+    return trainer, dataset, collator
+
+
+def evaluate(
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    prepared: PreparedData,
+    pad_to: int | None,
+    metrics: dict[str, Any],
+    tracking: TrackingCallback,
+    reports_dir: Path,
+) -> list[Path]:
+    """Validation loss/perplexity and sample generations into ``metrics`` and report files; returns the files."""
+    if prepared.validation is None:
+        return []
+    loss, tokens = validation_loss(
+        model,
+        prepared.validation.samples,
+        config.tokens_per_step,
+        tokenizer.pad_token_id,
+        pad_to,
+        config.eval_batches,
+        where=f"validation data {prepared.validation.source}",
+    )
+    report = metrics_report(loss, metrics["train_loss"], tokens)
+    metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
+    tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
+    files = [write_json(reports_dir / EVALUATION_FILE, report)]
+    if config.sample_generations:
+        samples = sample_generations(
+            model, tokenizer, prepared.validation_records[: config.sample_generations], config.max_new_tokens
+        )
+        files.append(write_json(reports_dir / SAMPLES_FILE, samples))
+    return files
+
+
+def build_manifest(
+    settings: Settings,
+    mode: OutputMode,
+    base_digest: str,
+    prepared: PreparedData,
+    metrics: dict[str, Any],
+    job_name: str | None,
+) -> Manifest:
+    config = settings.config
+    return Manifest(
+        output_mode=mode,
+        base_model_id=config.base_model_id,
+        base_weights_digest=base_digest,
+        base_model_package_arn=config.base_model_package_arn or None,
+        dataset_name=config.dataset_name,
+        dataset_digest=prepared.digest,
+        data=prepared.summary(),
+        hyperparameters=settings.hyperparameters,
+        code_version=code_version(),
+        metrics={k: float(v) for k, v in metrics.items()},
+        training_job=job_name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def check_inputs(config: TrainConfig) -> str:
+    """Everything about the inputs that can fail, before a model loads; returns the base weights digest."""
+    base_dir = Path(config.base_model_dir)
+    if not (base_dir / "config.json").is_file():
+        raise data_lib.DataError(f"{base_dir}: not a Hugging Face model folder (no config.json)")
+    base_digest = folder_weights_digest(base_dir)  # fails early on a folder without weights
+    check_target_modules(config)
+    check_model_dir(Path(config.model_dir))
+    return base_digest
+
+
+def train(settings: Settings) -> dict[str, Any]:
+    """Run the whole job; returns the final metrics. Artifacts are published by rank 0 only."""
+    from transformers import set_seed
+
+    config = settings.config
+    set_seed(settings.training.seed)
+    if warning := idle_gpu_warning(dict(os.environ)):
+        logger.warning(warning)
+    base_digest = check_inputs(config)
+    tokenizer = load_tokenizer(config.base_model_dir)
+    prepared = prepare_data(config, tokenizer, settings.training.seed)
+    logger.info("data: %s", json.dumps(prepared.summary()))
+    checkpoint_dir = Path(config.checkpoint_dir)
+    resume = last_checkpoint(str(checkpoint_dir))
+    fingerprint = run_fingerprint(settings.hyperparameters, base_digest, prepared.digest)
+    if settings.training.process_index == 0:
+        claim_checkpoint_dir(checkpoint_dir, fingerprint, has_checkpoints=resume is not None)
+
+    model = add_lora(load_base_model(config), config)
+    job_name = os.environ.get("TRAINING_JOB_NAME")
+    termination = TerminationGuard().install()
+    try:
+        with tempfile.TemporaryDirectory(prefix="loraops-") as scratch:
+            reports_dir = Path(config.output_data_dir or Path(scratch) / "reports")
+            reports_dir.mkdir(parents=True, exist_ok=True)
+            tracking = TrackingCallback(
+                reports_dir,
+                params=settings.hyperparameters,
+                backends=backends_from_environment(
+                    job_name, config.experiment_name, config.mlflow_tracking_uri, config.artifact_s3_uri
+                ),
+            )
+            nonfinite = NonFiniteGuard(config.max_nonfinite_steps)
+            trainer, train_set, collator = build_trainer(
+                settings, model, tokenizer, prepared.train.samples, [tracking, nonfinite, termination]
+            )
+            if resume:
+                logger.info("resuming from %s", resume)
+            result = trainer.train(resume_from_checkpoint=resume)
+            if termination.requested:
+                raise TrainingFault(
+                    f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in "
+                    f"{checkpoint_dir} for resume; nothing was published"
+                )
+            check_finite_weights(model)
+            metrics: dict[str, Any] = {
+                "train_loss": _run_train_loss(trainer.state, result.training_loss),
+                "global_step": int(result.global_step),
+                "train_tokens": train_set.tokens,
+                "skipped_nonfinite_steps": len(nonfinite.skipped),
+            }
+            logger.info("rank %d trainable weights %s", settings.training.process_index, weights_digest(model))
+            if not trainer.is_world_process_zero():
+                return metrics
+            reports = [reports_dir / METRICS_FILE]
+            reports += evaluate(config, model, tokenizer, prepared, collator.pad_to, metrics, tracking, reports_dir)
+            tracking.finish(reports)
+            reports.append(reports_dir / LOSS_CURVE_FILE)
+            with staged(Path(config.model_dir)) as staging:
+                folders = write_artifacts(
+                    staging,
+                    config.output_modes,
+                    model,
+                    tokenizer,
+                    base_model_id=config.base_model_id,
+                    shard_size=config.merged_shard_size,
+                )
+                for mode, folder in folders.items():
+                    copy_reports(reports, folder)
+                    build_manifest(settings, mode, base_digest, prepared, metrics, job_name).write(folder)
+    finally:
+        termination.uninstall()
+    return metrics
+
+
+def _run_train_loss(state: Any, fallback: float) -> float:
+    """Mean logged training loss over the whole run (transformers' figure covers only the steps since a resume)."""
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return float(sum(losses) / len(losses)) if losses else float(fallback)

@@ -1,0 +1,83 @@
+"""A stand-in base model for tests, demos and benchmarks where real weights cannot be downloaded.
+
+A byte-level BPE tokenizer trained on the given text and a randomly initialised Llama of any shape,
+saved as an ordinary Hugging Face folder that the trainer loads exactly like a real base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+#: The Llama-2-7B shape (random weights): what the GPU benchmark trains.
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    vocab_size=32000,
+)
+#: The same width with 4 layers: quick GPU probes of the 7B kernels.
+LLAMA2_7B_4_LAYERS = {**LLAMA2_7B, "num_hidden_layers": 4}
+#: A model small enough for CPU tests (well under a second per step).
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    vocab_size=512,
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A Llama-style tokenizer (BOS ``<s>``, EOS ``</s>``, UNK ``<unk>``) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )
+
+
+def build_base_model(
+    folder: Path, texts: Iterable[str], shape: dict, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write tokenizer + random Llama of ``shape`` to ``folder``; returns it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts, shape["vocab_size"])
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        **shape, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, rms_norm_eps=1e-5
+    )
+    with torch.device("cuda" if dtype == torch.bfloat16 and torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def dolly_texts(path: Path) -> list[str]:
+    """The text fields of a dolly JSONL file (tokenizer training corpus)."""
+    import json
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [" ".join(str(r.get(k, "")) for k in ("instruction", "context", "response")) for r in rows]
