@@ -14,8 +14,9 @@ so no rank repeats an epoch during the timed steps.
 Every N runs the real entry point (``training_container/train.py``) under ``torchrun --nproc_per_node=N`` with
 the same global batch: ``max(gpus)`` micro-batches per optimizer step (gradient accumulation ``max(gpus) / N``).
 The trainer's sequential sampler over its seeded packing gives every N the same micro-batches in the same
-steps, so the loss curves are comparable step by step. Throughput counts the tokens the Trainer reports
-(``num_input_tokens_seen``, all ranks; packing leaves no padding) over the timed steps (warm-up excluded).
+steps, so the loss curves are comparable step by step. Throughput counts the tokens of the micro-batches of the
+timed steps (warm-up excluded), computed here with the trainer's own tokenizer and packing (deterministic, and
+without padding), so the timed run carries no per-micro-batch token gathering of its own.
 Efficiency = (tokens/s of N) / (N x tokens/s of N=1). Prints a table and writes JSON.
 """
 
@@ -68,7 +69,18 @@ def repeated_dolly(path: Path, copies: int) -> Path:
     return path
 
 
-def run(n: int, args: argparse.Namespace, data: Path, accumulation: int) -> dict:
+def micro_batch_tokens(data: Path, args: argparse.Namespace) -> list[int]:
+    """Tokens of each packed micro-batch, in the order the trainer consumes them (same code, same seed)."""
+    from loraops_trainer.data import read_records, tokenize
+    from loraops_trainer.packing import PackedDataset
+    from loraops_trainer.run import load_tokenizer
+
+    samples = tokenize(read_records(data), load_tokenizer(args.model_dir), 4096).samples
+    dataset = PackedDataset(samples, args.tokens_per_step, seed=42)  # the trainer's default seed
+    return [sum(len(s) for s in dataset[i]) for i in range(len(dataset))]
+
+
+def run(n: int, args: argparse.Namespace, data: Path, accumulation: int, fills: list[int]) -> dict:
     work = Path(args.work_dir) / f"n{n}"
     subprocess.run(["rm", "-rf", str(work)], check=True)
     settings = dict(
@@ -82,11 +94,10 @@ def run(n: int, args: argparse.Namespace, data: Path, accumulation: int) -> dict
         gradient_accumulation_steps=accumulation,
         tokens_per_step=args.tokens_per_step,
         max_seq_length=4096,
-        logging_steps=1,
+        logging_steps=args.logging_steps,
         save_steps=100_000,
         validation_fraction=0,
         sample_generations=0,
-        include_num_input_tokens_seen="true",  # all tokens of every rank (packing adds no padding)
         quantization=args.quantization,
     )
     flags = [item for key, value in settings.items() for item in (f"--{key}", str(value))]
@@ -96,9 +107,10 @@ def run(n: int, args: argparse.Namespace, data: Path, accumulation: int) -> dict
     if result.returncode != 0:
         raise SystemExit(f"N={n} failed:\n{result.stderr[-4000:]}")
     rows = [json.loads(line) for line in (work / "reports" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "loss" in r and "num_input_tokens_seen" in r]
-    first, last = steps[args.warmup - 1], steps[-1]
-    tokens = last["num_input_tokens_seen"] - first["num_input_tokens_seen"]
+    logs = {r["step"]: r for r in rows if "loss" in r}
+    first, last = logs[args.warmup], logs[args.warmup + args.steps]
+    per_step = n * accumulation  # micro-batches of one optimizer step, the same for every N
+    tokens = sum(fills[args.warmup * per_step : (args.warmup + args.steps) * per_step])
     seconds = last["time"] - first["time"]
     memory = {
         int(r): float(g)
@@ -110,12 +122,12 @@ def run(n: int, args: argparse.Namespace, data: Path, accumulation: int) -> dict
         "gradient_accumulation_steps": accumulation,
         "tokens_per_s": tokens / seconds,
         "tokens_per_s_per_gpu": tokens / seconds / n,
-        "seconds_per_step": seconds / (len(steps) - args.warmup),
-        "timed_steps": len(steps) - args.warmup,
+        "seconds_per_step": seconds / args.steps,
+        "timed_steps": args.steps,
         "timed_tokens": tokens,
         "peak_reserved_gib_per_gpu": memory,
         "ranks_hold_identical_weights": len(digests) == 1,
-        "losses": [r["loss"] for r in steps],
+        "losses": [logs[step]["loss"] for step in sorted(logs)],
         "wall_s": time.time() - start,
     }
 
@@ -136,7 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", default="1,2", help="comma-separated process counts, e.g. 1,2,4,8")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps (a multiple of --logging-steps)")
+    parser.add_argument("--logging-steps", type=int, default=2, help="steps per logged (mean) loss")
     parser.add_argument("--tokens-per-step", type=int, default=16384, help="tokens of one packed micro-batch")
     parser.add_argument("--copies", type=int, default=8, help="copies of the dolly sample in the training file")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b", help="tiny: a CPU smoke run")
@@ -150,7 +163,13 @@ def main() -> int:
     gpus = sorted({int(n) for n in args.gpus.split(",")})
     ensure_base_model(Path(args.model_dir), Path(args.tokenizer_model), args.shape)
     data = repeated_dolly(Path(args.work_dir) / "dolly-repeated.jsonl", args.copies)
-    results = [run(n, args, data, max(gpus) // n) for n in gpus]
+    if args.warmup % args.logging_steps or args.steps % args.logging_steps:
+        raise SystemExit("--warmup and --steps must be multiples of --logging-steps")
+    fills = micro_batch_tokens(data, args)
+    needed = (args.warmup + args.steps) * max(gpus)
+    if len(fills) < needed:
+        raise SystemExit(f"{len(fills)} micro-batches, {needed} needed: raise --copies")
+    results = [run(n, args, data, max(gpus) // n, fills) for n in gpus]
     single = next(r for r in results if r["gpus"] == 1)
     n_params = parameter_count(args.model_dir)
     for r in results:

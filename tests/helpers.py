@@ -90,7 +90,13 @@ def assert_nf4_merge_is_faithful(base, out, device: str) -> None:
 
 
 def assert_merged_equals_base_plus_adapter(base_model, out, device: str) -> None:
-    """Merged logits match base + unmerged adapter up to bf16 storage rounding, and the adapter matters."""
+    """Merged logits match base + unmerged adapter as closely as bf16 storage allows, and the adapter matters.
+
+    The tolerance is measured, not guessed: the exact (fp32) merge, stored in bf16, moves the logits by
+    ``rounding``; the shipped merge (computed in bf16, then stored) may cost at most a small multiple of that.
+    """
+    import copy
+
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -99,9 +105,18 @@ def assert_merged_equals_base_plus_adapter(base_model, out, device: str) -> None
         base_logits = base_model(input_ids=ids).logits
         with_adapter = PeftModel.from_pretrained(base_model, str(out / "adapter")).eval()
         expected = with_adapter(input_ids=ids).logits
+        exact = copy.deepcopy(with_adapter).merge_and_unload()
+        for parameter in exact.parameters():
+            parameter.data = parameter.data.to(torch.bfloat16).float()
+        rounding = (exact(input_ids=ids).logits - expected).abs().max().item()
         merged = AutoModelForCausalLM.from_pretrained(str(out / "merged"), dtype=torch.float32).to(device).eval()
         actual = merged(input_ids=ids).logits
     assert "quantization_config" not in merged.config.to_dict()
     effect = (expected - base_logits).abs().max().item()
     error = (expected - actual).abs().max().item()
-    assert error < 0.1 * effect, f"merge error {error} vs adapter effect {effect}"
+    print(
+        f"merge check: adapter effect {effect:.4g}, merge error {error:.4g}, bf16 rounding of the exact merge "
+        f"{rounding:.4g}"
+    )
+    assert effect > 10 * rounding, f"the adapter should matter: effect {effect} vs bf16 rounding {rounding}"
+    assert error < 3 * rounding + 1e-4, f"merge error {error} vs bf16 rounding of the exact merge {rounding}"

@@ -42,43 +42,72 @@ class TrainingFault(RuntimeError):
     """Training cannot produce a sound artifact (diverged, interrupted, or mismatched checkpoints)."""
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is set on any process (one tiny all-reduce under torch.distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class NonFiniteGuard(TrainerCallback):
-    """Before each optimizer step: a NaN/inf gradient skips the step (its gradients dropped); more than
-    ``allowed`` such steps stop the run. Gradients are all-reduced first, so every rank decides alike."""
+    """Before each optimizer step, look for NaN/inf gradients (gradients are all-reduced first, so every rank
+    decides alike).
+
+    With ``allowed`` > 0 the check is synchronous: such a step is skipped (its gradients dropped) and more than
+    ``allowed`` of them stop the run. With ``allowed`` = 0 (the default) the run stops at the first one anyway,
+    so on CUDA the flag is copied to the host without waiting and read one step later: no stall per step.
+    """
 
     def __init__(self, allowed: int) -> None:
         self.allowed = allowed
         self.skipped: list[int] = []
+        self._pending: tuple[int, torch.Tensor, torch.cuda.Event] | None = None
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+    @staticmethod
+    def _all_finite(model: Any) -> torch.Tensor | None:
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
         if not grads:
-            return
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        if bool(finite):
+            return None
+        return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+
+    def _fail(self, step: int) -> None:
+        raise TrainingFault(
+            f"non-finite loss or gradient at optimizer step {step} ({len(self.skipped)} such step(s), "
+            f"max_nonfinite_steps={self.allowed}): the run diverged; lower learning_rate or check the data"
+        )
+
+    def _check_pending(self) -> None:
+        if self._pending is not None:
+            step, flag, event = self._pending
+            self._pending = None
+            event.synchronize()  # long done: it was recorded a whole step ago
+            if not bool(flag):
+                self.skipped.append(step)
+                self._fail(step)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self._check_pending()
+        finite = self._all_finite(model)
+        if finite is None:
             return
         step = state.global_step + 1
+        if self.allowed == 0 and finite.is_cuda:
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(finite, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (step, host, event)
+            return
+        if bool(finite):
+            return
         self.skipped.append(step)
         for parameter in model.parameters():
             parameter.grad = None  # the optimizer skips parameters without a gradient
         if len(self.skipped) > self.allowed:
-            raise TrainingFault(
-                f"non-finite loss or gradient at optimizer step {step} ({len(self.skipped)} such "
-                f"step(s), max_nonfinite_steps={self.allowed}): the run diverged; lower "
-                "learning_rate or check the data"
-            )
+            self._fail(step)
         logger.warning(
             "skipped optimizer step %d: non-finite gradient (%d of %d allowed)", step, len(self.skipped), self.allowed
         )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._check_pending()
 
 
 def check_finite_weights(model: Any) -> None:
@@ -96,6 +125,7 @@ class TerminationGuard(TrainerCallback):
         self.requested = False
         self.in_training = False
         self._previous: Any = None
+        self._group: Any = None  # a gloo group: the ranks agree on the host, never stalling the GPUs
 
     def install(self) -> TerminationGuard:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -113,12 +143,22 @@ class TerminationGuard(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.in_training = True
+        if _distributed() and self._group is None:
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def on_train_end(self, args, state, control, **kwargs):
         self.in_training = False
 
+    def _any_rank(self) -> bool:
+        """True when SIGTERM reached any rank: all of them stop at the same step."""
+        if self._group is None:
+            return self.requested
+        flag = torch.tensor([int(self.requested)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
+
     def on_step_end(self, args, state, control, **kwargs):
-        if _any_rank(self.requested, args.device):
+        if self._any_rank():
             self.requested = True
             control.should_save = True
             control.should_training_stop = True
