@@ -81,3 +81,19 @@ def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path):
         with torch.no_grad():
             losses[attention] = model(**{k: v.cuda() for k, v in batch.items()}).loss.item()
     assert abs(losses["packed_varlen"] - losses["sdpa"]) < 2e-2, losses
+
+
+def test_diverged_run_on_cuda_fails_and_publishes_nothing(tmp_path):
+    """On CUDA the fail-fast non-finite check reads its flag one step late (no stall): still nothing ships."""
+    from loraops_trainer.synthetic_base import build_base_model, dolly_texts
+
+    base = build_base_model(tmp_path / "base", dolly_texts(DOLLY), SMALL)
+    out = tmp_path / "out"
+    result = run_train(
+        fast_args(
+            base, out, quantization="nf4", tokens_per_step=2048, max_seq_length=512, max_steps=8, learning_rate=1e30
+        )
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "train: error: non-finite loss or gradient at optimizer step" in result.stderr
+    assert not out.exists() or not any(out.iterdir())
