@@ -74,17 +74,16 @@ def train_in_process(args: list[str], capsys) -> tuple[int, dict | None, str]:
 
 
 def assert_nf4_merge_is_faithful(base, out, device: str) -> None:
-    """Load the base as NF4 (as training did), de-quantize it, and compare the merged output against it."""
+    """Load the base as NF4 exactly as training did (on CUDA the weights are cast to bf16 before quantizing,
+    which moves some of them into other NF4 buckets), de-quantize it, and compare the merged output against it."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # the trainer's compute dtype
     quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
     )
     device_map = {"": 0} if device == "cuda" else None
-    nf4 = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, device_map=device_map)
+    nf4 = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, quantization_config=quant, device_map=device_map)
     assert any(type(m).__name__ == "Linear4bit" for m in nf4.modules())
     assert_merged_equals_base_plus_adapter(nf4.dequantize().float(), out, device)
 
