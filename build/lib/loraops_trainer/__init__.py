@@ -1,1 +1,0 @@
-"""The loraops QLoRA trainer: dolly-style data in, a LoRA adapter and/or a merged model out."""
