@@ -14,18 +14,6 @@ import pytest
 
 from tests.helpers import DOLLY, TRAIN_SCRIPT, fast_args, train_in_process
 
-#: A shape bitsandbytes' CPU repack cannot take (out_features not divisible by 32), with grouped-query
-#: attention, an odd vocabulary and untied embeddings.
-ODD = dict(
-    hidden_size=72,
-    intermediate_size=136,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    vocab_size=515,
-)
-
 
 @pytest.fixture
 def failure_file(tmp_path, monkeypatch) -> Path:
@@ -112,7 +100,7 @@ def test_non_empty_model_folder_is_refused_before_training(tiny_base, tmp_path, 
 
 
 def test_nf4_on_cpu_trains_evaluates_and_merges_odd_shapes(tmp_path, capsys):
-    from loraops_trainer.synthetic_base import build_base_model, dolly_texts
+    from loraops_trainer.synthetic_base import ODD, build_base_model, dolly_texts
 
     base = build_base_model(tmp_path / "odd-base", dolly_texts(DOLLY), ODD)
     out = tmp_path / "model"

@@ -11,19 +11,9 @@ from tests.helpers import DOLLY, assert_nf4_merge_is_faithful, fast_args, run_tr
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-SMALL = dict(
-    hidden_size=512,
-    intermediate_size=1024,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    max_position_embeddings=2048,
-    vocab_size=2048,
-)
-
 
 def test_nf4_training_and_merge_on_cuda(tmp_path):
-    from loraops_trainer.synthetic_base import build_base_model, dolly_texts
+    from loraops_trainer.synthetic_base import SMALL, build_base_model, dolly_texts
 
     base = build_base_model(tmp_path / "base", dolly_texts(DOLLY), SMALL)
     out = tmp_path / "out"
@@ -55,7 +45,7 @@ def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path):
     from loraops_trainer.model import load_base_model
     from loraops_trainer.packing import PackedCollator, pad_batch
     from loraops_trainer.run import load_tokenizer
-    from loraops_trainer.synthetic_base import build_base_model, dolly_texts
+    from loraops_trainer.synthetic_base import SMALL, build_base_model, dolly_texts
 
     base = build_base_model(tmp_path / "base", dolly_texts(DOLLY), SMALL)
     tokenizer = load_tokenizer(str(base))
@@ -85,7 +75,7 @@ def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path):
 
 def test_diverged_run_on_cuda_fails_and_publishes_nothing(tmp_path):
     """On CUDA the fail-fast non-finite check reads its flag one step late (no stall): still nothing ships."""
-    from loraops_trainer.synthetic_base import build_base_model, dolly_texts
+    from loraops_trainer.synthetic_base import SMALL, build_base_model, dolly_texts
 
     base = build_base_model(tmp_path / "base", dolly_texts(DOLLY), SMALL)
     out = tmp_path / "out"

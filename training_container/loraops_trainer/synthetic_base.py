@@ -23,16 +23,28 @@ LLAMA2_7B = dict(
 )
 #: The same width with 4 layers: quick GPU probes of the 7B kernels.
 LLAMA2_7B_4_LAYERS = {**LLAMA2_7B, "num_hidden_layers": 4}
+
+
+def llama_shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> dict:
+    """A LlamaConfig shape (2,048 positions)."""
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        vocab_size=vocab,
+    )
+
+
 #: A model small enough for CPU tests (well under a second per step).
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-    vocab_size=512,
-)
+TINY = llama_shape(64, 128, layers=2, heads=4, kv_heads=4, vocab=512)
+#: Wide enough for GPU kernels to matter, small enough for a GPU test.
+SMALL = llama_shape(512, 1024, layers=2, heads=8, kv_heads=8, vocab=2048)
+#: A shape bitsandbytes' CPU repack cannot take (out-features not divisible by 32), with grouped-query
+#: attention and an odd vocabulary.
+ODD = llama_shape(72, 136, layers=2, heads=4, kv_heads=2, vocab=515)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
