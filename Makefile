@@ -1,9 +1,10 @@
-# loraops: `make synth` (main job: templates for every environment) and `make test`.
+# loraops: `make synth` (templates for every environment), `make test`, `make lint`, `make deploy ENV=<env>`.
 # Each target installs what it needs first; a second run with nothing changed installs nothing.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
 STAMP  := .make
 CDK    := node_modules/.bin/cdk
 ENV    ?=
@@ -13,16 +14,21 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_EC2_METADATA_DISABLED := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: install synth test lint clean
+.PHONY: install synth test lint deploy clean
 
-install: $(STAMP)/python $(STAMP)/node
+install: $(STAMP)/dev $(STAMP)/node
 
-$(STAMP)/python: requirements.txt requirements-dev.txt training_container/requirements.txt pyproject.toml
+## What synth needs: the CDK app's requirements (requirements.txt) and the pinned CDK CLI.
+$(STAMP)/cdk: requirements.txt
 	@mkdir -p $(STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	# the loraops distribution itself (the `loraops` and `loraops-train` commands), editable
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PIP) -r requirements.txt
+	@touch $@
+
+## What the tests need on top: the trainer's stack, test tools, and the loraops distribution itself (editable).
+$(STAMP)/dev: $(STAMP)/cdk requirements-dev.txt training_container/requirements.txt pyproject.toml
+	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps -e .
 	@touch $@
 
 $(STAMP)/node: package.json package-lock.json
@@ -30,19 +36,31 @@ $(STAMP)/node: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(STAMP)/lint: requirements-lint.txt
+	@mkdir -p $(STAMP)
+	test -x .venv-lint/bin/python || $(PYTHON) -m venv .venv-lint
+	.venv-lint/bin/python -m pip install -q --disable-pip-version-check -r requirements-lint.txt
+	@touch $@
+
 ## Synthesize every environment (or ENV=dev for one) into cdk.out; fails on any cdk-nag finding.
-synth: install
+synth: $(STAMP)/cdk $(STAMP)/node
 	$(CDK) synth -q $(CDK_FLAGS)
 	@echo "templates:"; ls cdk.out/*.template.json
 
-## ruff (lint + format check) over the Python code, cfn-lint over the synthesized templates.
-lint: synth
+## ruff over the code; cfn-lint and checkov (reasoned skips in .checkov.yaml) over the templates.
+lint: synth $(STAMP)/dev $(STAMP)/lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/cfn-lint cdk.out/*.template.json
+	.venv-lint/bin/checkov --config-file .checkov.yaml -d cdk.out
 
 test: install
 	$(PY) -m pytest
+
+## Preflight (Docker, credentials), DLC registry login, then `cdk deploy` of one environment's stacks.
+deploy: $(STAMP)/cdk $(STAMP)/node
+	@test -n "$(ENV)" || { echo "make deploy: name the environment, e.g. make deploy ENV=dev"; exit 2; }
+	$(PY) -m infra.deploy --env $(ENV) $(CDK_ARGS)
 
 clean:
 	rm -rf cdk.out $(STAMP) .pytest_cache

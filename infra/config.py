@@ -77,7 +77,16 @@ class EnvironmentConfig(_Strict):
     training_instance_type: str = Field(default="ml.g5.2xlarge", pattern=_INSTANCE_TYPE)
     serving_instance_type: str = Field(default="ml.g5.2xlarge", pattern=_INSTANCE_TYPE)
     approval: Literal["auto", "manual"]
-    removal_policy: Literal["destroy", "retain"]
+    removal_policy: Literal["destroy", "retain"] = Field(
+        description="destroy: `cdk destroy` removes everything, objects included; retain: data outlives its stacks"
+    )
+    termination_protection: bool = Field(default=False, description="CloudFormation termination protection")
+    endpoint_policies: bool = Field(
+        default=True, description="VPC endpoints admit only this account's principals (S3: only loraops buckets)"
+    )
+    vpc_endpoint_only_bucket_access: bool = Field(
+        default=False, description="artifact objects readable/writable only through the VPC's S3 endpoint"
+    )
     noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
     log_retention_days: int = Field(default=90, description="one of CloudWatch Logs' retention values")
     user_profiles: list[str] = Field(default_factory=list)
@@ -97,6 +106,17 @@ class EnvironmentConfig(_Strict):
         if days not in LOG_RETENTION_DAYS:
             raise ValueError(f"must be one of CloudWatch Logs' retention values {sorted(LOG_RETENTION_DAYS)}")
         return days
+
+    @field_validator("region")
+    @classmethod
+    def _images_in_region(cls, region: str) -> str:
+        from infra.images import ImageError, image_uri
+
+        try:
+            image_uri("training", region)
+        except ImageError as error:
+            raise ValueError(str(error)) from None
+        return region
 
     @field_validator("base_model_id")
     @classmethod
@@ -136,6 +156,10 @@ class EnvironmentConfig(_Strict):
     def artifact_bucket_name(self) -> str:
         """Globally unique, predictable name, so policies in other stacks can name it literally."""
         return f"{self.prefix}-artifacts-{self.account}-{self.region}"
+
+    @property
+    def execution_role_name(self) -> str:
+        return f"{self.prefix}-sagemaker-execution"
 
     @property
     def prefix(self) -> str:

@@ -29,24 +29,28 @@ class EnvironmentStacks:
         def name(concern: str) -> str:
             return f"{config.prefix}-{concern}"
 
-        self.storage = StorageStack(app, name("storage"), config=config, env=env)
-        self.network = NetworkStack(app, name("network"), config=config, env=env)
+        common = dict(
+            config=config,
+            env=env,
+            tags={ENVIRONMENT_TAG: config.name, **config.tags},
+            termination_protection=config.termination_protection,
+        )
+        self.network = NetworkStack(app, name("network"), **common)
+        self.storage = StorageStack(app, name("storage"), s3_endpoint=self.network.s3_endpoint, **common)
         self.studio = StudioStack(
             app,
             name("studio"),
-            config=config,
-            env=env,
             key=self.storage.key,
             vpc=self.network.vpc,
             subnets=self.network.subnets.subnets,
             security_group=self.network.workload_security_group,
+            **common,
         )
-        self.registry = RegistryStack(app, name("registry"), config=config, env=env)
-        self.training = TrainingStack(app, name("training"), config=config, env=env)
-
+        self.registry = RegistryStack(app, name("registry"), **common)
+        self.training = TrainingStack(app, name("training"), **common)
+        # Stack tags (explicitStackTags) reach resources at deploy time; Tags.of also writes them into templates.
         for stack in self.stacks:
-            cdk.Tags.of(stack).add(ENVIRONMENT_TAG, config.name)
-            for key, value in config.tags.items():
+            for key, value in common["tags"].items():
                 cdk.Tags.of(stack).add(key, value)
 
     @property

@@ -13,8 +13,6 @@ from aws_cdk import aws_s3 as s3
 from loraops import s3_layout
 
 COLLECTION_TAG = "sagemaker:collection"
-#: Account that publishes the AWS Deep Learning Containers (training and DJL/LMI images).
-DLC_ACCOUNT = "763104351884"
 
 
 #: Why each statement that holds a wildcard needs it; a new wildcard statement needs a reason here.
@@ -34,12 +32,16 @@ WILDCARD_REASONS: dict[str, str] = {
     "WriteSageMakerLogs": "SageMaker names log streams per job at run time under /aws/sagemaker/.",
     "PutMetrics": "PutMetricData supports no resource-level permissions; limited by a namespace condition.",
     "EcrLogin": "ecr:GetAuthorizationToken supports no resource-level permissions; it only accepts '*'.",
-    "PullImages": "Pulls the AWS Deep Learning Containers (account 763104351884) and this account's CDK "
-    "image-asset repositories (cdk-*); image names vary by framework version.",
-    "VpcNetworkInterfaces": "EC2 network-interface calls for VPC jobs support no resource-level scoping at "
-    "create time; SageMaker needs them to attach jobs to the isolated subnets.",
-    "SageMakerReadOnly": "Read-only Describe/List/Search calls across SageMaker resources so Studio can browse "
-    "the registry; they cannot change anything.",
+    "PullImages": "Pulls the AWS Deep Learning Containers (their publishing account in the region, from "
+    "infra/dlc_images.json) and this account's CDK image-asset repositories (cdk-*); image names vary by "
+    "framework version.",
+    "VpcNetworkInterfaces": "SageMaker creates and deletes the network interfaces of VPC jobs and apps; named "
+    "at run time, limited to the loraops VPC by an ec2:Vpc condition.",
+    "DescribeNetwork": "EC2 Describe* calls support no resource-level permissions; they only accept '*'.",
+    "SageMakerDescribe": "Read-only Describe calls on any SageMaker resource of this account and region, so "
+    "Studio can browse the registry; they cannot change anything.",
+    "SageMakerListAndSearch": "List, Search, GetSearchSuggestions and DescribeLineageGroup mostly support no "
+    "resource-level permissions (they only accept '*'); read-only.",
     "SageMakerLoraopsWork": "Training jobs, packages, models, endpoints, experiments and Studio apps are named at "
     "run time; every action is limited to this account and region's resources of those types.",
 }
@@ -74,13 +76,15 @@ def bucket_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
     """Read the base models and datasets; read-write the fine-tune outputs, evaluation, checkpoints."""
     read_only = [bucket.arn_for_objects(f"{p}*") for p in s3_layout.READ_ONLY_PREFIXES]
     read_write = [bucket.arn_for_objects(f"{p}*") for p in s3_layout.READ_WRITE_PREFIXES]
-    all_prefixes = [f"{p}*" for p in (*s3_layout.READ_ONLY_PREFIXES, *s3_layout.READ_WRITE_PREFIXES)]
+    prefixes = (*s3_layout.READ_ONLY_PREFIXES, *s3_layout.READ_WRITE_PREFIXES)
+    # "base/..." below a prefix, and the bare "base" that S3 consoles and SDKs list first.
+    all_prefixes = [*(f"{p}*" for p in prefixes), *(p.rstrip("/") for p in prefixes)]
     return [
         iam.PolicyStatement(
             sid="ListLoraopsPrefixes",
             actions=["s3:ListBucket"],
             resources=[bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [*all_prefixes, *(p.rstrip("/") for p in all_prefixes)]}},
+            conditions={"StringLike": {"s3:prefix": all_prefixes}},
         ),
         iam.PolicyStatement(sid="ReadBaseModelsAndDatasets", actions=["s3:GetObject"], resources=read_only),
         iam.PolicyStatement(
@@ -104,10 +108,16 @@ def key_statements(key: kms.IKey) -> list[iam.PolicyStatement]:
                 "kms:ReEncryptFrom",
                 "kms:ReEncryptTo",
                 "kms:DescribeKey",
-                "kms:CreateGrant",
             ],
             resources=[key.key_arn],
-        )
+        ),
+        # SageMaker attaches the key to the volumes of jobs and endpoints through grants: only for AWS resources.
+        iam.PolicyStatement(
+            sid="GrantArtifactKeyToAwsResources",
+            actions=["kms:CreateGrant"],
+            resources=[key.key_arn],
+            conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+        ),
     ]
 
 
@@ -143,8 +153,15 @@ def collection_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
     ]
 
 
-def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]:
-    """What training jobs and endpoints running as this role need at run time."""
+def job_statements(
+    stack: cdk.Stack, role_arn: str, vpc_arn: str, trainer_image_parameter_arn: str, dlc_account: str
+) -> list[iam.PolicyStatement]:
+    """What training jobs and endpoints running as this role need at run time; ``dlc_account`` publishes the
+    AWS Deep Learning Containers in this region."""
+
+    def ec2_arn(resource: str) -> str:
+        return stack.format_arn(service="ec2", resource=resource, resource_name="*")
+
     log_group_arn = stack.format_arn(
         service="logs",
         resource="log-group",
@@ -169,11 +186,11 @@ def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]
             sid="PullImages",
             actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             resources=[
-                stack.format_arn(service="ecr", account=DLC_ACCOUNT, resource="repository", resource_name="*"),
+                stack.format_arn(service="ecr", account=dlc_account, resource="repository", resource_name="*"),
                 stack.format_arn(service="ecr", resource="repository", resource_name="cdk-*"),
             ],
         ),
-        # Jobs in the VPC create and delete their network interfaces; not yet limited to the VPC's subnets.
+        # Jobs in the VPC create and delete their network interfaces: only in the loraops VPC.
         iam.PolicyStatement(
             sid="VpcNetworkInterfaces",
             actions=[
@@ -181,6 +198,13 @@ def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]
                 "ec2:CreateNetworkInterfacePermission",
                 "ec2:DeleteNetworkInterface",
                 "ec2:DeleteNetworkInterfacePermission",
+            ],
+            resources=[ec2_arn("network-interface"), ec2_arn("subnet"), ec2_arn("security-group")],
+            conditions={"ArnEquals": {"ec2:Vpc": vpc_arn}},
+        ),
+        iam.PolicyStatement(
+            sid="DescribeNetwork",
+            actions=[
                 "ec2:DescribeNetworkInterfaces",
                 "ec2:DescribeVpcs",
                 "ec2:DescribeDhcpOptions",
@@ -188,6 +212,11 @@ def job_statements(stack: cdk.Stack, role_arn: str) -> list[iam.PolicyStatement]
                 "ec2:DescribeSecurityGroups",
             ],
             resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="ReadTrainerImageUri",
+            actions=["ssm:GetParameter"],
+            resources=[trainer_image_parameter_arn],
         ),
         iam.PolicyStatement(
             sid="PassOwnRoleToSageMaker",
@@ -206,13 +235,17 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
 
     return [
         iam.PolicyStatement(
-            sid="SageMakerReadOnly",
+            sid="SageMakerDescribe",
+            actions=["sagemaker:Describe*", "sagemaker:BatchDescribeModelPackage"],
+            resources=[stack.format_arn(service="sagemaker", resource="*")],
+        ),
+        iam.PolicyStatement(
+            sid="SageMakerListAndSearch",
             actions=[
-                "sagemaker:Describe*",
                 "sagemaker:List*",
                 "sagemaker:Search",
                 "sagemaker:GetSearchSuggestions",
-                "sagemaker:BatchDescribeModelPackage",
+                "sagemaker:DescribeLineageGroup",  # takes no resource ARN
             ],
             resources=["*"],
         ),
@@ -237,7 +270,6 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
                 "sagemaker:AssociateTrialComponent",
                 "sagemaker:BatchPutMetrics",
                 "sagemaker:AddTags",
-                "sagemaker:CreatePresignedDomainUrl",
                 "sagemaker:CreateApp",
                 "sagemaker:DeleteApp",
                 "sagemaker:CreateSpace",
@@ -258,7 +290,6 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
                     "experiment-trial-component",
                     "app",
                     "space",
-                    "user-profile",
                 )
             ],
         ),

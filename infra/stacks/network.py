@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
-from infra.nag import acknowledge
+from infra.nag import acknowledge, acknowledge_cdk_provider
 from infra.stacks.storage import removal_policy
 
 #: Interface endpoints a VPC-only Studio domain and in-VPC training/serving need (no internet route).
@@ -22,11 +24,30 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
     "CloudWatchLogs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
     "Kms": ec2.InterfaceVpcEndpointAwsService.KMS,
+    # per-step training metrics (SageMaker Experiments' BatchPutMetrics)
+    "SageMakerMetrics": ec2.InterfaceVpcEndpointAwsService.SAGEMAKER_METRICS,
+    # cloudwatch:PutMetricData
+    "CloudWatchMonitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+    # the trainer image URI parameter
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
 }
+#: Endpoints whose services document VPC endpoint policies; the others (Studio, notebook, metrics) keep the
+#: default full-access policy.
+POLICY_ENDPOINTS = frozenset(
+    {
+        "SageMakerApi",
+        "SageMakerRuntime",
+        "Sts",
+        "EcrApi",
+        "EcrDocker",
+        "CloudWatchLogs",
+        "Kms",
+        "CloudWatchMonitoring",
+        "Ssm",
+    }
+)
 
 HTTPS = ec2.Port.tcp(443)
-# Studio's home directories live on EFS, mounted over NFS between the domain's apps.
-NFS = ec2.Port.tcp(2049)
 
 
 class NetworkStack(cdk.Stack):
@@ -36,9 +57,36 @@ class NetworkStack(cdk.Stack):
         self._zones = list(config.availability_zones)
         super().__init__(scope, construct_id, **kwargs)
 
+        log_key = kms.Key(
+            self,
+            "FlowLogKey",
+            alias=f"alias/{config.prefix}-flow-logs",
+            description=f"loraops {config.name}: VPC flow logs",
+            enable_key_rotation=True,
+            removal_policy=removal_policy(config),
+        )
+        log_key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchLogsUseOnlyForThisAccountsLogGroups",
+                principals=[iam.ServicePrincipal(f"logs.{config.region}.amazonaws.com")],
+                actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": self.format_arn(
+                            service="logs",
+                            resource="log-group",
+                            resource_name="*",
+                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            )
+        )
         flow_log_group = logs.LogGroup(
             self,
             "FlowLogs",
+            encryption_key=log_key,
             removal_policy=removal_policy(config),
         )
         # RetentionDays is a name-valued enum; the validated day count goes straight to the L1.
@@ -58,7 +106,7 @@ class NetworkStack(cdk.Stack):
                     traffic_type=ec2.FlowLogTrafficType.ALL,
                 )
             },
-            restrict_default_security_group=False,
+            restrict_default_security_group=True,
         )
         self.subnets = self.vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
         for subnet in self.subnets.subnets:
@@ -76,13 +124,13 @@ class NetworkStack(cdk.Stack):
             description="Studio apps, training jobs and endpoints of loraops",
             allow_all_outbound=False,
         )
-        self.workload_security_group.add_ingress_rule(self.workload_security_group, NFS, "Studio EFS (NFS)")
-        self.workload_security_group.add_egress_rule(self.workload_security_group, NFS, "Studio EFS (NFS)")
+        # Between its own members, all traffic: Studio's EFS (NFS 2049), multi-node torch_distributed (7777 and
+        # NCCL's ports) and EFA, which needs every protocol between the nodes of a job.
         self.workload_security_group.add_ingress_rule(
-            self.workload_security_group, ec2.Port.tcp_range(8192, 65535), "Studio apps and distributed training"
+            self.workload_security_group, ec2.Port.all_traffic(), "Studio EFS, distributed training, EFA"
         )
         self.workload_security_group.add_egress_rule(
-            self.workload_security_group, ec2.Port.tcp_range(8192, 65535), "Studio apps and distributed training"
+            self.workload_security_group, ec2.Port.all_traffic(), "Studio EFS, distributed training, EFA"
         )
         # The VPC has no internet route: 443 reaches only the interface endpoints and the S3 gateway.
         self.workload_security_group.add_egress_rule(ec2.Peer.any_ipv4(), HTTPS, "AWS APIs through VPC endpoints")
@@ -97,7 +145,7 @@ class NetworkStack(cdk.Stack):
         endpoint_security_group.add_ingress_rule(ec2.Peer.ipv4(config.vpc_cidr), HTTPS, "HTTPS from the VPC")
 
         for name, service in INTERFACE_ENDPOINTS.items():
-            self.vpc.add_interface_endpoint(
+            endpoint = self.vpc.add_interface_endpoint(
                 name,
                 service=service,
                 subnets=ec2.SubnetSelection(subnets=self.subnets.subnets),
@@ -105,11 +153,48 @@ class NetworkStack(cdk.Stack):
                 private_dns_enabled=True,
                 open=False,
             )
-        self.vpc.add_gateway_endpoint(
+            if config.endpoint_policies and name in POLICY_ENDPOINTS:
+                endpoint.add_to_policy(self._only_this_account("*", ["*"]))
+        self.s3_endpoint = self.vpc.add_gateway_endpoint(
             "S3",
             service=ec2.GatewayVpcEndpointAwsService.S3,
             subnets=[ec2.SubnetSelection(subnets=self.subnets.subnets)],
         )
+
+        if config.endpoint_policies:
+            self._limit_s3_endpoint(config)
+        self._acknowledge_default_security_group_provider()
+
+    def _only_this_account(self, actions: str | list[str], resources: list[str]) -> iam.PolicyStatement:
+        return iam.PolicyStatement(
+            principals=[iam.AnyPrincipal()],
+            actions=[actions] if isinstance(actions, str) else actions,
+            resources=resources,
+            conditions={"StringEquals": {"aws:PrincipalAccount": self.account}},
+        )
+
+    def _limit_s3_endpoint(self, config: EnvironmentConfig) -> None:
+        """Through the VPC, S3 reaches the loraops buckets (with this account's credentials only) and the ECR
+        layer bucket of the region (image pulls), nothing else."""
+        buckets = [config.artifact_bucket_name]
+        self.s3_endpoint.add_to_policy(
+            self._only_this_account(
+                "s3:*", [f"arn:{self.partition}:s3:::{b}{suffix}" for b in buckets for suffix in ("", "/*")]
+            )
+        )
+        self.s3_endpoint.add_to_policy(
+            iam.PolicyStatement(
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:GetObject"],
+                resources=[f"arn:{self.partition}:s3:::prod-{config.region}-starport-layer-bucket/*"],
+            )
+        )
+
+    def _acknowledge_default_security_group_provider(self) -> None:
+        """CDK's provider that strips the default security group's rules (restrict_default_security_group)."""
+        provider = self.node.try_find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
+        if provider is not None:
+            acknowledge_cdk_provider(provider, "restrict-default-security-group")
 
     @property
     def availability_zones(self) -> list[str]:

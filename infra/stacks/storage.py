@@ -3,26 +3,45 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
-from infra.nag import acknowledge
+from infra.nag import acknowledge, acknowledge_cdk_provider, skip_checkov
 
 INCOMPLETE_UPLOAD_DAYS = 7
 
 
 def removal_policy(config: EnvironmentConfig) -> cdk.RemovalPolicy:
-    return cdk.RemovalPolicy.DESTROY if config.removal_policy == "destroy" else cdk.RemovalPolicy.RETAIN
+    """destroy, or retain except when the resource's own creation is rolled back (CloudFormation
+    ``RetainExceptOnCreate``): a failed first deploy leaves no retained bucket or key to block the next one."""
+    if config.removal_policy == "destroy":
+        return cdk.RemovalPolicy.DESTROY
+    return cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
+
+
+#: Object-level actions that ``vpc_endpoint_only_bucket_access`` confines to the VPC's S3 endpoint.
+OBJECT_ACTIONS = ["s3:GetObject*", "s3:PutObject*", "s3:DeleteObject*", "s3:ListBucket*", "s3:RestoreObject"]
 
 
 class StorageStack(cdk.Stack):
     """KMS key (rotated) and the SSE-KMS, versioned, SSL-only artifact bucket."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        s3_endpoint: ec2.IGatewayVpcEndpoint,
+        **kwargs,
+    ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         policy = removal_policy(config)
+        destroy = config.removal_policy == "destroy"
 
         self.key = kms.Key(
             self,
@@ -41,15 +60,25 @@ class StorageStack(cdk.Stack):
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            versioned=True,
             lifecycle_rules=[
-                s3.LifecycleRule(id="expire-access-logs", expiration=cdk.Duration.days(config.log_retention_days))
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=cdk.Duration.days(config.log_retention_days),
+                    noncurrent_version_expiration=cdk.Duration.days(1),
+                )
             ],
             removal_policy=policy,
+            auto_delete_objects=destroy,
         )
         acknowledge(
             self.log_bucket,
             "AwsSolutions-S1",
             "This bucket is the access-log destination; logging its own access would loop.",
+        )
+        skip_checkov(
+            self.log_bucket.node.default_child,
+            {"CKV_AWS_18": "This bucket is the access-log destination; logging its own access would loop."},
         )
 
         self.bucket = s3.Bucket(
@@ -76,6 +105,35 @@ class StorageStack(cdk.Stack):
                 ),
             ],
             removal_policy=policy,
+            auto_delete_objects=destroy,
         )
+        if config.vpc_endpoint_only_bucket_access:
+            self._confine_objects_to_the_vpc(config, s3_endpoint)
+        if destroy:
+            self._acknowledge_auto_delete_provider()
         cdk.CfnOutput(self, "ArtifactBucketName", value=self.bucket.bucket_name)
         cdk.CfnOutput(self, "ArtifactKeyArn", value=self.key.key_arn)
+
+    def _confine_objects_to_the_vpc(self, config: EnvironmentConfig, s3_endpoint: ec2.IGatewayVpcEndpoint) -> None:
+        """Objects are reached only through the VPC's S3 endpoint, except by the SageMaker execution role, which
+        SageMaker also uses from its own network (model downloads for endpoints, job output uploads)."""
+        execution_role = f"arn:{self.partition}:iam::{config.account}:role/{config.execution_role_name}"
+        self.bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="ObjectsOnlyThroughTheVpcEndpoint",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=OBJECT_ACTIONS,
+                resources=[self.bucket.bucket_arn, self.bucket.arn_for_objects("*")],
+                conditions={
+                    "StringNotEquals": {"aws:SourceVpce": s3_endpoint.vpc_endpoint_id},
+                    "ArnNotEquals": {"aws:PrincipalArn": execution_role},
+                },
+            )
+        )
+
+    def _acknowledge_auto_delete_provider(self) -> None:
+        """CDK's singleton provider behind ``auto_delete_objects`` (dev only): its role and runtime are CDK's."""
+        provider = self.node.try_find_child("Custom::S3AutoDeleteObjectsCustomResourceProvider")
+        if provider is not None:
+            acknowledge_cdk_provider(provider, "auto-delete-objects (destroy environments only)")

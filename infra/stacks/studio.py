@@ -13,6 +13,7 @@ from constructs import Construct
 from infra import execution_role
 from infra.config import EnvironmentConfig
 from infra.nag import acknowledge
+from infra.stacks.training import trainer_image_parameter, training_base_image
 
 
 class StudioStack(cdk.Stack):
@@ -37,7 +38,7 @@ class StudioStack(cdk.Stack):
         self.role = iam.Role(
             self,
             "ExecutionRole",
-            role_name=f"{config.prefix}-sagemaker-execution",
+            role_name=config.execution_role_name,
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description="loraops: Studio users, training jobs and endpoints",
         )
@@ -45,7 +46,15 @@ class StudioStack(cdk.Stack):
             *execution_role.bucket_statements(bucket),
             *execution_role.key_statements(key),
             *execution_role.collection_statements(self),
-            *execution_role.job_statements(self, self.role.role_arn),
+            *execution_role.job_statements(
+                self,
+                self.role.role_arn,
+                vpc_arn=self.format_arn(service="ec2", resource="vpc", resource_name=vpc.vpc_id),
+                trainer_image_parameter_arn=self.format_arn(
+                    service="ssm", resource="parameter", resource_name=trainer_image_parameter(config.prefix)[1:]
+                ),
+                dlc_account=training_base_image(config.region).split(".", 1)[0],
+            ),
             *execution_role.sagemaker_statements(self),
         ]
         policy = iam.Policy(self, "ExecutionPolicy", statements=statements)

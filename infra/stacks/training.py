@@ -11,11 +11,9 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
-from infra.execution_role import DLC_ACCOUNT
+from infra.images import image_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Pinned AWS Hugging Face training image the trainer builds on (region substituted per environment).
-TRAINING_BASE_IMAGE = "huggingface-pytorch-training:2.9.0-transformers5.3.0-gpu-py312-cu130-ubuntu22.04"
 #: Only what the image needs travels into the build context (Docker ignore syntax).
 BUILD_CONTEXT = [
     "**",
@@ -43,7 +41,8 @@ def source_commit() -> str:
 
 
 def training_base_image(region: str) -> str:
-    return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{TRAINING_BASE_IMAGE}"
+    """The AWS Hugging Face training image of ``region`` (family: ``infra.images.TRAINING_IMAGE``)."""
+    return image_uri("training", region)
 
 
 class TrainingStack(cdk.Stack):

@@ -65,7 +65,7 @@ def test_storage_key_and_buckets(env, templates, synthesized):
             },
         },
     )
-    expected_deletion = "Delete" if config.removal_policy == "destroy" else "Retain"
+    expected_deletion = "Delete" if config.removal_policy == "destroy" else "RetainExceptOnCreate"
     for resource in t.find_resources("AWS::S3::Bucket").values():
         assert resource["DeletionPolicy"] == expected_deletion
 
@@ -144,10 +144,10 @@ def test_execution_role_is_scoped_to_loraops_prefixes(env, templates, synthesize
     statements = _statements(t)
     read = statements["ReadBaseModelsAndDatasets"]
     assert read["Action"] == "s3:GetObject"
-    assert read["Resource"] == [f"arn:aws:s3:::{bucket}/{p}*" for p in s3_layout.READ_ONLY_PREFIXES]
+    assert sorted(read["Resource"]) == sorted(f"arn:aws:s3:::{bucket}/{p}*" for p in s3_layout.READ_ONLY_PREFIXES)
     write = statements["ReadWriteFineTuneOutputs"]
     assert "s3:PutObject" in write["Action"]
-    assert write["Resource"] == [f"arn:aws:s3:::{bucket}/{p}*" for p in s3_layout.READ_WRITE_PREFIXES]
+    assert sorted(write["Resource"]) == sorted(f"arn:aws:s3:::{bucket}/{p}*" for p in s3_layout.READ_WRITE_PREFIXES)
     assert statements["ListLoraopsPrefixes"]["Condition"]["StringLike"]["s3:prefix"]
     assert "kms:Decrypt" in statements["UseArtifactKey"]["Action"]
     assert "*" not in str(statements["UseArtifactKey"]["Resource"])
@@ -216,7 +216,8 @@ def test_training_image_asset_is_staged_from_the_trainer(env, synthesized):
     import subprocess
     from pathlib import Path
 
-    from infra.stacks.training import TRAINING_BASE_IMAGE, training_base_image
+    from infra.images import TRAINING_IMAGE
+    from infra.stacks.training import training_base_image
     from tests.helpers import ROOT
 
     stack = synthesized[env].training
@@ -233,7 +234,10 @@ def test_training_image_asset_is_staged_from_the_trainer(env, synthesized):
     top = sorted(p.name for p in staged.iterdir())
     assert top == ["README.md", "loraops", "pyproject.toml", "training_container"], top
     dockerfile = (staged / "training_container" / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE\n" in dockerfile and TRAINING_BASE_IMAGE not in dockerfile  # one constant names it
+    # one constant (infra.images.TRAINING_IMAGE) names the base; the Dockerfile only receives it
+    assert (
+        "ARG BASE_IMAGE\n" in dockerfile and "dkr.ecr" not in dockerfile and TRAINING_IMAGE.framework not in dockerfile
+    )
     assert (staged / "training_container" / "Dockerfile").is_file()
     assert (staged / "training_container" / "loraops_trainer" / "run.py").is_file()
     assert not list(staged.rglob("__pycache__"))
