@@ -135,3 +135,21 @@ def test_cli_synth_of_unknown_environment_fails_with_message(tmp_path):
     )
     assert result.returncode != 0
     assert f"-c env=qa: unknown environment (configured: {', '.join(sorted(ENVIRONMENTS))})" in result.stderr
+
+
+def test_cdk_json_sets_every_feature_flag_cdk_init_recommends(tmp_path, cdk_context):
+    """The flags `cdk init` writes for the pinned CLI; only defaultCrossStackReferences keeps another value."""
+    result = subprocess.run(
+        [str(CDK), "init", "app", "--language", "python", "--generate-only"],
+        cwd=tmp_path,
+        env=_cdk_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    recommended = json.loads((tmp_path / "cdk.json").read_text())["context"]
+    missing = sorted(set(recommended) - set(cdk_context))
+    assert missing == [], missing
+    differing = {k for k, v in recommended.items() if cdk_context[k] != v}
+    assert differing == {"@aws-cdk/core:defaultCrossStackReferences"}, differing
