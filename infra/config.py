@@ -89,6 +89,10 @@ class EnvironmentConfig(_Strict):
     )
     noncurrent_version_days: int = Field(default=30, ge=1, le=3650)
     log_retention_days: int = Field(default=90, description="one of CloudWatch Logs' retention values")
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="IAM principal ARNs that may assume the environment's model-approver role",
+    )
     user_profiles: list[str] = Field(default_factory=list)
     fine_tuned_lines: list[FineTunedLine] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -123,6 +127,14 @@ class EnvironmentConfig(_Strict):
     def _base_model(cls, model_id: str) -> str:
         base_group_name(model_id)
         return model_id
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers(cls, arns: list[str]) -> list[str]:
+        for arn in arns:
+            if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:(root|role/[\w+=,.@/-]+|user/[\w+=,.@/-]+)$", arn):
+                raise ValueError(f"approver {arn!r} is not an IAM role, user or account-root ARN")
+        return arns
 
     @field_validator("user_profiles")
     @classmethod
@@ -201,5 +213,24 @@ def load_environments(context: dict[str, Any], selected: str | None = None) -> l
         if selected not in raw:
             known = ", ".join(sorted(raw))
             raise ConfigError(f"-c {ENV_SELECTOR_KEY}={selected}: unknown environment (configured: {known})")
+        check_no_shared_account_region(raw)
         return [parse_environment(selected, raw[selected])]
-    return [parse_environment(name, value) for name, value in raw.items()]
+    environments = [parse_environment(name, value) for name, value in raw.items()]
+    check_no_shared_account_region(raw)
+    return environments
+
+
+def check_no_shared_account_region(raw: dict[str, Any]) -> None:
+    """Registry names (package groups, collections) are per account and region, not per environment: two
+    environments there would share them, so loraops refuses the configuration rather than scope every name."""
+    seen: dict[tuple[Any, Any], str] = {}
+    for name, env in raw.items():
+        if not isinstance(env, dict):
+            continue
+        other = seen.setdefault((env.get("account"), env.get("region")), name)
+        if other != name:
+            raise ConfigError(
+                f"{CONTEXT_KEY}: environments {other!r} and {name!r} share account {env.get('account')} and region "
+                f"{env.get('region')}; their model package groups and collections would collide. Give each "
+                "environment its own account or region"
+            )

@@ -11,8 +11,10 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 
 from loraops import s3_layout
+from loraops.collections import COLLECTION_TAG
 
-COLLECTION_TAG = "sagemaker:collection"
+#: Tag keys that steer policy (approval policy, environment): never changed by the execution role.
+POLICY_TAG_PREFIX = "loraops:"
 
 
 #: Why each statement that holds a wildcard needs it; a new wildcard statement needs a reason here.
@@ -22,9 +24,9 @@ WILDCARD_REASONS: dict[str, str] = {
     "reading every version under those two prefixes is the job's purpose.",
     "ReadWriteFineTuneOutputs": "Training jobs write under adapters/, merged/, evaluation/ and checkpoints/ "
     "with job names chosen at run time; access is confined to those prefixes of the one bucket.",
-    "CollectionsCreateAndTag": "Collection (Resource Group) names are chosen by users; the call must carry "
-    "the sagemaker:collection tag key (condition), as the SageMaker Collections guide prescribes.",
-    "CollectionsDelete": "Only groups tagged sagemaker:collection=true may be deleted (condition).",
+    "CollectionsCreate": "resource-groups:CreateGroup takes no resource ARN (only '*'); the request must tag the "
+    "new group sagemaker:collection=true, with collection tag keys only (conditions).",
+    "CollectionsTagAndDelete": "Only groups tagged sagemaker:collection=true may be tagged or deleted (condition).",
     "CollectionsRead": "Collections are created at run time with user-chosen names; read-only calls.",
     "CollectionsSearch": "tag:GetResources supports no resource-level permissions; it only accepts '*'.",
     "CollectionsTagModelPackageGroups": "Fine-tuned lines create package groups at run time; adding a group to "
@@ -55,6 +57,8 @@ def wildcard_findings(statements: list[iam.PolicyStatement]) -> list[tuple[str, 
     """
     findings: list[tuple[str, str]] = []
     for statement in statements:
+        if statement.effect == iam.Effect.DENY:
+            continue  # a wildcard in a Deny narrows what the role may do; cdk-nag's IAM5 looks at Allows only
         doc = statement.to_statement_json()
         actions = doc.get("Action", [])
         resources = doc.get("Resource", [])
@@ -122,19 +126,25 @@ def key_statements(key: kms.IKey) -> list[iam.PolicyStatement]:
 
 
 def collection_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
-    """Model Registry Collections (Resource Groups), as the SageMaker developer guide prescribes."""
+    """Model Registry Collections (Resource Groups): create, tag, read and delete only groups that carry the
+    ``sagemaker:collection`` tag, as the SageMaker Collections guide prescribes."""
     group_arn = stack.format_arn(service="resource-groups", resource="group", resource_name="*")
     package_group_arn = stack.format_arn(service="sagemaker", resource="model-package-group", resource_name="*")
     return [
+        # CreateGroup takes no resource ARN: the request must tag the new group as a collection, with collection
+        # tags only.
         iam.PolicyStatement(
-            sid="CollectionsCreateAndTag",
-            actions=["resource-groups:CreateGroup", "resource-groups:Tag"],
-            resources=[group_arn],
-            conditions={"ForAnyValue:StringEquals": {"aws:TagKeys": COLLECTION_TAG}},
+            sid="CollectionsCreate",
+            actions=["resource-groups:CreateGroup"],
+            resources=["*"],
+            conditions={
+                "StringEquals": {f"aws:RequestTag/{COLLECTION_TAG}": "true"},
+                "ForAllValues:StringLike": {"aws:TagKeys": [f"{COLLECTION_TAG}*"]},
+            },
         ),
         iam.PolicyStatement(
-            sid="CollectionsDelete",
-            actions=["resource-groups:DeleteGroup"],
+            sid="CollectionsTagAndDelete",
+            actions=["resource-groups:Tag", "resource-groups:DeleteGroup"],
             resources=[group_arn],
             conditions={"StringEquals": {f"aws:ResourceTag/{COLLECTION_TAG}": "true"}},
         ),
@@ -151,6 +161,31 @@ def collection_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
             resources=[package_group_arn],
         ),
     ]
+
+
+def approval_statements(manual_approval: bool) -> list[iam.PolicyStatement]:
+    """Guards that hold whatever else the role may do: the tags that steer policy (``loraops:*``) are never the
+    role's to change, and in manual-approval environments it cannot approve a package (on creation or after)."""
+    statements = [
+        iam.PolicyStatement(
+            sid="DenyChangingPolicyTags",
+            effect=iam.Effect.DENY,
+            actions=["sagemaker:AddTags", "sagemaker:DeleteTags"],
+            resources=["*"],
+            conditions={"ForAnyValue:StringLike": {"aws:TagKeys": [f"{POLICY_TAG_PREFIX}*"]}},
+        )
+    ]
+    if manual_approval:
+        statements.append(
+            iam.PolicyStatement(
+                sid="DenySelfApproval",
+                effect=iam.Effect.DENY,
+                actions=["sagemaker:CreateModelPackage", "sagemaker:UpdateModelPackage"],
+                resources=["*"],
+                conditions={"StringEquals": {"sagemaker:ModelApprovalStatus": "Approved"}},
+            )
+        )
+    return statements
 
 
 def job_statements(

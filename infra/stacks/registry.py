@@ -1,12 +1,18 @@
-"""Registry: model package groups for the base model and each configured fine-tuned line."""
+"""Registry: model package groups for the base model and each fine-tuned line, their Model Registry collections,
+and the approver role of manual-approval environments."""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_resourcegroups as resourcegroups
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
+from infra.nag import acknowledge
+from infra.stacks.storage import removal_policy
+from loraops.collections import Collection, Hierarchy
 from loraops.naming import TAG_APPROVAL_POLICY, base_group_tags, finetuned_group_tags
 
 
@@ -15,30 +21,109 @@ def _tags(tags: dict[str, str]) -> list[cdk.CfnTag]:
 
 
 class RegistryStack(cdk.Stack):
-    """One package group per base model (``<org>--<model>``) and per fine-tuned line."""
+    """One package group per base model (``<org>--<model>``) and per fine-tuned line, in collections
+    ``<base>`` → ``<base>-adapters`` / ``<base>-merged``."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
         approval = {TAG_APPROVAL_POLICY: config.approval}
+        self.hierarchy = Hierarchy.for_base(config.base_group)
+        self.collections = {c.name: self._collection(c, config) for c in self.hierarchy.all}
 
-        self.base_group = sagemaker.CfnModelPackageGroup(
-            self,
+        # Names and descriptions are create-only: descriptions say only what the name already says.
+        self.base_group = self._group(
             "BaseModelGroup",
-            model_package_group_name=config.base_group,
-            model_package_group_description=f"Base model {config.base_model_id}",
-            tags=_tags({**base_group_tags(config.base_model_id), **approval}),
+            config,
+            name=config.base_group,
+            description=f"Base model {config.base_model_id}",
+            tags={**base_group_tags(config.base_model_id), **approval, **self.hierarchy.root.member_tag()},
         )
         self.fine_tuned_groups: dict[str, sagemaker.CfnModelPackageGroup] = {}
         for line in config.fine_tuned_lines:
             name = line.group_name(config.base_model_id)
-            group = sagemaker.CfnModelPackageGroup(
-                self,
+            what = f"on {line.dataset}" if line.task is None else f"for {line.task}"
+            self.fine_tuned_groups[name] = self._group(
                 f"Group-{name}",
-                model_package_group_name=name,
-                model_package_group_description=(
-                    f"{line.mode.value} fine-tunes of {config.base_model_id} on {line.dataset}"
-                ),
-                tags=_tags({**finetuned_group_tags(config.base_model_id, line.mode, line.dataset), **approval}),
+                config,
+                name=name,
+                description=f"{line.mode.value} fine-tunes of {config.base_model_id} {what}",
+                tags={
+                    **finetuned_group_tags(config.base_model_id, line.mode, line.dataset),
+                    **approval,
+                    **self.hierarchy.collection_for(line.mode).member_tag(),
+                },
             )
-            self.fine_tuned_groups[name] = group
+        self.approver_role = self._approver_role(config) if config.approvers else None
         cdk.CfnOutput(self, "BaseModelGroupName", value=config.base_group)
+
+    def _group(
+        self, construct_id: str, config: EnvironmentConfig, *, name: str, description: str, tags: dict[str, str]
+    ) -> sagemaker.CfnModelPackageGroup:
+        group = sagemaker.CfnModelPackageGroup(
+            self,
+            construct_id,
+            model_package_group_name=name,
+            model_package_group_description=description,
+            tags=_tags(tags),
+        )
+        group.apply_removal_policy(removal_policy(config))
+        return group
+
+    def _collection(self, collection: Collection, config: EnvironmentConfig) -> resourcegroups.CfnGroup:
+        query = collection.query()
+        group = resourcegroups.CfnGroup(
+            self,
+            f"Collection-{collection.name}",
+            name=collection.name,
+            description=f"Model Registry collection {collection.name}",
+            resource_query=resourcegroups.CfnGroup.ResourceQueryProperty(
+                type="TAG_FILTERS_1_0",
+                query=resourcegroups.CfnGroup.QueryProperty(
+                    resource_type_filters=query["ResourceTypeFilters"],
+                    tag_filters=[
+                        resourcegroups.CfnGroup.TagFilterProperty(key=f["Key"], values=f["Values"])
+                        for f in query["TagFilters"]
+                    ],
+                ),
+            ),
+            tags=_tags(collection.group_tags()),
+        )
+        group.apply_removal_policy(removal_policy(config))
+        return group
+
+    def _approver_role(self, config: EnvironmentConfig) -> iam.Role:
+        """The one role that may approve or reject packages of this environment's groups."""
+        groups = [config.base_group, *(line.group_name(config.base_model_id) for line in config.fine_tuned_lines)]
+        role = iam.Role(
+            self,
+            "ApproverRole",
+            role_name=f"{config.prefix}-model-approver",
+            assumed_by=iam.CompositePrincipal(*(iam.ArnPrincipal(arn) for arn in config.approvers)),
+            description=f"loraops {config.name}: approves or rejects model packages",
+        )
+        packages = [
+            self.format_arn(service="sagemaker", resource="model-package", resource_name=f"{g}/*") for g in groups
+        ]
+        statement = iam.PolicyStatement(
+            sid="ApproveOrRejectPackages",
+            actions=["sagemaker:UpdateModelPackage", "sagemaker:DescribeModelPackage"],
+            resources=packages,
+        )
+        listing = iam.PolicyStatement(
+            sid="ListPackagesOfTheGroups",
+            actions=["sagemaker:ListModelPackages", "sagemaker:DescribeModelPackageGroup"],
+            resources=[
+                self.format_arn(service="sagemaker", resource="model-package-group", resource_name=g) for g in groups
+            ],
+        )
+        policy = iam.Policy(self, "ApproverPolicy", statements=[statement, listing])
+        policy.attach_to_role(role)
+        for package in packages:
+            acknowledge(
+                policy,
+                "AwsSolutions-IAM5",
+                "Package versions are created at run time; the approver may "
+                "update only the packages of this environment's groups.",
+                f"Resource::{package}",
+            )
+        return role

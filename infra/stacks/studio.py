@@ -46,6 +46,7 @@ class StudioStack(cdk.Stack):
             *execution_role.bucket_statements(bucket),
             *execution_role.key_statements(key),
             *execution_role.collection_statements(self),
+            *execution_role.approval_statements(manual_approval=not config.auto_approve),
             *execution_role.job_statements(
                 self,
                 self.role.role_arn,

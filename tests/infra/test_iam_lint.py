@@ -17,8 +17,6 @@ from tests.infra.conftest import ENVIRONMENTS
 
 #: (statement id, parliament issue) -> why it stays.
 EXCEPTIONS = {
-    ("CollectionsCreateAndTag", "RESOURCE_MISMATCH"): "resource-groups:CreateGroup takes no resource ARN; the "
-    "collections statements belong to the registry issue (#10), which rewrites them with aws:RequestTag conditions.",
     ("SageMakerDescribe", "RESOURCE_MISMATCH"): "Describe* also matches DescribeLineageGroup, which takes no resource "
     "ARN (granted on '*' in SageMakerListAndSearch); every other Describe is limited to this account and region.",
     ("SageMakerListAndSearch", "RESOURCE_STAR"): "a few of the List actions accept a resource ARN; the statement is "

@@ -159,13 +159,16 @@ def test_execution_role_has_collection_permissions(env, templates, synthesized):
     config = synthesized[env].config
     statements = _statements(templates[(env, "studio")])
     group_arn = f"arn:aws:resource-groups:{config.region}:{config.account}:group/*"
-    create = statements["CollectionsCreateAndTag"]
-    assert sorted(create["Action"]) == ["resource-groups:CreateGroup", "resource-groups:Tag"]
-    assert create["Resource"] == group_arn
-    assert create["Condition"] == {"ForAnyValue:StringEquals": {"aws:TagKeys": "sagemaker:collection"}}
-    delete = statements["CollectionsDelete"]
-    assert delete["Action"] == "resource-groups:DeleteGroup"
-    assert delete["Condition"] == {"StringEquals": {"aws:ResourceTag/sagemaker:collection": "true"}}
+    create = statements["CollectionsCreate"]
+    assert create["Action"] == "resource-groups:CreateGroup" and create["Resource"] == "*"  # takes no ARN
+    assert create["Condition"] == {
+        "StringEquals": {"aws:RequestTag/sagemaker:collection": "true"},
+        "ForAllValues:StringLike": {"aws:TagKeys": ["sagemaker:collection*"]},
+    }
+    tag_and_delete = statements["CollectionsTagAndDelete"]
+    assert sorted(tag_and_delete["Action"]) == ["resource-groups:DeleteGroup", "resource-groups:Tag"]
+    assert tag_and_delete["Resource"] == group_arn
+    assert tag_and_delete["Condition"] == {"StringEquals": {"aws:ResourceTag/sagemaker:collection": "true"}}
     assert sorted(statements["CollectionsRead"]["Action"]) == [
         "resource-groups:GetGroupQuery",
         "resource-groups:ListGroupResources",
