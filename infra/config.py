@@ -114,7 +114,7 @@ class EnvironmentConfig(_Strict):
     @field_validator("region")
     @classmethod
     def _images_in_region(cls, region: str) -> str:
-        from infra.images import ImageError, image_uri
+        from loraops.images import ImageError, image_uri
 
         try:
             image_uri("training", region)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import CONTEXT_KEY, ConfigError, EnvironmentConfig, parse_environment
-from infra.images import image_uri, registry_of
+from loraops.images import image_uri, registry_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CDK = ROOT / "node_modules" / ".bin" / "cdk"

@@ -1,19 +1,18 @@
-"""AWS Deep Learning Container images, as the SageMaker Python SDK's bundled image configuration resolves them.
+"""The image families loraops uses, resolved by the SageMaker Python SDK's bundled image configuration.
 
 ``cdk synth`` must stay light (no SageMaker SDK, ~450 MB) and offline, so the URIs live in a checked-in table,
-``infra/dlc_images.json`` (every region the SDK serves the image family in). ``python -m infra.images`` (with
-``sagemaker-core`` installed, as in the test environment) writes it; a test proves it equals what the SDK
-resolves, so the table can never drift from the SDK silently.
+``loraops/dlc_images.json`` (every region the SDK serves each family in), read by :mod:`loraops.images`.
+``python -m infra.images`` (with ``sagemaker-core`` installed, as in the test environment) writes it; a test proves
+it equals what the SDK resolves, so the table can never drift from the SDK silently.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-TABLE = Path(__file__).with_name("dlc_images.json")
+from loraops.images import TABLE
 
 
 @dataclass(frozen=True)
@@ -22,42 +21,27 @@ class ImageFamily:
 
     framework: str
     version: str
-    base_framework_version: str
-    py_version: str
-    image_scope: str
-    instance_type: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def arguments(self) -> dict[str, str]:
+        return {"version": self.version, **dict(self.options)}
 
 
 #: The trainer's base: the AWS Hugging Face PyTorch training image (transformers 5.3, PyTorch 2.9, CUDA 13).
 TRAINING_IMAGE = ImageFamily(
     framework="huggingface",
     version="5.3.0",
-    base_framework_version="pytorch2.9.0",
-    py_version="py312",
-    image_scope="training",
-    instance_type="ml.g5.2xlarge",
+    options=(
+        ("base_framework_version", "pytorch2.9.0"),
+        ("py_version", "py312"),
+        ("image_scope", "training"),
+        ("instance_type", "ml.g5.2xlarge"),
+    ),
 )
-FAMILIES = {"training": TRAINING_IMAGE}
-
-
-class ImageError(ValueError):
-    """No image of the family is published in the region."""
-
-
-def image_uri(family: str, region: str) -> str:
-    """The URI of ``family`` in ``region`` from the checked-in table."""
-    table = json.loads(TABLE.read_text())
-    regions = table[family]["regions"]
-    if region not in regions:
-        raise ImageError(
-            f"no {family} image ({FAMILIES[family]}) is published in {region}; regions: {', '.join(sorted(regions))}"
-        )
-    return regions[region]
-
-
-def registry_of(uri: str) -> str:
-    """``<account>.dkr.ecr.<region>.amazonaws.com`` of an image URI (what `docker login` needs)."""
-    return uri.split("/", 1)[0]
+#: The serving image: DJL Serving with LMI (vLLM), pinned (the SDK's "latest" moves).
+SERVING_IMAGE = ImageFamily(framework="djl-lmi", version="0.38.0")
+FAMILIES = {"training": TRAINING_IMAGE, "serving": SERVING_IMAGE}
 
 
 def resolve_with_sdk(family: ImageFamily) -> dict[str, str]:
@@ -65,17 +49,23 @@ def resolve_with_sdk(family: ImageFamily) -> dict[str, str]:
     from sagemaker.core import image_uris
 
     config = image_uris.config_for_framework(family.framework)
-    scope = config[family.image_scope]
-    version = scope["versions"][family.version][family.base_framework_version]
-    arguments = {k: v for k, v in asdict(family).items() if k != "framework"}
+    options = dict(family.options)
+    scope = config[options["image_scope"]] if "image_scope" in options and "versions" not in config else config
+    entry = scope["versions"][family.version]
+    registries = (
+        entry["registries"] if "registries" in entry else entry[options["base_framework_version"]]["registries"]
+    )
     return {
-        region: image_uris.retrieve(family.framework, region=region, **arguments)
-        for region in sorted(version["registries"])
+        region: image_uris.retrieve(family.framework, region=region, **family.arguments)
+        for region in sorted(registries)
     }
 
 
 def build_table() -> dict:
-    return {name: {"family": asdict(family), "regions": resolve_with_sdk(family)} for name, family in FAMILIES.items()}
+    return {
+        name: {"family": {"framework": family.framework, **family.arguments}, "regions": resolve_with_sdk(family)}
+        for name, family in FAMILIES.items()
+    }
 
 
 def main() -> int:

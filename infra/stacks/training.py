@@ -11,7 +11,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
-from infra.images import image_uri
+from loraops.images import image_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Only what the image needs travels into the build context (Docker ignore syntax).

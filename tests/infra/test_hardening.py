@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from infra.images import image_uri
 from loraops import s3_layout
+from loraops.images import image_uri
 from tests.infra.conftest import CONCERNS, ENVIRONMENTS
 
 pytestmark = pytest.mark.parametrize("env", ENVIRONMENTS)

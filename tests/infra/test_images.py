@@ -8,6 +8,7 @@ import pytest
 
 from infra import images
 from infra.config import ConfigError, parse_environment
+from loraops.images import image_uri, registry_of
 
 
 def test_table_equals_the_sdks_resolution():
@@ -16,12 +17,9 @@ def test_table_equals_the_sdks_resolution():
 
 
 def test_regions_use_their_own_dlc_account():
-    assert images.image_uri("training", "us-east-1").startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/")
-    assert images.image_uri("training", "af-south-1").startswith("626614931356.dkr.ecr.af-south-1.amazonaws.com/")
-    assert (
-        images.registry_of(images.image_uri("training", "af-south-1"))
-        == "626614931356.dkr.ecr.af-south-1.amazonaws.com"
-    )
+    assert image_uri("training", "us-east-1").startswith("763104351884.dkr.ecr.us-east-1.amazonaws.com/")
+    assert image_uri("training", "af-south-1").startswith("626614931356.dkr.ecr.af-south-1.amazonaws.com/")
+    assert registry_of(image_uri("training", "af-south-1")) == "626614931356.dkr.ecr.af-south-1.amazonaws.com"
 
 
 def test_a_region_without_the_image_is_refused_at_synth(cdk_context):
