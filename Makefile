@@ -26,7 +26,7 @@ $(STAMP)/cdk: requirements.txt
 	@touch $@
 
 ## What the tests need on top: the trainer's stack, test tools, and the loraops distribution itself (editable).
-$(STAMP)/dev: $(STAMP)/cdk requirements-dev.txt training_container/requirements.txt pyproject.toml
+$(STAMP)/dev: $(STAMP)/cdk requirements-dev.txt requirements-cli.txt training_container/requirements.txt pyproject.toml
 	$(PIP) -r requirements-dev.txt
 	$(PIP) --no-deps -e .
 	@touch $@

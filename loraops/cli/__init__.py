@@ -1,19 +1,52 @@
-"""The ``loraops`` command. Nouns (``base``, ``finetune``, ``models``, ``storage``) arrive with the registry."""
+"""The ``loraops`` command: one module per noun (``base``, ``models``, ``storage``), each a thin layer over
+:mod:`loraops.registry`. Errors print one line and exit 1; ``--json`` prints machine-readable output."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import loraops
 
+EPILOG = """examples:
+  loraops base import ./Llama-2-7b-hf --model-id meta-llama/Llama-2-7b-hf --bucket B
+  loraops models tree --bucket B --json
+  loraops models approve arn:aws:sagemaker:...:model-package/g/3 --bucket B
+  loraops storage report --bucket B
+  (add --endpoint-url http://127.0.0.1:5000 to talk to a local AWS emulator)"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loraops", description=loraops.__doc__.splitlines()[0])
+    from loraops.cli import base, models, storage
+
+    parser = argparse.ArgumentParser(
+        prog="loraops",
+        description=loraops.__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"loraops {loraops.__version__}")
+    nouns = parser.add_subparsers(dest="noun", metavar="{base,models,storage}")
+    for module in (base, models, storage):
+        module.add_commands(nouns)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    build_parser().print_help()
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    from loraops.cli.common import CLIError, fail
+
+    try:
+        return args.run(args) or 0
+    except CLIError as error:
+        return fail(str(error))
+    except ImportError as error:
+        return fail(f"{error}: the loraops command needs its extras: pip install 'loraops[cli]'")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

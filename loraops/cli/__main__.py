@@ -1,0 +1,7 @@
+"""``python -m loraops.cli``: the ``loraops`` command."""
+
+import sys
+
+from loraops.cli import main
+
+sys.exit(main())

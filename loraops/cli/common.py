@@ -1,0 +1,109 @@
+"""Options every command shares, the registry they open, and the one place output is formatted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+class CLIError(Exception):
+    """Printed as one line, exit status 1."""
+
+
+def add_registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", default=os.environ.get("LORAOPS_BUCKET"), help="artifact bucket ($LORAOPS_BUCKET)")
+    parser.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        help="AWS region ($AWS_REGION)",
+    )
+    parser.add_argument(
+        "--approval",
+        choices=["auto", "manual"],
+        default=os.environ.get("LORAOPS_APPROVAL", "manual"),
+        help="the environment's approval policy ($LORAOPS_APPROVAL)",
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="talk to this endpoint instead of AWS (a local emulator)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def open_registry(args: argparse.Namespace, role_arn: str | None = None):
+    """The registry of ``--bucket``; with ``role_arn``, as that role (e.g. the environment's approver)."""
+    import boto3
+    from botocore.config import Config
+
+    from loraops.registry import Registry, RegistryError
+
+    if not args.bucket or not args.region:
+        raise CLIError(
+            "name the environment's artifact bucket and region (--bucket, --region or LORAOPS_BUCKET, AWS_REGION)"
+        )
+    session = boto3.Session(region_name=args.region)
+    config = Config(retries={"max_attempts": 2})
+    if role_arn:
+        credentials = session.client("sts", endpoint_url=args.endpoint_url, config=config).assume_role(
+            RoleArn=role_arn, RoleSessionName="loraops-cli"
+        )["Credentials"]
+        session = boto3.Session(
+            region_name=args.region,
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+    clients = {
+        name: session.client(name, endpoint_url=args.endpoint_url, config=config) for name in ("sagemaker", "s3")
+    }
+    try:
+        return Registry(clients["sagemaker"], clients["s3"], args.bucket, args.region, args.approval)
+    except RegistryError as error:
+        raise CLIError(str(error)) from None
+
+
+def emit(args: argparse.Namespace, data: Any, human) -> None:
+    """``--json``: the data; otherwise ``human(data)`` renders it with rich."""
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    from rich.console import Console
+
+    Console().print(human(data))
+
+
+def fail(message: str) -> int:
+    print(f"loraops: error: {message}", file=sys.stderr)
+    return 1
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def registry_errors(function):
+    """Turn the registry's and AWS's errors into one-line CLI errors."""
+
+    def wrapper(args: argparse.Namespace, *rest) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from loraops.registry import RegistryError
+
+        try:
+            return function(args, *rest)
+        except RegistryError as error:
+            raise CLIError(str(error)) from None
+        except ClientError as error:
+            raise CLIError(f"{error.operation_name}: {error.response['Error'].get('Message', error)}") from None
+        except BotoCoreError as error:
+            raise CLIError(str(error)) from None
+
+    return wrapper
