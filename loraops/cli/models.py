@@ -39,9 +39,10 @@ def render_tree(bases):
                 f"{group['group']}  [dim]{group['type']} {group['mode']} approval={group['approval_policy']}[/]"
             )
             for v in group["versions"]:
+                loss = f"{float(v['eval_loss']):.4f}" if v["eval_loss"] else "-"
                 branch.add(
-                    f"v{v['version']} {v['status']}  dataset={v['dataset'] or '-'}  "
-                    f"eval_loss={v['eval_loss'] or '-'}  {size(v['bytes'])}"
+                    f"v{v['version']} {v['status']}  dataset={v['dataset'] or '-'}  eval_loss={loss}  "
+                    f"{size(v['bytes'])}"
                 )
     return root
 
