@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +50,59 @@ def test_two_ranks_stay_identical_and_match_one_process_on_the_same_batches(tiny
     assert code == 0, err[-3000:]
     assert _weights_digests(err)[0] == digests[0]
     assert _train_losses(ddp) == pytest.approx(_train_losses(single), rel=1e-4)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc: no extra package)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tiny_base, tmp_path):
+    """Only rank 1 receives SIGTERM: the ranks agree (over a gloo group) and all stop after the same step, rank 0
+    saves the checkpoint, nothing is published. Without the agreement rank 0 would wait in the next all-reduce."""
+    out, checkpoints, reports = tmp_path / "model", tmp_path / "checkpoints", tmp_path / "reports"
+    args = fast_args(
+        tiny_base,
+        out,
+        checkpoint_dir=checkpoints,
+        output_data_dir=reports,
+        max_steps=100_000,
+        save_steps=100_000,
+        logging_steps=1,
+        sample_generations=0,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN_SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not ((reports / "metrics.jsonl").exists() and (reports / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.1)
+    (rank1,) = [pid for pid in _children(process.pid) if _rank_of(pid) == 1]
+    os.kill(rank1, signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    stopped = re.findall(r"train: error: stopped by SIGTERM at step (\d+)", err)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err[-3000:]
+    assert (checkpoints / f"checkpoint-{stopped[0]}" / "trainer_state.json").is_file()
+    assert not out.exists() or not any(out.iterdir())
