@@ -47,12 +47,13 @@ synth: $(STAMP)/cdk $(STAMP)/node
 	$(CDK) synth -q $(CDK_FLAGS)
 	@echo "templates:"; ls cdk.out/*.template.json
 
-## ruff over the code; cfn-lint and checkov (reasoned skips in .checkov.yaml) over the templates.
+## ruff over the code; cfn-lint, checkov and the IAM lint (parliament) over the templates; every skip reasoned.
 lint: synth $(STAMP)/dev $(STAMP)/lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/cfn-lint cdk.out/*.template.json
 	.venv-lint/bin/checkov --config-file .checkov.yaml -d cdk.out
+	$(PY) -m pytest -q -p no:cacheprovider tests/infra/test_iam_lint.py   # parliament over every identity policy
 
 test: install
 	$(PY) -m pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from infra.config import CONTEXT_KEY, ConfigError, load_environments
-from loraops.naming import OutputMode
 
 
 def _envs(context):
@@ -13,13 +12,16 @@ def _envs(context):
 
 
 def test_all_environments_load_from_cdk_json(context_copy):
+    raw = context_copy["loraops:environments"]
     configs = load_environments(context_copy)
-    assert [c.name for c in configs] == ["dev", "staging", "prod"]
-    dev = configs[0]
-    assert dev.base_model_id == "meta-llama/Llama-2-7b-hf"
-    assert dev.auto_approve and not configs[1].auto_approve and not configs[2].auto_approve
-    assert dev.base_group == "meta-llama--Llama-2-7b-hf"
-    assert {line.mode for line in dev.fine_tuned_lines} == {OutputMode.MERGED, OutputMode.ADAPTER}
+    assert [c.name for c in configs] == list(raw)
+    for config in configs:
+        assert config.base_model_id == raw[config.name]["base_model_id"]
+        assert config.auto_approve is (raw[config.name]["approval"] == "auto")
+        assert config.base_group == config.base_model_id.replace("/", "--")
+        assert {line.mode.value for line in config.fine_tuned_lines} == {
+            line["mode"] for line in raw[config.name]["fine_tuned_lines"]
+        }
 
 
 def test_selecting_one_environment(context_copy):

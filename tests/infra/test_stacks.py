@@ -196,7 +196,7 @@ def test_registry_groups_and_tags(env, templates, synthesized):
         for g in t.find_resources("AWS::SageMaker::ModelPackageGroup").values()
     }
     assert len(groups) == 1 + len(config.fine_tuned_lines)
-    base = groups["meta-llama--Llama-2-7b-hf"]
+    base = groups[config.base_group]
     assert base["modelType"] == "BaseModel" and base["fineTuned"] == "False"
     for line in config.fine_tuned_lines:
         tags = groups[line.group_name(config.base_model_id)]
