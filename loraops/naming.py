@@ -20,6 +20,8 @@ TAG_FINE_TUNED = "fineTuned"
 TAG_SOURCE_DATASET = "sourceDataset"
 TAG_BASE_GROUP = "loraops:baseModelGroup"
 TAG_OUTPUT_MODE = "loraops:outputMode"
+#: On a training job: the model package group its output is registered in.
+TAG_PACKAGE_GROUP = "loraops:modelPackageGroup"
 #: ``auto`` or ``manual``: whether new packages in the group are approved on registration.
 TAG_APPROVAL_POLICY = "loraops:approvalPolicy"
 

@@ -1,0 +1,151 @@
+"""The register-finetune function, in-process against the local AWS emulator (S3, SageMaker, DynamoDB over HTTP).
+
+Lambda itself cannot run here (moto needs Docker to invoke functions), so the handler is called directly with
+realistic EventBridge events; the Lambda context is a small stand-in (the one thing no emulator provides).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import threading
+from pathlib import Path
+
+import pytest
+
+from loraops import s3_layout
+from loraops.naming import TAG_PACKAGE_GROUP, OutputMode
+from tests.helpers import ROOT, fast_args
+from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MODEL_ID, REGION
+
+JOB = "loraops-dolly-adapter-7"
+TABLE = "loraops-test-idempotency"
+
+
+class LambdaContext:
+    function_name = "loraops-test-register-finetune"
+    memory_limit_in_mb = 512
+    invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:loraops-test-register-finetune"
+    aws_request_id = "test-request"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+def event(status: str = "Completed", **detail) -> dict:
+    """The EventBridge event SageMaker sends when a training job changes state (shape from the AWS docs)."""
+    prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
+    return {
+        "version": "0",
+        "id": "5d4b8c2b-0000-0000-0000-000000000000",
+        "detail-type": "SageMaker Training Job State Change",
+        "source": "aws.sagemaker",
+        "account": "123456789012",
+        "time": "2026-11-29T06:00:00Z",
+        "region": REGION,
+        "resources": [f"arn:aws:sagemaker:{REGION}:123456789012:training-job/{JOB}"],
+        "detail": {
+            "TrainingJobName": JOB,
+            "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:training-job/{JOB}",
+            "TrainingJobStatus": status,
+            "ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/{prefix}"},
+            "OutputDataConfig": {
+                "S3OutputPath": f"s3://{BUCKET}/{s3_layout.training_output_root(OutputMode.ADAPTER, ADAPTER_GROUP)}",
+                "CompressionType": "NONE",
+            },
+            "Tags": {TAG_PACKAGE_GROUP: ADAPTER_GROUP, "loraops:environment": "test"},
+            **detail,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def job_output(tiny_base, tmp_path_factory) -> Path:
+    from loraops_trainer.cli import main
+
+    out = tmp_path_factory.mktemp("job") / "model"
+    assert main(fast_args(tiny_base, out, max_steps=2, sample_generations=0)) == 0
+    return out
+
+
+@pytest.fixture
+def function(registry, aws, emulator, monkeypatch, tiny_base, job_output):
+    """The handler module, loaded the way Lambda loads it, with an approved base and the job's output in S3."""
+    import boto3
+
+    for key, value in dict(
+        AWS_ENDPOINT_URL=emulator,
+        ARTIFACT_BUCKET=BUCKET,
+        APPROVAL="manual",
+        IDEMPOTENCY_TABLE=TABLE,
+        POWERTOOLS_IDEMPOTENCY_DISABLED="false",
+    ).items():
+        monkeypatch.setenv(key, value)
+    boto3.client("dynamodb", endpoint_url=emulator, region_name=REGION).create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    base = registry.import_base(tiny_base, MODEL_ID)
+    registry.decide(base.arn, approve=True)
+    prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
+    for path in job_output.rglob("*"):
+        if path.is_file():
+            aws["s3"].upload_file(str(path), BUCKET, prefix + str(path.relative_to(job_output)))
+    spec = importlib.util.spec_from_file_location(
+        "register_finetune_handler", ROOT / "lambda" / "register_finetune" / "handler.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _packages(aws) -> list[dict]:
+    return aws["sagemaker"].list_model_packages(ModelPackageGroupName=ADAPTER_GROUP)["ModelPackageSummaryList"]
+
+
+def test_a_completed_job_is_registered_once_when_delivered_twice(function, aws):
+    first = function.handler(event(), LambdaContext())
+    assert first["registered"] and first["version"] == 1
+    assert function.handler(event(), LambdaContext()) == first
+    assert len(_packages(aws)) == 1
+    described = aws["sagemaker"].describe_model_package(ModelPackageName=first["package_arn"])
+    assert described["CustomerMetadataProperties"]["trainingJob"] == JOB
+
+
+def test_concurrent_deliveries_register_one_package(function, aws):
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
+    barrier, results = threading.Barrier(4), []
+
+    def deliver():
+        barrier.wait()
+        try:
+            results.append(function.handler(copy.deepcopy(event()), LambdaContext()))
+        except IdempotencyAlreadyInProgressError:  # Lambda retries it; the retry gets the stored result
+            results.append("in progress")
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    registered = [r for r in results if r != "in progress"]
+    assert registered and all(r == registered[0] for r in registered)
+    assert len(_packages(aws)) == 1
+    assert function.handler(event(), LambdaContext()) == registered[0]  # a retry after the first finished
+
+
+@pytest.mark.parametrize("status", ["Failed", "Stopped"])
+def test_a_failed_or_stopped_job_registers_nothing(function, aws, status):
+    result = function.handler(event(status), LambdaContext())
+    assert result == {"registered": False, "job": JOB, "reason": f"training job {status}"}
+    assert _packages(aws) == []
+
+
+def test_a_job_without_its_group_tag_is_refused_with_the_reason(function, aws):
+    result = function.handler(event(Tags={}), LambdaContext())
+    assert not result["registered"] and result["reason"] == f"training job {JOB} has no {TAG_PACKAGE_GROUP} tag"
+    assert _packages(aws) == []
