@@ -30,6 +30,11 @@ def _cdk_env() -> dict[str, str]:
     return env
 
 
+def _cdk(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The pinned CDK CLI, with no credentials and no version check."""
+    return subprocess.run([str(CDK), *args], cwd=cwd, env=_cdk_env(), capture_output=True, text=True, timeout=300)
+
+
 def _violations(outdir: Path) -> list[dict]:
     """cdk-nag's findings (the report also carries CDK's own CloudFormation warnings)."""
     report = json.loads((outdir / "validation-report.json").read_text())
@@ -50,24 +55,16 @@ def test_planted_violation_fails_synth_in_process(context_copy, tmp_path):
 
 
 def test_planted_violation_fails_cdk_cli_synth(tmp_path):
-    result = subprocess.run(
-        [
-            str(CDK),
-            "synth",
-            "-q",
-            "--no-notices",
-            "-c",
-            "env=dev",
-            "-o",
-            str(tmp_path),
-            "--app",
-            f"{sys.executable} -m tests.infra.planted_violation_app",
-        ],
-        cwd=ROOT,
-        env=_cdk_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = _cdk(
+        "synth",
+        "-q",
+        "--no-notices",
+        "-c",
+        "env=dev",
+        "-o",
+        str(tmp_path),
+        "--app",
+        f"{sys.executable} -m tests.infra.planted_violation_app",
     )
     assert result.returncode != 0, result.stdout + result.stderr
     assert "AwsSolutions-S10" in result.stdout + result.stderr
@@ -86,14 +83,7 @@ def test_every_wildcard_reason_is_concrete():
 
 def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
     """`cdk synth` with no credentials: a template per stack of every environment, no findings, cfn-lint clean."""
-    result = subprocess.run(
-        [str(CDK), "synth", "-q", "--no-notices", "-o", str(tmp_path)],
-        cwd=ROOT,
-        env=_cdk_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _cdk("synth", "-q", "--no-notices", "-o", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     templates = sorted(p.name for p in tmp_path.glob("*.template.json"))
     assert templates == sorted(f"loraops-{env}-{concern}.template.json" for env in ENVIRONMENTS for concern in CONCERNS)
@@ -112,41 +102,20 @@ def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
 
 
 def test_cli_synth_of_one_environment(tmp_path):
-    result = subprocess.run(
-        [str(CDK), "synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path)],
-        cwd=ROOT,
-        env=_cdk_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _cdk("synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert {p.name.split("-")[1] for p in tmp_path.glob("*.template.json")} == {"dev"}
 
 
 def test_cli_synth_of_unknown_environment_fails_with_message(tmp_path):
-    result = subprocess.run(
-        [str(CDK), "synth", "-q", "--no-notices", "-c", "env=qa", "-o", str(tmp_path)],
-        cwd=ROOT,
-        env=_cdk_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _cdk("synth", "-q", "--no-notices", "-c", "env=qa", "-o", str(tmp_path))
     assert result.returncode != 0
     assert f"-c env=qa: unknown environment (configured: {', '.join(sorted(ENVIRONMENTS))})" in result.stderr
 
 
 def test_cdk_json_sets_every_feature_flag_cdk_init_recommends(tmp_path, cdk_context):
     """The flags `cdk init` writes for the pinned CLI; only defaultCrossStackReferences keeps another value."""
-    result = subprocess.run(
-        [str(CDK), "init", "app", "--language", "python", "--generate-only"],
-        cwd=tmp_path,
-        env=_cdk_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _cdk("init", "app", "--language", "python", "--generate-only", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     recommended = json.loads((tmp_path / "cdk.json").read_text())["context"]
     missing = sorted(set(recommended) - set(cdk_context))
