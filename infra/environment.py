@@ -11,6 +11,7 @@ import aws_cdk as cdk
 
 from infra.config import EnvironmentConfig
 from infra.stacks.network import NetworkStack
+from infra.stacks.registration import RegistrationStack
 from infra.stacks.registry import RegistryStack
 from infra.stacks.storage import StorageStack
 from infra.stacks.studio import StudioStack
@@ -20,7 +21,7 @@ ENVIRONMENT_TAG = "loraops:environment"
 
 
 class EnvironmentStacks:
-    """All stacks of one environment: storage, network, studio, registry, training."""
+    """All stacks of one environment: storage, network, studio, registry, registration, training."""
 
     def __init__(self, app: cdk.App, config: EnvironmentConfig) -> None:
         self.config = config
@@ -47,6 +48,15 @@ class EnvironmentStacks:
             **common,
         )
         self.registry = RegistryStack(app, name("registry"), **common)
+        self.registration = RegistrationStack(
+            app,
+            name("registration"),
+            key=self.storage.key,
+            vpc=self.network.vpc,
+            subnets=self.network.subnets.subnets,
+            security_group=self.network.workload_security_group,
+            **common,
+        )
         self.training = TrainingStack(app, name("training"), **common)
         # Stack tags (explicitStackTags) reach resources at deploy time; Tags.of also writes them into templates.
         for stack in self.stacks:
@@ -55,4 +65,4 @@ class EnvironmentStacks:
 
     @property
     def stacks(self) -> list[cdk.Stack]:
-        return [self.storage, self.network, self.studio, self.registry, self.training]
+        return [self.storage, self.network, self.studio, self.registry, self.registration, self.training]

@@ -49,7 +49,9 @@ WILDCARD_REASONS: dict[str, str] = {
 }
 
 
-def wildcard_findings(statements: list[iam.PolicyStatement]) -> list[tuple[str, str]]:
+def wildcard_findings(
+    statements: list[iam.PolicyStatement], reasons: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     """The granular cdk-nag IAM5 finding ids of ``statements``, each with its statement's reason.
 
     Raises ``KeyError`` for a wildcard statement without a reason in :data:`WILDCARD_REASONS`, and
@@ -67,12 +69,13 @@ def wildcard_findings(statements: list[iam.PolicyStatement]) -> list[tuple[str, 
         wild = [f"Action::{a}" for a in actions if "*" in a] + [f"Resource::{r}" for r in resources if "*" in str(r)]
         if not wild:
             continue
-        if statement.sid not in WILDCARD_REASONS:
+        reasons = WILDCARD_REASONS if reasons is None else reasons
+        if statement.sid not in reasons:
             raise KeyError(f"statement {statement.sid!r} uses a wildcard but has no reason in WILDCARD_REASONS")
         for finding in wild:
             if "${Token[" in finding or not isinstance(finding, str):
                 raise ValueError(f"statement {statement.sid!r}: cannot acknowledge unresolved token {finding!r}")
-            findings.append((finding, WILDCARD_REASONS[statement.sid]))
+            findings.append((finding, reasons[statement.sid]))
     return findings
 
 

@@ -28,8 +28,7 @@ def acknowledge_cdk_provider(provider: IConstruct, purpose: str) -> None:
     acknowledge(provider, "AwsSolutions-L1", f"CDK pins the runtime of its {purpose} provider.")
     handler = provider.node.try_find_child("Handler")
     if isinstance(handler, cdk.CfnResource):
-        # CDK writes both a GetAtt of the role and a DependsOn on it; cfn-lint warns about the redundancy.
-        handler.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
+        ignore_redundant_role_dependency(handler)
         skip_checkov(
             handler,
             {
@@ -38,6 +37,12 @@ def acknowledge_cdk_provider(provider: IConstruct, purpose: str) -> None:
                 "CKV_AWS_117": f"CDK's {purpose} handler calls AWS APIs only and holds no data: outside the VPC.",
             },
         )
+
+
+def ignore_redundant_role_dependency(function: cdk.CfnResource) -> None:
+    """CDK writes both a GetAtt of a function's role and a DependsOn on it; cfn-lint warns (W3005) about the
+    redundancy, which is harmless."""
+    function.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
 
 
 def skip_checkov(resource: cdk.CfnResource, reasons: dict[str, str]) -> None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
+from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, acknowledge_cdk_provider
-from infra.stacks.storage import removal_policy
 
 #: Interface endpoints a VPC-only Studio domain and in-VPC training/serving need (no internet route).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
@@ -57,40 +55,7 @@ class NetworkStack(cdk.Stack):
         self._zones = list(config.availability_zones)
         super().__init__(scope, construct_id, **kwargs)
 
-        log_key = kms.Key(
-            self,
-            "FlowLogKey",
-            alias=f"alias/{config.prefix}-flow-logs",
-            description=f"loraops {config.name}: VPC flow logs",
-            enable_key_rotation=True,
-            removal_policy=removal_policy(config),
-        )
-        log_key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="CloudWatchLogsUseOnlyForThisAccountsLogGroups",
-                principals=[iam.ServicePrincipal(f"logs.{config.region}.amazonaws.com")],
-                actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
-                resources=["*"],  # in a key policy, "*" is this key
-                conditions={
-                    "ArnLike": {
-                        "kms:EncryptionContext:aws:logs:arn": self.format_arn(
-                            service="logs",
-                            resource="log-group",
-                            resource_name="*",
-                            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                        )
-                    }
-                },
-            )
-        )
-        flow_log_group = logs.LogGroup(
-            self,
-            "FlowLogs",
-            encryption_key=log_key,
-            removal_policy=removal_policy(config),
-        )
-        # RetentionDays is a name-valued enum; the validated day count goes straight to the L1.
-        flow_log_group.node.default_child.retention_in_days = config.log_retention_days
+        flow_log_group = encrypted_log_group(self, "FlowLogs", config, "flow-logs")
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
@@ -155,6 +120,19 @@ class NetworkStack(cdk.Stack):
             )
             if config.endpoint_policies and name in POLICY_ENDPOINTS:
                 endpoint.add_to_policy(self._only_this_account("*", ["*"]))
+        # the registration function's idempotency table
+        self.dynamodb_endpoint = self.vpc.add_gateway_endpoint(
+            "DynamoDb",
+            service=ec2.GatewayVpcEndpointAwsService.DYNAMODB,
+            subnets=[ec2.SubnetSelection(subnets=self.subnets.subnets)],
+        )
+        if config.endpoint_policies:
+            self.dynamodb_endpoint.add_to_policy(
+                self._only_this_account(
+                    "dynamodb:*",
+                    [self.format_arn(service="dynamodb", resource="table", resource_name=f"{config.prefix}-*")],
+                )
+            )
         self.s3_endpoint = self.vpc.add_gateway_endpoint(
             "S3",
             service=ec2.GatewayVpcEndpointAwsService.S3,

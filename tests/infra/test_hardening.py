@@ -98,7 +98,11 @@ def test_flow_logs_are_encrypted_with_a_rotated_key(env, templates):
 def test_endpoint_policies_follow_the_configuration(env, templates, synthesized):
     config = synthesized[env].config
     endpoints = templates[(env, "network")].find_resources("AWS::EC2::VPCEndpoint").values()
-    gateway = next(e["Properties"] for e in endpoints if e["Properties"]["VpcEndpointType"] == "Gateway")
+    gateway = next(
+        e["Properties"]
+        for e in endpoints
+        if e["Properties"]["VpcEndpointType"] == "Gateway" and ".s3" in json.dumps(e["Properties"]["ServiceName"])
+    )
     with_policy = [e["Properties"] for e in endpoints if "PolicyDocument" in e["Properties"]]
     if not config.endpoint_policies:
         assert with_policy == []
@@ -107,7 +111,9 @@ def test_endpoint_policies_follow_the_configuration(env, templates, synthesized)
     assert config.artifact_bucket_name in s3_resources and "starport-layer-bucket" in s3_resources
     allow_all = [s for s in gateway["PolicyDocument"]["Statement"] if s["Resource"] in ("*", ["*"])]
     assert allow_all == [], "the S3 endpoint must not reach every bucket"
-    interface = [e for e in with_policy if e["VpcEndpointType"] == "Interface"]
+    interface = [
+        e for e in with_policy if e["VpcEndpointType"] == "Interface" or ".dynamodb" in json.dumps(e["ServiceName"])
+    ]
     assert len(interface) >= 9
     for endpoint in interface:
         for statement in endpoint["PolicyDocument"]["Statement"]:

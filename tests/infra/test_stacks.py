@@ -92,7 +92,7 @@ def test_network_is_isolated_with_flow_logs_and_endpoints(env, templates, synthe
         assert subnet["Properties"]["MapPublicIpOnLaunch"] is False
     assert sorted(s["Properties"]["AvailabilityZone"] for s in t.find_resources("AWS::EC2::Subnet").values()) == zones
     t.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "ALL", "ResourceType": "VPC"})
-    t.resource_count_is("AWS::EC2::VPCEndpoint", len(INTERFACE_ENDPOINTS) + 1)
+    t.resource_count_is("AWS::EC2::VPCEndpoint", len(INTERFACE_ENDPOINTS) + 2)  # + the S3 and DynamoDB gateways
     services = [str(e["Properties"]["ServiceName"]) for e in t.find_resources("AWS::EC2::VPCEndpoint").values()]
     for suffix in (
         "sagemaker.api",

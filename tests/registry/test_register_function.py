@@ -149,3 +149,28 @@ def test_a_job_without_its_group_tag_is_refused_with_the_reason(function, aws):
     result = function.handler(event(Tags={}), LambdaContext())
     assert not result["registered"] and result["reason"] == f"training job {JOB} has no {TAG_PACKAGE_GROUP} tag"
     assert _packages(aws) == []
+
+
+def test_the_rule_pattern_delivers_only_completed_loraops_jobs(aws, emulator):
+    """The registration rule's pattern (loraops.events, what the stack synthesizes) in the emulator's EventBridge,
+    with an SQS queue as the target in place of the function (moto cannot invoke Lambda without Docker)."""
+    import json
+
+    import boto3
+
+    from loraops.events import TRAINING_JOB_COMPLETED
+
+    events = boto3.client("events", endpoint_url=emulator, region_name=REGION)
+    sqs = boto3.client("sqs", endpoint_url=emulator, region_name=REGION)
+    queue = sqs.create_queue(QueueName="registrations")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="training-job-completed", EventPattern=json.dumps(TRAINING_JOB_COMPLETED))
+    events.put_targets(Rule="training-job-completed", Targets=[{"Id": "registrations", "Arn": queue_arn}])
+    cases = {"completed": event(), "failed": event("Failed"), "untagged": event(Tags={"team": "ml"})}
+    for name, sample in cases.items():
+        detail = {**sample["detail"], "TrainingJobName": name}
+        events.put_events(
+            Entries=[{"Source": sample["source"], "DetailType": sample["detail-type"], "Detail": json.dumps(detail)}]
+        )
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    assert [json.loads(m["Body"])["detail"]["TrainingJobName"] for m in messages] == ["completed"]
