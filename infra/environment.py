@@ -42,9 +42,7 @@ class EnvironmentStacks:
             app,
             name("studio"),
             key=self.storage.key,
-            vpc=self.network.vpc,
-            subnets=self.network.subnets.subnets,
-            security_group=self.network.workload_security_group,
+            placement=self.network.placement,
             **common,
         )
         self.registry = RegistryStack(app, name("registry"), **common)
@@ -52,9 +50,7 @@ class EnvironmentStacks:
             app,
             name("registration"),
             key=self.storage.key,
-            vpc=self.network.vpc,
-            subnets=self.network.subnets.subnets,
-            security_group=self.network.workload_security_group,
+            placement=self.network.placement,
             **common,
         )
         self.training = TrainingStack(app, name("training"), **common)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -46,6 +48,19 @@ POLICY_ENDPOINTS = frozenset(
 )
 
 HTTPS = ec2.Port.tcp(443)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where workloads run: the VPC, its isolated subnets and the workload security group."""
+
+    vpc: ec2.IVpc
+    subnets: list[ec2.ISubnet]
+    security_group: ec2.ISecurityGroup
+
+    @property
+    def vpc_arn(self) -> str:
+        return cdk.Stack.of(self.vpc).format_arn(service="ec2", resource="vpc", resource_name=self.vpc.vpc_id)
 
 
 class NetworkStack(cdk.Stack):
@@ -173,6 +188,10 @@ class NetworkStack(cdk.Stack):
         provider = self.node.try_find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
         if provider is not None:
             acknowledge_cdk_provider(provider, "restrict-default-security-group")
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(vpc=self.vpc, subnets=self.subnets.subnets, security_group=self.workload_security_group)
 
     @property
     def availability_zones(self) -> list[str]:

@@ -23,6 +23,7 @@ from infra.config import EnvironmentConfig
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency
+from infra.stacks.network import Placement
 from infra.stacks.storage import removal_policy
 from loraops import s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED
@@ -48,9 +49,7 @@ class RegistrationStack(cdk.Stack):
         *,
         config: EnvironmentConfig,
         key: kms.IKey,
-        vpc: ec2.IVpc,
-        subnets: list[ec2.ISubnet],
-        security_group: ec2.ISecurityGroup,
+        placement: Placement,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -85,7 +84,7 @@ class RegistrationStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"loraops {config.name}: the register-finetune function",
         )
-        statements = self._statements(config, key, vpc, name)
+        statements = self._statements(config, key, placement.vpc_arn, name)
         policy = iam.Policy(self, "FunctionPolicy", statements=statements)
         policy.attach_to_role(self.role)
         for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
@@ -101,9 +100,9 @@ class RegistrationStack(cdk.Stack):
             role=self.role,
             timeout=cdk.Duration.minutes(5),
             memory_size=512,
-            vpc=vpc,
-            vpc_subnets=ec2.SubnetSelection(subnets=subnets),
-            security_groups=[security_group],
+            vpc=placement.vpc,
+            vpc_subnets=ec2.SubnetSelection(subnets=placement.subnets),
+            security_groups=[placement.security_group],
             environment={
                 "ARTIFACT_BUCKET": config.artifact_bucket_name,
                 "APPROVAL": config.approval,
@@ -137,7 +136,7 @@ class RegistrationStack(cdk.Stack):
         )
 
     def _statements(
-        self, config: EnvironmentConfig, key: kms.IKey, vpc: ec2.IVpc, function_name: str
+        self, config: EnvironmentConfig, key: kms.IKey, vpc_arn: str, function_name: str
     ) -> list[iam.PolicyStatement]:
         bucket = f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"
         outputs = (s3_layout.ADAPTERS, s3_layout.MERGED)
@@ -187,7 +186,7 @@ class RegistrationStack(cdk.Stack):
                     "ec2:UnassignPrivateIpAddresses",
                 ],
                 resources=[arn("ec2", "network-interface"), arn("ec2", "subnet"), arn("ec2", "security-group")],
-                conditions={"ArnEquals": {"ec2:Vpc": arn("ec2", "vpc", vpc.vpc_id)}},
+                conditions={"ArnEquals": {"ec2:Vpc": vpc_arn}},
             ),
             iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:DescribeNetworkInterfaces"], resources=["*"]),
             iam.PolicyStatement(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aws_cdk as cdk
-from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -13,6 +12,7 @@ from constructs import Construct
 from infra import execution_role
 from infra.config import EnvironmentConfig
 from infra.nag import acknowledge
+from infra.stacks.network import Placement
 from infra.stacks.training import trainer_image_parameter, training_base_image
 
 
@@ -26,9 +26,7 @@ class StudioStack(cdk.Stack):
         *,
         config: EnvironmentConfig,
         key: kms.IKey,
-        vpc: ec2.IVpc,
-        subnets: list[ec2.ISubnet],
-        security_group: ec2.ISecurityGroup,
+        placement: Placement,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -50,7 +48,7 @@ class StudioStack(cdk.Stack):
             *execution_role.job_statements(
                 self,
                 self.role.role_arn,
-                vpc_arn=self.format_arn(service="ec2", resource="vpc", resource_name=vpc.vpc_id),
+                vpc_arn=placement.vpc_arn,
                 trainer_image_parameter_arn=self.format_arn(
                     service="ssm", resource="parameter", resource_name=trainer_image_parameter(config.prefix)[1:]
                 ),
@@ -68,17 +66,17 @@ class StudioStack(cdk.Stack):
             domain_name=config.prefix,
             auth_mode="IAM",
             app_network_access_type="VpcOnly",
-            vpc_id=vpc.vpc_id,
-            subnet_ids=[s.subnet_id for s in subnets],
+            vpc_id=placement.vpc.vpc_id,
+            subnet_ids=[s.subnet_id for s in placement.subnets],
             kms_key_id=key.key_id,
             default_user_settings=sagemaker.CfnDomain.UserSettingsProperty(
                 execution_role=self.role.role_arn,
-                security_groups=[security_group.security_group_id],
+                security_groups=[placement.security_group.security_group_id],
                 studio_web_portal="ENABLED",
                 default_landing_uri="studio::",
             ),
             domain_settings=sagemaker.CfnDomain.DomainSettingsProperty(
-                security_group_ids=[security_group.security_group_id],
+                security_group_ids=[placement.security_group.security_group_id],
             ),
             app_security_group_management="Service",
         )
@@ -91,7 +89,7 @@ class StudioStack(cdk.Stack):
                 user_profile_name=profile,
                 user_settings=sagemaker.CfnUserProfile.UserSettingsProperty(
                     execution_role=self.role.role_arn,
-                    security_groups=[security_group.security_group_id],
+                    security_groups=[placement.security_group.security_group_id],
                 ),
             )
         cdk.CfnOutput(self, "DomainId", value=self.domain.attr_domain_id)
