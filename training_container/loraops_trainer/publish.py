@@ -43,21 +43,12 @@ def check_model_dir(model_dir: Path) -> None:
             )
 
 
-def _stale_staging(model_dir: Path) -> list[Path]:
-    places = [model_dir.parent] + ([model_dir] if model_dir.is_dir() else [])
-    return [
-        p
-        for place in places
-        if place.is_dir()
-        for p in place.iterdir()
-        if p.name.startswith(STAGING_MARK + model_dir.name + "-") or p.name.startswith(STAGING_MARK + "-")
-    ]
-
-
-def _staging_folder(model_dir: Path) -> Path:
+def _staging_place(model_dir: Path) -> tuple[Path, str]:
+    """The folder staging folders of ``model_dir`` live in, and the prefix of their names (``-<pid>`` follows):
+    beside the model folder, or inside it where it is a mount point."""
     if os.path.ismount(model_dir):
-        return model_dir / f"{STAGING_MARK}-{os.getpid()}"
-    return model_dir.parent / f"{STAGING_MARK}{model_dir.name}-{os.getpid()}"
+        return model_dir, STAGING_MARK
+    return model_dir.parent, f"{STAGING_MARK}{model_dir.name}-"
 
 
 def _move_in(staging: Path, model_dir: Path) -> None:
@@ -76,11 +67,13 @@ def staged(model_dir: Path) -> Iterator[Path]:
     """A staging folder to write into; on normal exit it becomes ``model_dir``, on any error it is removed."""
     model_dir = Path(model_dir).absolute()
     check_model_dir(model_dir)
-    for stale in _stale_staging(model_dir):
-        logger.warning("removing %s left by an interrupted run", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_folder(model_dir)
+    place, prefix = _staging_place(model_dir)
+    if place.is_dir():
+        for stale in [p for p in place.iterdir() if p.name.startswith(prefix)]:
+            logger.warning("removing %s left by an interrupted run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    place.mkdir(parents=True, exist_ok=True)
+    staging = place / f"{prefix}{os.getpid()}"
     staging.mkdir()
     try:
         yield staging
