@@ -6,6 +6,7 @@ settings -> checks (before anything loads) -> data -> QLoRA training -> evaluati
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -115,6 +116,7 @@ def static_shapes(config: TrainConfig) -> bool:
     )
 
 
+@functools.cache
 def code_version() -> str:
     """``loraops <version> (<commit>)``: the commit from the image build (``LORAOPS_GIT_SHA``) or the checkout."""
     sha = os.environ.get("LORAOPS_GIT_SHA", "")
