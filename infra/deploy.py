@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infra.config import CONTEXT_KEY, ConfigError, EnvironmentConfig, parse_environment
+from infra.config import CONTEXT_KEY, ConfigError, EnvironmentConfig, load_environments
 from loraops.images import image_uri, registry_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +75,11 @@ def registry_login(config: EnvironmentConfig, session: Any) -> str:
 
 
 def load_environment(name: str) -> EnvironmentConfig:
-    environments = json.loads((ROOT / "cdk.json").read_text())["context"][CONTEXT_KEY]
-    if name not in environments:
-        raise ConfigError(f"ENV={name}: unknown environment (configured: {', '.join(sorted(environments))})")
-    return parse_environment(name, environments[name])
+    """``name``'s configuration from ``cdk.json``, through the loader synth uses (every check included)."""
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    if name not in context[CONTEXT_KEY]:
+        raise ConfigError(f"ENV={name}: unknown environment (configured: {', '.join(sorted(context[CONTEXT_KEY]))})")
+    return load_environments(context, selected=name)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
