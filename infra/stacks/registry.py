@@ -9,11 +9,18 @@ from aws_cdk import aws_resourcegroups as resourcegroups
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
+from infra import execution_role
 from infra.config import EnvironmentConfig
 from infra.nag import acknowledge
 from infra.stacks.storage import removal_policy
 from loraops.collections import Collection, Hierarchy
 from loraops.naming import TAG_APPROVAL_POLICY, base_group_tags, finetuned_group_tags
+
+#: Why each statement of the approver's policy that holds a wildcard needs it.
+APPROVER_WILDCARD_REASONS = {
+    "ApproveOrRejectPackages": "Package versions are created at run time; the approver may update only the "
+    "packages of this environment's groups.",
+}
 
 
 def _tags(tags: dict[str, str]) -> list[cdk.CfnTag]:
@@ -118,12 +125,6 @@ class RegistryStack(cdk.Stack):
         )
         policy = iam.Policy(self, "ApproverPolicy", statements=[statement, listing])
         policy.attach_to_role(role)
-        for package in packages:
-            acknowledge(
-                policy,
-                "AwsSolutions-IAM5",
-                "Package versions are created at run time; the approver may "
-                "update only the packages of this environment's groups.",
-                f"Resource::{package}",
-            )
+        for finding, reason in execution_role.wildcard_findings([statement, listing], APPROVER_WILDCARD_REASONS):
+            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
         return role
