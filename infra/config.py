@@ -94,6 +94,15 @@ class EnvironmentConfig(_Strict):
         description="IAM principal ARNs that may assume the environment's model-approver role",
     )
     user_profiles: list[str] = Field(default_factory=list)
+    base_import_sources: list[str] = Field(
+        default_factory=list,
+        description="s3://bucket/prefix/ locations the import-base function may copy base models from",
+    )
+    hub_token_secret_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+$",
+        description="Secrets Manager secret holding a Hugging Face token (gated models such as Llama-2)",
+    )
     fine_tuned_lines: list[FineTunedLine] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -135,6 +144,14 @@ class EnvironmentConfig(_Strict):
             if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:(root|role/[\w+=,.@/-]+|user/[\w+=,.@/-]+)$", arn):
                 raise ValueError(f"approver {arn!r} is not an IAM role, user or account-root ARN")
         return arns
+
+    @field_validator("base_import_sources")
+    @classmethod
+    def _import_sources(cls, uris: list[str]) -> list[str]:
+        for uri in uris:
+            if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/([\w.!*'()/-]+/)?$", uri):
+                raise ValueError(f"import source {uri!r} must be s3://<bucket>/ or s3://<bucket>/<prefix>/")
+        return uris
 
     @field_validator("user_profiles")
     @classmethod

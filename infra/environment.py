@@ -16,12 +16,13 @@ from infra.stacks.registry import RegistryStack
 from infra.stacks.storage import StorageStack
 from infra.stacks.studio import StudioStack
 from infra.stacks.training import TrainingStack
+from infra.stacks.workflow import WorkflowStack
 
 ENVIRONMENT_TAG = "loraops:environment"
 
 
 class EnvironmentStacks:
-    """All stacks of one environment: storage, network, studio, registry, registration, training."""
+    """All stacks of one environment: storage, network, studio, registry, registration, training, workflow."""
 
     def __init__(self, app: cdk.App, config: EnvironmentConfig) -> None:
         self.config = config
@@ -54,6 +55,14 @@ class EnvironmentStacks:
             **common,
         )
         self.training = TrainingStack(app, name("training"), **common)
+        self.workflow = WorkflowStack(
+            app,
+            name("workflow"),
+            key=self.storage.key,
+            placement=self.network.placement,
+            trainer_image=self.training.image.image_uri,
+            **common,
+        )
         # Stack tags (explicitStackTags) reach resources at deploy time; Tags.of also writes them into templates.
         for stack in self.stacks:
             for key, value in common["tags"].items():
@@ -61,4 +70,12 @@ class EnvironmentStacks:
 
     @property
     def stacks(self) -> list[cdk.Stack]:
-        return [self.storage, self.network, self.studio, self.registry, self.registration, self.training]
+        return [
+            self.storage,
+            self.network,
+            self.studio,
+            self.registry,
+            self.registration,
+            self.training,
+            self.workflow,
+        ]

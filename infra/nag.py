@@ -40,8 +40,8 @@ def acknowledge_cdk_provider(provider: IConstruct, purpose: str) -> None:
 
 
 def ignore_redundant_role_dependency(function: cdk.CfnResource) -> None:
-    """CDK writes both a GetAtt of a function's role and a DependsOn on it; cfn-lint warns (W3005) about the
-    redundancy, which is harmless."""
+    """CDK writes both a GetAtt of a function's (or state machine's) role and a DependsOn on it; cfn-lint warns
+    (W3005) about the redundancy, which is harmless."""
     function.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})
 
 

@@ -38,12 +38,21 @@ def file_digest(path: Path) -> str:
 
 def folder_weights_digest(folder: Path) -> str:
     """One digest over a model folder's weight files: names and contents, in name order."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        raise ManifestError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
+    files = [p for p in Path(folder).iterdir() if p.is_file()]
+    return combined_weights_digest(
+        {p.name: file_digest(p) for p in files if p.name.endswith(WEIGHT_SUFFIXES)}, str(folder)
+    )
+
+
+def combined_weights_digest(file_digests: dict[str, str], where: str = "the model") -> str:
+    """One digest over the top-level weight files of ``file_digests`` (name -> ``sha256:<hex>``): names and
+    digests, in name order. What :func:`folder_weights_digest` computes for a local folder."""
+    weights = sorted(n for n in file_digests if "/" not in n and n.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise ManifestError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {where}")
     combined = hashlib.sha256()
-    for path in files:
-        combined.update(f"{path.name}\0{file_digest(path)}\n".encode())
+    for name in weights:
+        combined.update(f"{name}\0{file_digests[name]}\n".encode())
     return f"sha256:{combined.hexdigest()}"
 
 

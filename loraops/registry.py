@@ -1,5 +1,6 @@
-"""SageMaker Model Registry operations (boto3): import and register base models, register fine-tunes with their
-lineage, approve or reject, read the base -> collection -> group -> version tree, and what the storage costs.
+"""SageMaker Model Registry operations (boto3): register base models (put under ``base/`` by
+:mod:`loraops.base_import`), register fine-tunes with their lineage, approve or reject, read the base -> collection
+-> group -> version tree, and what the storage costs.
 
 Every registration checks before it writes: a bad input raises :class:`RegistryError` and registers nothing.
 Registrations are idempotent: the same base bytes (weights digest) or the same training job give back the package
@@ -10,14 +11,12 @@ table, not here.)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from loraops import s3_layout
 from loraops.collections import PATH_TAG_PREFIX
-from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, folder_file_digests, folder_weights_digest
+from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_BASE_GROUP,
@@ -78,42 +77,26 @@ class Registry:
 
             self.image = image_uri("serving", self.region)
 
+    @classmethod
+    def from_environment(cls) -> Registry:
+        """The registry a deployed function works in: ``ARTIFACT_BUCKET``, ``APPROVAL``, ``AWS_REGION``."""
+        import os
+
+        import boto3
+
+        region = os.environ["AWS_REGION"]
+        return cls(
+            boto3.client("sagemaker", region_name=region),
+            boto3.client("s3", region_name=region),
+            os.environ["ARTIFACT_BUCKET"],
+            region,
+            os.environ.get("APPROVAL", "manual"),
+        )
+
     # ----------------------------------------------------------------------------------------------- base
-    def import_base(
-        self, folder: Path, model_id: str, progress: Callable[[str, int], None] | None = None, licence: str = ""
-    ) -> Package:
-        """Upload a base model (:meth:`upload_base`) and register it (:meth:`register_base`)."""
-        return self.register_base(model_id, self.upload_base(folder, model_id, progress, licence))
-
-    def upload_base(
-        self, folder: Path, model_id: str, progress: Callable[[str, int], None] | None = None, licence: str = ""
-    ) -> str:
-        """Upload an uncompressed Hugging Face folder under ``base/<group>/<weights hex>/``, its digests manifest
-        last; files already there are not uploaded again. Returns the weights digest."""
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise RegistryError(f"{folder}: not a Hugging Face model folder (no config.json)")
-        digest = folder_weights_digest(folder)
-        files = folder_file_digests(folder, exclude=(BASE_MANIFEST, MANIFEST_FILE))
-        prefix = s3_layout.base_model_prefix(base_group_name(model_id), digest)
-        existing = {o["Key"] for o in self._objects(prefix)}
-        for name in files:
-            if prefix + name not in existing:
-                self.s3.upload_file(str(folder / name), self.bucket, prefix + name)
-            if progress:
-                progress(name, (folder / name).stat().st_size)
-        manifest = {
-            "model_id": model_id,
-            "weights_digest": digest,
-            "files": files,
-            "sizes": {name: (folder / name).stat().st_size for name in files},
-            "licence": licence,
-        }
-        self.s3.put_object(Bucket=self.bucket, Key=prefix + BASE_MANIFEST, Body=json.dumps(manifest, indent=2))
-        return digest
-
     def register_base(self, model_id: str, weights_digest: str) -> Package:
-        """Register the base model that lies under ``base/<group>/<weights hex>/`` with its digests."""
+        """Register the base model that lies under ``base/<group>/<weights hex>/`` with its digests (put there by
+        :mod:`loraops.base_import`); the same digest again gives the package already registered."""
         group = base_group_name(model_id)
         prefix = s3_layout.base_model_prefix(group, weights_digest)
         manifest = self._json(prefix + BASE_MANIFEST, "base manifest")
@@ -122,7 +105,7 @@ class Registry:
                 f"s3://{self.bucket}/{prefix}{BASE_MANIFEST} describes {manifest.get('model_id')} "
                 f"{manifest.get('weights_digest')}, not {model_id} {weights_digest}"
             )
-        sizes = {o["Key"][len(prefix) :]: o["Size"] for o in self._objects(prefix)}
+        sizes = {o["Key"][len(prefix) :]: o["Size"] for o in self.objects(prefix)}
         wrong = sorted(n for n, size in manifest["sizes"].items() if sizes.get(n) != size)
         if wrong or not any(n.endswith(WEIGHT_SUFFIXES) for n in manifest["files"]):
             raise RegistryError(f"s3://{self.bucket}/{prefix}: files missing or of another size: {wrong}")
@@ -144,7 +127,7 @@ class Registry:
                 raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: no '{key}'")
         if "language_modeling_metrics" not in evaluation:
             raise RegistryError(f"{model_prefix}{EVALUATION_FILE}: not a ModelMetrics statistics report")
-        listed = {o["Key"][len(model_prefix) :] for o in self._objects(model_prefix)}
+        listed = {o["Key"][len(model_prefix) :] for o in self.objects(model_prefix)}
         if missing := sorted(set(manifest["files"]) - listed):
             raise RegistryError(f"{model_prefix}: files the manifest lists are missing: {missing}")
         tags = self._group_tags(group)
@@ -187,6 +170,20 @@ class Registry:
             }
         }
         return self._create(group, model_prefix, metadata, f"{training_job}: {mode.value}", metrics)
+
+    def check_finetune_target(self, group: str, mode: OutputMode, model_id: str) -> Package:
+        """Before a fine-tune starts: ``group`` exists and keeps ``mode`` models of ``model_id``, and the base has
+        an approved package (returned: the newest, which the workflow will train)."""
+        tags = self._group_tags(group)
+        if tags.get(TAG_OUTPUT_MODE) != mode.value:
+            raise RegistryError(f"group {group} holds {tags.get(TAG_OUTPUT_MODE)} models, not {mode.value}")
+        if tags.get(TAG_BASE_GROUP) != base_group_name(model_id):
+            raise RegistryError(f"group {group} holds fine-tunes of {tags.get(TAG_BASE_GROUP)}, not of {model_id}")
+        approved = [s for s in self._summaries(base_group_name(model_id)) if s.get("ModelApprovalStatus") == APPROVED]
+        if not approved:
+            raise RegistryError(f"{model_id} has no approved base package: import, register and approve one first")
+        newest = max(approved, key=lambda s: s["CreationTime"])
+        return self._package(self.sagemaker.describe_model_package(ModelPackageName=newest["ModelPackageArn"]))
 
     # ----------------------------------------------------------------------------------------- decisions
     def decide(self, package_arn: str, approve: bool, reason: str = "") -> Package:
@@ -270,7 +267,7 @@ class Registry:
                     "dataset": package.metadata.get("datasetName", ""),
                     "eval_loss": package.metadata.get("evalLoss", ""),
                     "training_job": package.metadata.get("trainingJob", ""),
-                    "bytes": sum(o["Size"] for o in self._objects(package.model_data_prefix)),
+                    "bytes": sum(o["Size"] for o in self.objects(package.model_data_prefix)),
                 }
             )
         return {
@@ -334,7 +331,7 @@ class Registry:
             raise RegistryError(f"no model package group {group!r} (deploy the registry stack first)") from None
         return {t["Key"]: t["Value"] for t in self.sagemaker.list_tags(ResourceArn=arn).get("Tags", [])}
 
-    def _objects(self, prefix: str) -> list[dict[str, Any]]:
+    def objects(self, prefix: str) -> list[dict[str, Any]]:
         if not prefix:
             return []
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)

@@ -7,6 +7,7 @@ adapters/<adapter-group>/<job>/output/model/   LoRA adapter written by a trainin
 merged/<merged-group>/<job>/output/model/      merged model written by a training job (uncompressed)
 evaluation/<group>/<job>/                      evaluation reports
 checkpoints/<job>/                             spot / resume checkpoints
+staging/<purpose>/<token>/                     bytes in transit (a Hub import), removed when placed
 ```
 
 Training jobs write ``<output-root><job>/output/model/`` themselves (``S3OutputPath`` = the root,
@@ -27,6 +28,7 @@ ADAPTERS = "adapters/"
 MERGED = "merged/"
 EVALUATION = "evaluation/"
 CHECKPOINTS = "checkpoints/"
+STAGING = "staging/"
 
 #: Prefixes the SageMaker execution role may only read.
 READ_ONLY_PREFIXES = (BASE, DATASETS)
@@ -76,6 +78,19 @@ def evaluation_prefix(group: str, job_name: str) -> str:
 
 def checkpoint_prefix(job_name: str) -> str:
     return f"{CHECKPOINTS}{_segment(job_name, 'job name')}/"
+
+
+def staging_prefix(purpose: str, token: str) -> str:
+    """Where bytes wait before their final key is known (e.g. a download whose digest is not known yet)."""
+    return f"{STAGING}{_segment(purpose, 'purpose')}/{_segment(token, 'token')}/"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``."""
+    if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
 
 
 def s3_uri(bucket: str, key: str) -> str:

@@ -1,11 +1,17 @@
-"""Registration: when a loraops training job completes, the register-finetune function registers its output.
+"""Registration: the functions that put models into the registry.
 
-EventBridge ("SageMaker Training Job State Change", Completed, jobs tagged with their package group) invokes the
-function (in the VPC, through its endpoints); Powertools idempotency keeps one package per job in a DynamoDB
-table; events the function cannot take after the retries land in an encrypted dead-letter queue.
+- **register-finetune**: EventBridge ("SageMaker Training Job State Change", Completed, jobs tagged with their
+  package group) invokes it; events it cannot take after the retries land in an encrypted dead-letter queue.
+- **register-base**: registers a base model already under ``base/`` (invoked by the CLI or the workflow).
+- **import-base**: copies a base model from another S3 location or the Hugging Face Hub into ``base/`` and
+  registers it. It runs outside the VPC: the VPC has no route to the internet by design, and the Hub is there.
+
+All three share one DynamoDB table for Powertools idempotency (one package per job, digest or import).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import aws_cdk as cdk
 from aws_cdk import aws_dynamodb as dynamodb
@@ -22,23 +28,51 @@ from infra import execution_role
 from infra.config import EnvironmentConfig
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
-from infra.nag import acknowledge, ignore_redundant_role_dependency
+from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
 from infra.stacks.network import Placement
 from infra.stacks.storage import removal_policy
 from loraops import s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED
 
-#: Why each statement of the function's policy that holds a wildcard needs it.
+#: Why each statement of a function's policy that holds a wildcard needs it.
 WILDCARD_REASONS = {
     "ReadJobOutputs": "Training jobs write under adapters/ and merged/ with job names chosen at run time; the "
     "function reads only those two prefixes of the one bucket.",
     "ListJobOutputs": "ListBucket is limited by an s3:prefix condition to adapters/ and merged/.",
+    "ReadBaseModels": "Base models lie under base/<group>/<weights digest>/, named by their bytes at run time.",
+    "ListBaseModels": "ListBucket is limited by an s3:prefix condition to base/.",
+    "WriteBaseModels": "An import writes base/<group>/<weights digest>/ (known only once the bytes are read) and "
+    "stages the bytes under staging/base/<run>/ first.",
+    "ListImportPrefixes": "ListBucket is limited by an s3:prefix condition to base/ and staging/.",
+    "ReadImportSources": "The import sources cdk.json lists are prefixes; the models under them are named later.",
+    "ListImportSources": "ListBucket on the source buckets, limited by an s3:prefix condition to the sources.",
+    "ReadHubToken": "Secrets Manager appends six random characters to a secret's ARN.",
     "RegisterPackages": "Package versions and groups are named at run time; limited to this account and region.",
     "FunctionNetworkInterfaces": "Lambda creates the function's network interfaces in the loraops VPC (named at "
     "run time; limited by an ec2:Vpc condition).",
     "DescribeNetwork": "EC2 Describe* calls support no resource-level permissions; they only accept '*'.",
     "WriteLogs": "Log streams are named at run time inside the function's own log group.",
 }
+#: Why the functions that callers invoke directly have no dead-letter queue.
+SYNCHRONOUS = {
+    "CKV_AWS_116": "Invoked synchronously (the CLI, the workflow): the caller receives the error; a DLQ would "
+    "hold nothing."
+}
+
+
+@dataclass
+class FunctionSpec:
+    """One registry function: its folder under lambda/, its own statements, and how it runs."""
+
+    name: str
+    statements: list[iam.PolicyStatement]
+    in_vpc: bool = True
+    timeout: cdk.Duration = field(default_factory=lambda: cdk.Duration.minutes(5))
+    memory_mb: int = 512
+    concurrency: int = 5
+    environment: dict[str, str] = field(default_factory=dict)
+    dead_letters: sqs.IQueue | None = None
+    checkov_skips: dict[str, str] = field(default_factory=dict)
 
 
 class RegistrationStack(cdk.Stack):
@@ -53,7 +87,6 @@ class RegistrationStack(cdk.Stack):
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        name = f"{config.prefix}-register-finetune"
         self.table = dynamodb.Table(
             self,
             "IdempotencyTable",
@@ -77,45 +110,40 @@ class RegistrationStack(cdk.Stack):
             retention_period=cdk.Duration.days(14),
         )
         acknowledge(self.dead_letters, "AwsSolutions-SQS3", "This queue is the dead-letter queue itself.")
-        log_group = encrypted_log_group(self, "FunctionLogs", config, "register-finetune", f"/aws/lambda/{name}")
-        self.role = iam.Role(
-            self,
-            "FunctionRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"loraops {config.name}: the register-finetune function",
-        )
-        statements = self._statements(config, key, placement.vpc_arn, name)
-        policy = iam.Policy(self, "FunctionPolicy", statements=statements)
-        policy.attach_to_role(self.role)
-        for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
-            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        self.config, self.key, self.placement = config, key, placement
+        self.bucket_arn = f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"
 
-        self.function = lambda_.Function(
-            self,
-            "RegisterFinetune",
-            function_name=name,
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            handler="handler.handler",
-            code=function_code("register_finetune"),
-            role=self.role,
-            timeout=cdk.Duration.minutes(5),
-            memory_size=512,
-            vpc=placement.vpc,
-            vpc_subnets=ec2.SubnetSelection(subnets=placement.subnets),
-            security_groups=[placement.security_group],
-            environment={
-                "ARTIFACT_BUCKET": config.artifact_bucket_name,
-                "APPROVAL": config.approval,
-                "IDEMPOTENCY_TABLE": self.table.table_name,
-                "POWERTOOLS_SERVICE_NAME": "loraops-register-finetune",
-            },
-            environment_encryption=key,
-            reserved_concurrent_executions=5,
-            dead_letter_queue=self.dead_letters,
-            log_group=log_group,
+        outputs = (s3_layout.ADAPTERS, s3_layout.MERGED)
+        self.register_finetune = self._function(
+            FunctionSpec(
+                "register-finetune",
+                [
+                    *self._read("JobOutputs", outputs),
+                    iam.PolicyStatement(
+                        sid="DeadLetters", actions=["sqs:SendMessage"], resources=[self.dead_letters.queue_arn]
+                    ),
+                ],
+                dead_letters=self.dead_letters,
+            )
         )
-        self.function.node.add_dependency(policy)
-        ignore_redundant_role_dependency(self.function.node.default_child)
+        self.register_base = self._function(
+            FunctionSpec("register-base", self._read("BaseModels", (s3_layout.BASE,)), checkov_skips=SYNCHRONOUS)
+        )
+        self.import_base = self._function(
+            FunctionSpec(
+                "import-base",
+                self._import_statements(),
+                in_vpc=False,
+                timeout=cdk.Duration.minutes(15),
+                memory_mb=3008,  # Lambda's network bandwidth grows with its memory
+                concurrency=2,
+                environment={"HUB_TOKEN_SECRET": _secret_name(config.hub_token_secret_arn)},
+                checkov_skips={
+                    **SYNCHRONOUS,
+                    "CKV_AWS_117": "Reaches the Hugging Face Hub; the loraops VPC has no route to the internet.",
+                },
+            )
+        )
         self.rule = events.Rule(
             self,
             "TrainingJobCompleted",
@@ -127,7 +155,7 @@ class RegistrationStack(cdk.Stack):
             ),
             targets=[
                 targets.LambdaFunction(
-                    self.function,
+                    self.register_finetune,
                     dead_letter_queue=self.dead_letters,
                     retry_attempts=8,
                     max_event_age=cdk.Duration.hours(6),
@@ -135,27 +163,125 @@ class RegistrationStack(cdk.Stack):
             ],
         )
 
-    def _statements(
-        self, config: EnvironmentConfig, key: kms.IKey, vpc_arn: str, function_name: str
-    ) -> list[iam.PolicyStatement]:
-        bucket = f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"
-        outputs = (s3_layout.ADAPTERS, s3_layout.MERGED)
+    def _function(self, spec: FunctionSpec) -> lambda_.Function:
+        """The function of ``spec`` with its own role, encrypted log group and reasoned policy."""
+        config = self.config
+        name = f"{config.prefix}-{spec.name}"
+        construct = "".join(part.title() for part in spec.name.split("-"))
+        log_group = encrypted_log_group(self, f"{construct}Logs", config, spec.name, f"/aws/lambda/{name}")
+        role = iam.Role(
+            self,
+            f"{construct}Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"loraops {config.name}: the {spec.name} function",
+        )
+        statements = [*spec.statements, *self._common_statements(name, spec.in_vpc)]
+        policy = iam.Policy(self, f"{construct}Policy", statements=statements)
+        policy.attach_to_role(role)
+        for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
+            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        network = (
+            dict(
+                vpc=self.placement.vpc,
+                vpc_subnets=ec2.SubnetSelection(subnets=self.placement.subnets),
+                security_groups=[self.placement.security_group],
+            )
+            if spec.in_vpc
+            else {}
+        )
+        function = lambda_.Function(
+            self,
+            construct,
+            function_name=name,
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            handler="handler.handler",
+            code=function_code(spec.name.replace("-", "_")),
+            role=role,
+            timeout=spec.timeout,
+            memory_size=spec.memory_mb,
+            environment={
+                "ARTIFACT_BUCKET": config.artifact_bucket_name,
+                "APPROVAL": config.approval,
+                "IDEMPOTENCY_TABLE": self.table.table_name,
+                "POWERTOOLS_SERVICE_NAME": f"loraops-{spec.name}",
+                **{k: v for k, v in spec.environment.items() if v},
+            },
+            environment_encryption=self.key,
+            reserved_concurrent_executions=spec.concurrency,
+            dead_letter_queue=spec.dead_letters,
+            log_group=log_group,
+            **network,
+        )
+        function.node.add_dependency(policy)
+        ignore_redundant_role_dependency(function.node.default_child)
+        if spec.checkov_skips:
+            skip_checkov(function.node.default_child, spec.checkov_skips)
+        return function
+
+    def _read(self, what: str, prefixes: tuple[str, ...]) -> list[iam.PolicyStatement]:
+        """GetObject under ``prefixes`` of the artifact bucket and ListBucket limited to them."""
+        return [
+            iam.PolicyStatement(
+                sid=f"Read{what}", actions=["s3:GetObject"], resources=[f"{self.bucket_arn}/{p}*" for p in prefixes]
+            ),
+            iam.PolicyStatement(
+                sid=f"List{what}",
+                actions=["s3:ListBucket"],
+                resources=[self.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+            ),
+        ]
+
+    def _import_statements(self) -> list[iam.PolicyStatement]:
+        config = self.config
+        prefixes = (s3_layout.BASE, s3_layout.STAGING)
+        statements = [
+            iam.PolicyStatement(
+                sid="WriteBaseModels",
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
+                resources=[f"{self.bucket_arn}/{s3_layout.BASE}*", f"{self.bucket_arn}/{s3_layout.STAGING}base/*"],
+            ),
+            iam.PolicyStatement(
+                sid="ListImportPrefixes",
+                actions=["s3:ListBucket"],
+                resources=[self.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+            ),
+        ]
+        if config.base_import_sources:
+            sources = [s3_layout.split_s3_uri(uri) for uri in config.base_import_sources]
+            statements += [
+                iam.PolicyStatement(
+                    sid="ReadImportSources",
+                    actions=["s3:GetObject"],
+                    resources=[f"arn:{self.partition}:s3:::{b}/{k}*" for b, k in sources],
+                ),
+                iam.PolicyStatement(
+                    sid="ListImportSources",
+                    actions=["s3:ListBucket"],
+                    resources=sorted({f"arn:{self.partition}:s3:::{b}" for b, _ in sources}),
+                    conditions={"StringLike": {"s3:prefix": [f"{k}*" for _, k in sources]}},
+                ),
+            ]
+        if config.hub_token_secret_arn:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="ReadHubToken",
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[f"{config.hub_token_secret_arn}-??????"],
+                )
+            )
+        return statements
+
+    def _common_statements(self, function_name: str, in_vpc: bool) -> list[iam.PolicyStatement]:
+        """What every registry function needs: the key, packages, the idempotency table, its logs (and the VPC)."""
 
         def arn(service: str, resource: str, name: str = "*") -> str:
             return self.format_arn(service=service, resource=resource, resource_name=name)
 
-        return [
+        statements = [
             iam.PolicyStatement(
-                sid="ReadJobOutputs", actions=["s3:GetObject"], resources=[f"{bucket}/{p}*" for p in outputs]
-            ),
-            iam.PolicyStatement(
-                sid="ListJobOutputs",
-                actions=["s3:ListBucket"],
-                resources=[bucket],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in outputs]}},
-            ),
-            iam.PolicyStatement(
-                sid="UseArtifactKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
+                sid="UseArtifactKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[self.key.key_arn]
             ),
             iam.PolicyStatement(
                 sid="RegisterPackages",
@@ -168,27 +294,12 @@ class RegistrationStack(cdk.Stack):
                 ],
                 resources=[arn("sagemaker", "model-package"), arn("sagemaker", "model-package-group")],
             ),
-            *execution_role.approval_statements(manual_approval=not config.auto_approve),
+            *execution_role.approval_statements(manual_approval=not self.config.auto_approve),
             iam.PolicyStatement(
                 sid="IdempotencyRecords",
                 actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
                 resources=[self.table.table_arn],
             ),
-            iam.PolicyStatement(
-                sid="DeadLetters", actions=["sqs:SendMessage"], resources=[self.dead_letters.queue_arn]
-            ),
-            iam.PolicyStatement(
-                sid="FunctionNetworkInterfaces",
-                actions=[
-                    "ec2:CreateNetworkInterface",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:AssignPrivateIpAddresses",
-                    "ec2:UnassignPrivateIpAddresses",
-                ],
-                resources=[arn("ec2", "network-interface"), arn("ec2", "subnet"), arn("ec2", "security-group")],
-                conditions={"ArnEquals": {"ec2:Vpc": vpc_arn}},
-            ),
-            iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:DescribeNetworkInterfaces"], resources=["*"]),
             iam.PolicyStatement(
                 sid="WriteLogs",
                 actions=["logs:CreateLogStream", "logs:PutLogEvents"],
@@ -202,3 +313,24 @@ class RegistrationStack(cdk.Stack):
                 ],
             ),
         ]
+        if in_vpc:
+            statements += [
+                iam.PolicyStatement(
+                    sid="FunctionNetworkInterfaces",
+                    actions=[
+                        "ec2:CreateNetworkInterface",
+                        "ec2:DeleteNetworkInterface",
+                        "ec2:AssignPrivateIpAddresses",
+                        "ec2:UnassignPrivateIpAddresses",
+                    ],
+                    resources=[arn("ec2", "network-interface"), arn("ec2", "subnet"), arn("ec2", "security-group")],
+                    conditions={"ArnEquals": {"ec2:Vpc": self.placement.vpc_arn}},
+                ),
+                iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:DescribeNetworkInterfaces"], resources=["*"]),
+            ]
+        return statements
+
+
+def _secret_name(arn: str | None) -> str:
+    """``arn:...:secret:<name>`` -> ``<name>`` (GetSecretValue takes the name; the ARN lacks its random suffix)."""
+    return arn.split(":secret:", 1)[1] if arn else ""

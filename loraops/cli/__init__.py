@@ -1,5 +1,5 @@
-"""The ``loraops`` command: one module per noun (``base``, ``models``, ``storage``), each a thin layer over
-:mod:`loraops.registry`. Errors print one line and exit 1; ``--json`` prints machine-readable output."""
+"""The ``loraops`` command: one module per noun (``base``, ``finetune``, ``models``, ``storage``), each a thin layer
+over :mod:`loraops.registry`. Errors print one line and exit 1; ``--json`` prints machine-readable output."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import loraops
 
 EPILOG = """examples:
   loraops base import ./Llama-2-7b-hf --model-id meta-llama/Llama-2-7b-hf --bucket B
+  loraops base import hf://meta-llama/Llama-2-7b-hf --model-id meta-llama/Llama-2-7b-hf --licence llama2 --bucket B
+  loraops finetune start --model-id meta-llama/Llama-2-7b-hf --training-uri s3://B/datasets/dolly/<hex>/ \
+      --mode adapter --hp lora_r=16 --workflow-arn arn:aws:states:...:stateMachine:loraops-dev-finetune --bucket B
   loraops models tree --bucket B --json
   loraops models approve arn:aws:sagemaker:...:model-package/g/3 --bucket B
   loraops storage report --bucket B
@@ -17,7 +20,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from loraops.cli import base, models, storage
+    from loraops.cli import base, finetune, models, storage
 
     parser = argparse.ArgumentParser(
         prog="loraops",
@@ -26,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"loraops {loraops.__version__}")
-    nouns = parser.add_subparsers(dest="noun", metavar="{base,models,storage}")
-    for module in (base, models, storage):
+    nouns = parser.add_subparsers(dest="noun", metavar="{base,finetune,models,storage}")
+    for module in (base, finetune, models, storage):
         module.add_commands(nouns)
     return parser
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 
 from loraops.cli.common import add_registry_options, emit, open_registry, registry_errors
 
 
 def add_commands(nouns) -> None:
     base = nouns.add_parser("base", help="base models").add_subparsers(dest="verb", metavar="{import,register}")
-    imp = base.add_parser("import", help="upload a local Hugging Face folder under base/ and register it")
-    imp.add_argument("folder", type=Path)
+    imp = base.add_parser(
+        "import", help="copy a base model under base/ uncompressed (from a folder, S3 or the Hub) and register it"
+    )
+    imp.add_argument("source", help="./folder | s3://bucket/prefix/ | hf://<org>/<model>")
     imp.add_argument("--model-id", required=True, help="Hugging Face id, e.g. meta-llama/Llama-2-7b-hf")
-    imp.add_argument("--licence", default="", help="licence accepted for the weights (recorded in the package)")
+    imp.add_argument("--revision", default="main", help="Hub revision (branch, tag or commit)")
+    imp.add_argument(
+        "--licence", default="", help="licence accepted for the weights (recorded in the package; required for hf://)"
+    )
+    imp.add_argument("--hub-token-env", default="HF_TOKEN", help="environment variable holding a Hub token")
     add_registry_options(imp)
     imp.set_defaults(run=import_base)
     reg = base.add_parser("register", help="register a base model already under base/<group>/<weights hex>/")
@@ -29,14 +35,22 @@ def _package(args, package) -> None:
 
 @registry_errors
 def import_base(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from loraops import base_import
 
     registry = open_registry(args)
-    files = [p for p in args.folder.iterdir() if p.is_file()] if args.folder.is_dir() else []
-    with Progress(disable=args.json) as progress:
-        task = progress.add_task(f"upload {args.model_id}", total=sum(p.stat().st_size for p in files) or None)
-        package = registry.import_base(
-            args.folder, args.model_id, licence=args.licence, progress=lambda name, n: progress.advance(task, n)
+    token = os.environ.get(args.hub_token_env, "")
+    source = base_import.source_from(args.source, registry.s3, revision=args.revision, token=token)
+    columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, disable=args.json) as progress:
+        task = progress.add_task(f"import {args.model_id}", total=None)
+        package = base_import.import_base(
+            registry,
+            source,
+            args.model_id,
+            licence=args.licence,
+            progress=lambda name, n: progress.update(task, advance=n, description=name),
         )
     _package(args, package)
     return 0

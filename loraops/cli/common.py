@@ -34,12 +34,10 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def open_registry(args: argparse.Namespace, role_arn: str | None = None):
-    """The registry of ``--bucket``; with ``role_arn``, as that role (e.g. the environment's approver)."""
+def client(args: argparse.Namespace, service: str, role_arn: str | None = None):
+    """A boto3 client for ``service`` in ``--region`` (at ``--endpoint-url``); with ``role_arn``, as that role."""
     import boto3
     from botocore.config import Config
-
-    from loraops.registry import Registry, RegistryError
 
     if not args.bucket or not args.region:
         raise CLIError(
@@ -57,11 +55,17 @@ def open_registry(args: argparse.Namespace, role_arn: str | None = None):
             aws_secret_access_key=credentials["SecretAccessKey"],
             aws_session_token=credentials["SessionToken"],
         )
-    clients = {
-        name: session.client(name, endpoint_url=args.endpoint_url, config=config) for name in ("sagemaker", "s3")
-    }
+    return session.client(service, endpoint_url=args.endpoint_url, config=config)
+
+
+def open_registry(args: argparse.Namespace, role_arn: str | None = None):
+    """The registry of ``--bucket``; with ``role_arn``, as that role (e.g. the environment's approver)."""
+    from loraops.registry import Registry, RegistryError
+
+    sagemaker = client(args, "sagemaker", role_arn)
+    s3 = client(args, "s3", role_arn)
     try:
-        return Registry(clients["sagemaker"], clients["s3"], args.bucket, args.region, args.approval)
+        return Registry(sagemaker, s3, args.bucket, args.region, args.approval)
     except RegistryError as error:
         raise CLIError(str(error)) from None
 
@@ -95,11 +99,14 @@ def registry_errors(function):
     def wrapper(args: argparse.Namespace, *rest) -> int:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from loraops.finetune import FineTuneError
+        from loraops.manifest import ManifestError
+        from loraops.naming import NamingError
         from loraops.registry import RegistryError
 
         try:
             return function(args, *rest)
-        except RegistryError as error:
+        except (RegistryError, FineTuneError, ManifestError, NamingError) as error:
             raise CLIError(str(error)) from None
         except ClientError as error:
             raise CLIError(f"{error.operation_name}: {error.response['Error'].get('Message', error)}") from None

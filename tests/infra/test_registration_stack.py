@@ -1,4 +1,4 @@
-"""The registration stack: the function, its table, queue and rule, and the asset it deploys."""
+"""The registration stack: its three functions, their table, queue and rule, and the assets they deploy."""
 
 from __future__ import annotations
 
@@ -20,15 +20,30 @@ def _one(template, type_):
     return resource
 
 
-def test_function_runs_in_the_vpc_with_its_guards(env, templates, synthesized):
+def _functions(template) -> dict[str, dict]:
+    return {
+        r["Properties"]["FunctionName"].split("-", 2)[2]: r["Properties"]
+        for r in template.find_resources("AWS::Lambda::Function").values()
+    }
+
+
+def test_functions_run_with_their_guards(env, templates, synthesized):
     config = synthesized[env].config
-    function = _one(templates[(env, "registration")], "AWS::Lambda::Function")["Properties"]
-    assert function["Runtime"] == "python3.14" and function["Handler"] == "handler.handler"
-    assert len(function["VpcConfig"]["SubnetIds"]) == len(config.availability_zones)
-    assert function["ReservedConcurrentExecutions"] == 5
-    assert function["KmsKeyArn"] and function["DeadLetterConfig"]["TargetArn"]
-    assert function["Environment"]["Variables"]["ARTIFACT_BUCKET"] == config.artifact_bucket_name
-    assert function["Environment"]["Variables"]["APPROVAL"] == config.approval
+    functions = _functions(templates[(env, "registration")])
+    assert sorted(functions) == ["import-base", "register-base", "register-finetune"]
+    for name, function in functions.items():
+        assert function["Runtime"] == "python3.14" and function["Handler"] == "handler.handler", name
+        assert function["KmsKeyArn"], name
+        variables = function["Environment"]["Variables"]
+        assert variables["ARTIFACT_BUCKET"] == config.artifact_bucket_name and variables["APPROVAL"] == config.approval
+        assert variables["IDEMPOTENCY_TABLE"], name
+    for name in ("register-finetune", "register-base"):  # the Hub is outside the VPC; the rest stays in it
+        assert len(functions[name]["VpcConfig"]["SubnetIds"]) == len(config.availability_zones)
+    assert "VpcConfig" not in functions["import-base"] and functions["import-base"]["Timeout"] == 900
+    assert functions["register-finetune"]["ReservedConcurrentExecutions"] == 5
+    assert functions["register-finetune"]["DeadLetterConfig"]["TargetArn"]
+    secret = functions["import-base"]["Environment"]["Variables"].get("HUB_TOKEN_SECRET")
+    assert secret == (config.hub_token_secret_arn.split(":secret:")[1] if config.hub_token_secret_arn else None)
 
 
 def test_idempotency_table_and_dead_letters_are_encrypted(env, templates):
@@ -53,22 +68,38 @@ def test_rule_sends_completed_loraops_jobs_to_the_function_with_retries(env, tem
     assert target["DeadLetterConfig"]["Arn"]
 
 
-def test_function_policy_is_narrow(env, templates, synthesized):
+def _statements(env, templates, function: str) -> dict[str, dict]:
     policies = templates[(env, "registration")].find_resources("AWS::IAM::Policy")
-    (policy,) = [p for logical_id, p in policies.items() if logical_id.startswith("FunctionPolicy")]
-    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
-    read = statements["ReadJobOutputs"]["Resource"]
-    assert sorted(read) == sorted(
-        f"arn:aws:s3:::{synthesized[env].config.artifact_bucket_name}/{p}/*" for p in ("adapters", "merged")
-    )
-    stars = [sid for sid, s in statements.items() if s["Effect"] == "Allow" and s["Resource"] == "*"]
-    assert stars == ["DescribeNetwork"]
-    assert ("DenySelfApproval" in statements) is (synthesized[env].config.approval == "manual")
+    (policy,) = [p for logical_id, p in policies.items() if logical_id.startswith(function)]
+    return {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
 
 
-def test_the_staged_asset_imports_on_its_own(env, synthesized):
+def test_function_policies_are_narrow(env, templates, synthesized):
+    config = synthesized[env].config
+    bucket = f"arn:aws:s3:::{config.artifact_bucket_name}"
+    finetune = _statements(env, templates, "RegisterFinetunePolicy")
+    assert sorted(finetune["ReadJobOutputs"]["Resource"]) == sorted(f"{bucket}/{p}/*" for p in ("adapters", "merged"))
+    base = _statements(env, templates, "RegisterBasePolicy")
+    assert base["ReadBaseModels"]["Resource"] == f"{bucket}/base/*" and "WriteBaseModels" not in base
+    imports = _statements(env, templates, "ImportBasePolicy")
+    assert sorted(imports["WriteBaseModels"]["Resource"]) == [f"{bucket}/base/*", f"{bucket}/staging/base/*"]
+    assert ("ReadHubToken" in imports) is bool(config.hub_token_secret_arn)
+    if config.base_import_sources:
+        resources = imports["ReadImportSources"]["Resource"]
+        resources = [resources] if isinstance(resources, str) else resources
+        assert resources == [uri.replace("s3://", "arn:aws:s3:::") + "*" for uri in config.base_import_sources]
+    else:
+        assert "ReadImportSources" not in imports
+    for statements in (finetune, base, imports):
+        stars = [sid for sid, s in statements.items() if s["Effect"] == "Allow" and s["Resource"] == "*"]
+        assert stars in (["DescribeNetwork"], [])
+        assert ("DenySelfApproval" in statements) is (config.approval == "manual")
+
+
+@pytest.mark.parametrize("function", ["register_finetune", "register_base", "import_base"])
+def test_the_staged_asset_imports_on_its_own(env, synthesized, function):
     """What Lambda runs: the handler with the vendored loraops and Powertools, nothing from this checkout."""
-    asset = BUILD / "register_finetune"
+    asset = BUILD / function
     for name in (
         "handler.py",
         "loraops/registry.py",

@@ -3,8 +3,10 @@ from the same naming and collection code the stacks use."""
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import urllib.request
+from types import ModuleType
 
 import boto3
 import pytest
@@ -83,3 +85,73 @@ def create_environment(aws, approval: str) -> None:
 def registry(aws) -> Registry:
     create_environment(aws, "manual")
     return Registry(aws["sagemaker"], aws["s3"], BUCKET, REGION, approval="manual")
+
+
+IDEMPOTENCY_TABLE = "loraops-test-idempotency"
+
+
+class LambdaContext:
+    """The fields of Lambda's context object that Powertools reads."""
+
+    function_name = "loraops-test-function"
+    memory_limit_in_mb = 512
+    invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:loraops-test-function"
+    aws_request_id = "test-request"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+@pytest.fixture
+def function_environment(aws, emulator, monkeypatch) -> None:
+    """What the stacks give every registry function: bucket, approval, idempotency table; boto3 reaches the emulator."""
+    for key, value in dict(
+        AWS_ENDPOINT_URL=emulator,
+        ARTIFACT_BUCKET=BUCKET,
+        APPROVAL="manual",
+        IDEMPOTENCY_TABLE=IDEMPOTENCY_TABLE,
+        POWERTOOLS_IDEMPOTENCY_DISABLED="false",
+    ).items():
+        monkeypatch.setenv(key, value)
+    boto3.client("dynamodb", endpoint_url=emulator, region_name=REGION).create_table(
+        TableName=IDEMPOTENCY_TABLE,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def load_handler(name: str) -> ModuleType:
+    """``lambda/<name>/handler.py``, loaded the way Lambda loads it (a fresh module each time)."""
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location(f"{name}_handler", ROOT / "lambda" / name / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def invoke_concurrently(function: ModuleType, make_event, times: int = 4) -> list[dict]:
+    """``times`` invocations of ``function.handler`` released at once; the results of those that ran (a delivery
+    refused while another holds the idempotency record is retried by Lambda and gets the stored result)."""
+    import threading
+
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
+    barrier, results = threading.Barrier(times), []
+
+    def invoke():
+        barrier.wait()
+        try:
+            results.append(function.handler(make_event(), LambdaContext()))
+        except IdempotencyAlreadyInProgressError:
+            pass
+
+    threads = [threading.Thread(target=invoke) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results and all(r == results[0] for r in results), results
+    return results

@@ -7,30 +7,25 @@ realistic EventBridge events; the Lambda context is a small stand-in (the one th
 from __future__ import annotations
 
 import copy
-import importlib.util
-import threading
 from pathlib import Path
 
 import pytest
 
 from loraops import s3_layout
+from loraops.base_import import LocalFolder, import_base
 from loraops.naming import TAG_PACKAGE_GROUP, OutputMode
-from tests.helpers import ROOT, fast_args
-from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MODEL_ID, REGION
+from tests.helpers import fast_args
+from tests.registry.conftest import (
+    ADAPTER_GROUP,
+    BUCKET,
+    MODEL_ID,
+    REGION,
+    LambdaContext,
+    invoke_concurrently,
+    load_handler,
+)
 
 JOB = "loraops-dolly-adapter-7"
-TABLE = "loraops-test-idempotency"
-
-
-class LambdaContext:
-    function_name = "loraops-test-register-finetune"
-    memory_limit_in_mb = 512
-    invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:loraops-test-register-finetune"
-    aws_request_id = "test-request"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
 
 
 def event(status: str = "Completed", **detail) -> dict:
@@ -70,36 +65,15 @@ def job_output(tiny_base, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def function(registry, aws, emulator, monkeypatch, tiny_base, job_output):
+def function(registry, aws, function_environment, tiny_base, job_output):
     """The handler module, loaded the way Lambda loads it, with an approved base and the job's output in S3."""
-    import boto3
-
-    for key, value in dict(
-        AWS_ENDPOINT_URL=emulator,
-        ARTIFACT_BUCKET=BUCKET,
-        APPROVAL="manual",
-        IDEMPOTENCY_TABLE=TABLE,
-        POWERTOOLS_IDEMPOTENCY_DISABLED="false",
-    ).items():
-        monkeypatch.setenv(key, value)
-    boto3.client("dynamodb", endpoint_url=emulator, region_name=REGION).create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    base = registry.import_base(tiny_base, MODEL_ID)
+    base = import_base(registry, LocalFolder(tiny_base), MODEL_ID)
     registry.decide(base.arn, approve=True)
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
     for path in job_output.rglob("*"):
         if path.is_file():
             aws["s3"].upload_file(str(path), BUCKET, prefix + str(path.relative_to(job_output)))
-    spec = importlib.util.spec_from_file_location(
-        "register_finetune_handler", ROOT / "lambda" / "register_finetune" / "handler.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler("register_finetune")
 
 
 def _packages(aws) -> list[dict]:
@@ -116,24 +90,7 @@ def test_a_completed_job_is_registered_once_when_delivered_twice(function, aws):
 
 
 def test_concurrent_deliveries_register_one_package(function, aws):
-    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-
-    barrier, results = threading.Barrier(4), []
-
-    def deliver():
-        barrier.wait()
-        try:
-            results.append(function.handler(copy.deepcopy(event()), LambdaContext()))
-        except IdempotencyAlreadyInProgressError:  # Lambda retries it; the retry gets the stored result
-            results.append("in progress")
-
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    registered = [r for r in results if r != "in progress"]
-    assert registered and all(r == registered[0] for r in registered)
+    registered = invoke_concurrently(function, lambda: copy.deepcopy(event()))
     assert len(_packages(aws)) == 1
     assert function.handler(event(), LambdaContext()) == registered[0]  # a retry after the first finished
 

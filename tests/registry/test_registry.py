@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from loraops import s3_layout
+from loraops.base_import import LocalFolder, import_base, upload_base
 from loraops.manifest import MANIFEST_FILE, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops.registry import APPROVED, BASE_MANIFEST, PENDING, RegistryError
@@ -39,7 +40,7 @@ def _versions(aws, group: str) -> list[dict]:
 
 
 def test_import_base_uploads_uncompressed_and_registers_once(registry, aws, tiny_base):
-    package = registry.import_base(tiny_base, MODEL_ID, licence="llama2")
+    package = import_base(registry, LocalFolder(tiny_base), MODEL_ID, licence="llama2")
     digest = folder_weights_digest(tiny_base)
     prefix = s3_layout.base_model_prefix("meta-llama--Llama-2-7b-hf", digest)
     keys = {o["Key"] for o in aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
@@ -52,12 +53,12 @@ def test_import_base_uploads_uncompressed_and_registers_once(registry, aws, tiny
     assert described["InferenceSpecification"]["Containers"][0]["Image"].endswith(
         "djl-inference:0.38.0-lmi29.0.0-cu130"
     )
-    again = registry.import_base(tiny_base, MODEL_ID)
+    again = import_base(registry, LocalFolder(tiny_base), MODEL_ID)
     assert again.arn == package.arn and len(_versions(aws, "meta-llama--Llama-2-7b-hf")) == 1
 
 
 def test_base_whose_files_do_not_match_its_manifest_is_refused(registry, aws, tiny_base):
-    digest = registry.upload_base(tiny_base, MODEL_ID)
+    digest = upload_base(registry, LocalFolder(tiny_base), MODEL_ID)
     prefix = s3_layout.base_model_prefix("meta-llama--Llama-2-7b-hf", digest)
     aws["s3"].put_object(Bucket=BUCKET, Key=prefix + "model.safetensors", Body=b"truncated")
     with pytest.raises(RegistryError, match=r"files missing or of another size: \['model.safetensors'\]"):
@@ -76,7 +77,7 @@ def test_base_whose_files_do_not_match_its_manifest_is_refused(registry, aws, ti
 
 
 def _approved_base(registry, tiny_base) -> str:
-    base = registry.import_base(tiny_base, MODEL_ID)
+    base = import_base(registry, LocalFolder(tiny_base), MODEL_ID)
     return registry.decide(base.arn, approve=True, reason="evaluated").arn
 
 
@@ -103,7 +104,7 @@ def test_finetune_is_registered_with_its_lineage(registry, aws, tiny_base, adapt
 
 
 def test_finetune_of_an_unapproved_base_is_refused(registry, aws, tiny_base, adapter_output):
-    registry.import_base(tiny_base, MODEL_ID)  # registered, still pending
+    import_base(registry, LocalFolder(tiny_base), MODEL_ID)  # registered, still pending
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
     _upload(aws, adapter_output, prefix)
     with pytest.raises(RegistryError, match="match no approved base package; register and approve the base first"):

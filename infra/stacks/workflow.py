@@ -1,0 +1,152 @@
+"""The fine-tune workflow: a Step Functions state machine (definition in ``infra/workflow.py``) that trains the
+newest approved base model with the trainer image; ``loraops finetune start`` starts it."""
+
+from __future__ import annotations
+
+import json
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_ssm as ssm
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from infra import execution_role
+from infra.config import EnvironmentConfig
+from infra.logs import encrypted_log_group
+from infra.nag import acknowledge, ignore_redundant_role_dependency
+from infra.stacks.network import Placement
+from infra.workflow import WorkflowSettings, definition
+
+#: Why each statement of the workflow's policy that holds a wildcard needs it.
+WILDCARD_REASONS = {
+    "FindApprovedBase": "Package versions of the base group are numbered at run time (model-package/<group>/<n>).",
+    "ListModelPackages": "ListModelPackages supports no resource-level permissions; it only accepts '*'.",
+    "StartTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs, and by conditions to the "
+    "VPC's subnets, network isolation and the artifact key.",
+    "TagTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs (tagged on creation).",
+    "WatchTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs.",
+    "DeliverLogs": "CloudWatch Logs delivery APIs support no resource-level permissions.",
+    "Tracing": "X-Ray's write APIs support no resource-level permissions.",
+}
+
+
+def workflow_parameter(prefix: str) -> str:
+    """SSM parameter holding the fine-tune workflow's state machine ARN (``loraops finetune start`` reads it)."""
+    return f"/{prefix}/finetune-workflow-arn"
+
+
+class WorkflowStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        key: kms.IKey,
+        placement: Placement,
+        trainer_image: str,
+        **kwargs,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        execution_role_arn = self.format_arn(
+            service="iam", region="", resource="role", resource_name=config.execution_role_name
+        )
+        subnets = [subnet.subnet_id for subnet in placement.subnets]
+        settings = WorkflowSettings(
+            environment=config.name,
+            trainer_image=trainer_image,
+            execution_role_arn=execution_role_arn,
+            key_arn=key.key_arn,
+            subnet_ids=subnets,
+            security_group_ids=[placement.security_group.security_group_id],
+        )
+        self.role = iam.Role(
+            self,
+            "WorkflowRole",
+            assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
+            description=f"loraops {config.name}: the fine-tune workflow",
+        )
+        statements = self._statements(config, key, execution_role_arn, subnets)
+        policy = iam.Policy(self, "WorkflowPolicy", statements=statements)
+        policy.attach_to_role(self.role)
+        for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
+            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+
+        log_group = encrypted_log_group(self, "WorkflowLogs", config, "finetune-workflow")
+        self.state_machine = sfn.StateMachine(
+            self,
+            "FineTuneWorkflow",
+            state_machine_name=f"{config.prefix}-finetune",
+            definition_body=sfn.DefinitionBody.from_string(json.dumps(definition(settings))),
+            role=self.role,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            tracing_enabled=True,
+            timeout=cdk.Duration.days(6),
+        )
+        self.state_machine.node.add_dependency(policy)
+        ignore_redundant_role_dependency(self.state_machine.node.default_child)
+        # CDK adds the log-delivery and X-Ray statements itself, to the role's default policy.
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5",
+            f"{WILDCARD_REASONS['DeliverLogs']} {WILDCARD_REASONS['Tracing']}",
+            "Resource::*",
+        )
+        ssm.StringParameter(
+            self,
+            "WorkflowArnParameter",
+            parameter_name=workflow_parameter(config.prefix),
+            string_value=self.state_machine.state_machine_arn,
+            description="loraops fine-tune workflow (loraops finetune start)",
+        )
+        cdk.CfnOutput(self, "FineTuneWorkflowArn", value=self.state_machine.state_machine_arn)
+
+    def _statements(
+        self, config: EnvironmentConfig, key: kms.IKey, execution_role_arn: str, subnets: list[str]
+    ) -> list[iam.PolicyStatement]:
+        def arn(resource: str, name: str) -> str:
+            return self.format_arn(service="sagemaker", resource=resource, resource_name=name)
+
+        jobs = arn("training-job", "loraops-*")
+        return [
+            iam.PolicyStatement(
+                sid="FindApprovedBase",
+                actions=["sagemaker:DescribeModelPackage"],
+                resources=[arn("model-package", f"{config.base_group}/*")],
+            ),
+            iam.PolicyStatement(sid="ListModelPackages", actions=["sagemaker:ListModelPackages"], resources=["*"]),
+            iam.PolicyStatement(
+                sid="StartTrainingJobs",
+                actions=["sagemaker:CreateTrainingJob"],
+                resources=[jobs],
+                conditions={
+                    "Bool": {
+                        "sagemaker:NetworkIsolation": "true",
+                        "sagemaker:InterContainerTrafficEncryption": "true",
+                    },
+                    "ForAllValues:StringEquals": {"sagemaker:VpcSubnets": subnets},
+                    "ArnEquals": {"sagemaker:VolumeKmsKey": key.key_arn, "sagemaker:OutputKmsKey": key.key_arn},
+                },
+            ),
+            iam.PolicyStatement(sid="TagTrainingJobs", actions=["sagemaker:AddTags"], resources=[jobs]),
+            iam.PolicyStatement(
+                sid="WatchTrainingJobs",
+                actions=["sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob"],
+                resources=[jobs],
+            ),
+            iam.PolicyStatement(
+                sid="PassExecutionRole",
+                actions=["iam:PassRole"],
+                resources=[execution_role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+            ),
+            iam.PolicyStatement(
+                sid="GrantArtifactKeyToTrainingJobs",
+                actions=["kms:CreateGrant"],
+                resources=[key.key_arn],
+                conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            ),
+            iam.PolicyStatement(sid="DescribeArtifactKey", actions=["kms:DescribeKey"], resources=[key.key_arn]),
+        ]

@@ -1,0 +1,177 @@
+"""The fine-tune workflow's Amazon States Language definition, built from plain values so the stack (with CDK
+tokens) and the tests (with the emulator's values) run the same definition.
+
+Input: :meth:`loraops.finetune.FineTuneRequest.execution_input`. Steps: resolve the newest Approved package of the
+base group (fail ``NoApprovedBase`` if none) -> create the training job (channels ``base`` = the package's
+uncompressed S3 prefix, ``training``, optional ``validation``; uncompressed output; VPC, KMS, network isolation,
+checkpoints, optional spot) -> poll it until it ends (``TrainingJobFailed`` unless Completed). Registration
+follows from the job's EventBridge event, not from here.
+
+The job is created with the request/response ``createTrainingJob`` integration and a describe/wait loop rather
+than ``createTrainingJob.sync``: both run on AWS, and the loop also runs on the local emulator, so the tests
+execute this definition instead of only reading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loraops.naming import TAG_PACKAGE_GROUP
+
+POLL_SECONDS = 60
+TRAINER_CHECKPOINTS = "/opt/ml/checkpoints"
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    """What the definition needs from the environment (CDK tokens in the stack, literals in tests)."""
+
+    environment: str
+    trainer_image: str
+    execution_role_arn: str
+    key_arn: str
+    subnet_ids: list[str]
+    security_group_ids: list[str]
+    volume_gb: int = 200
+
+
+def _channel(name: str, uri_path: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri.$": uri_path, "S3DataDistributionType": "FullyReplicated"}
+        },
+    }
+
+
+def _create_job(settings: WorkflowSettings, with_validation: bool) -> dict[str, Any]:
+    channels = [
+        _channel("base", "$.base.container.ModelDataSource.S3DataSource.S3Uri"),
+        _channel("training", "$.training_uri"),
+    ]
+    if with_validation:
+        channels.append(_channel("validation", "$.validation_uri"))
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sagemaker:createTrainingJob",
+        "Parameters": {
+            "TrainingJobName.$": "$.job_name",
+            "AlgorithmSpecification": {"TrainingImage": settings.trainer_image, "TrainingInputMode": "FastFile"},
+            "RoleArn": settings.execution_role_arn,
+            "HyperParameters.$": "States.JsonMerge($.hyperparameters, $.base.hyperparameters, false)",
+            "InputDataConfig": channels,
+            "OutputDataConfig": {
+                "S3OutputPath.$": "$.output_path",
+                "CompressionType": "NONE",
+                "KmsKeyId": settings.key_arn,
+            },
+            "ResourceConfig": {
+                "InstanceType.$": "$.instance_type",
+                "InstanceCount.$": "$.instance_count",
+                "VolumeSizeInGB": settings.volume_gb,
+                "VolumeKmsKeyId": settings.key_arn,
+            },
+            "StoppingCondition.$": "$.stopping_condition",
+            "EnableManagedSpotTraining.$": "$.spot",
+            "CheckpointConfig": {"S3Uri.$": "$.checkpoint_uri", "LocalPath": TRAINER_CHECKPOINTS},
+            "VpcConfig": {"Subnets": settings.subnet_ids, "SecurityGroupIds": settings.security_group_ids},
+            "EnableNetworkIsolation": True,
+            "EnableInterContainerTrafficEncryption": True,
+            "Tags": [
+                {"Key": TAG_PACKAGE_GROUP, "Value.$": "$.package_group"},
+                {"Key": "loraops:environment", "Value": settings.environment},
+            ],
+        },
+        "ResultPath": None,
+        "Next": "DescribeTrainingJob",
+    }
+
+
+def definition(settings: WorkflowSettings) -> dict[str, Any]:
+    """The state machine definition (a dict; ``json.dumps`` it)."""
+    return {
+        "Comment": "loraops: fine-tune the newest approved base model; registration follows from the job's event",
+        "StartAt": "FindApprovedBase",
+        "States": {
+            "FindApprovedBase": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::aws-sdk:sagemaker:listModelPackages",
+                "Parameters": {
+                    "ModelPackageGroupName.$": "$.base_group",
+                    "ModelApprovalStatus": "Approved",
+                    "SortBy": "CreationTime",
+                    "SortOrder": "Descending",
+                    "MaxResults": 1,
+                },
+                "ResultSelector": {"arns.$": "$.ModelPackageSummaryList[*].ModelPackageArn"},
+                "ResultPath": "$.found",
+                "Next": "IsThereABase",
+            },
+            "IsThereABase": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.found.arns[0]", "IsPresent": True, "Next": "PickBase"}],
+                "Default": "NoApprovedBase",
+            },
+            "NoApprovedBase": {
+                "Type": "Fail",
+                "Error": "NoApprovedBase",
+                "Cause": "The base model's package group has no Approved package: register and approve one first.",
+            },
+            # States.ArrayGetItem rather than a [0] path (the emulator's JSONPath answers a list for one); only
+            # strings are kept from SDK results, so the execution's history stays JSON (no timestamps)
+            "PickBase": {
+                "Type": "Pass",
+                "Parameters": {"arn.$": "States.ArrayGetItem($.found.arns, 0)"},
+                "ResultPath": "$.found",
+                "Next": "DescribeBase",
+            },
+            "DescribeBase": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeModelPackage",
+                "Parameters": {"ModelPackageName.$": "$.found.arn"},
+                "ResultSelector": {
+                    "container.$": "States.ArrayGetItem($.InferenceSpecification.Containers, 0)",
+                    "hyperparameters": {"base_model_package_arn.$": "$.ModelPackageArn"},
+                },
+                "ResultPath": "$.base",
+                "Next": "WithValidation",
+            },
+            "WithValidation": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.validation_uri", "IsPresent": True, "Next": "TrainWithValidation"}],
+                "Default": "Train",
+            },
+            "Train": _create_job(settings, with_validation=False),
+            "TrainWithValidation": _create_job(settings, with_validation=True),
+            "DescribeTrainingJob": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeTrainingJob",
+                "Parameters": {"TrainingJobName.$": "$.job_name"},
+                "ResultSelector": {"status.$": "$.TrainingJobStatus"},
+                "ResultPath": "$.job",
+                "Next": "HasItEnded",
+            },
+            "HasItEnded": {
+                "Type": "Choice",
+                "Choices": [
+                    {"Variable": "$.job.status", "StringEquals": "Completed", "Next": "Trained"},
+                    {
+                        "Or": [
+                            {"Variable": "$.job.status", "StringEquals": "Failed"},
+                            {"Variable": "$.job.status", "StringEquals": "Stopped"},
+                        ],
+                        "Next": "TrainingJobFailed",
+                    },
+                ],
+                "Default": "WaitForTrainingJob",
+            },
+            "WaitForTrainingJob": {"Type": "Wait", "Seconds": POLL_SECONDS, "Next": "DescribeTrainingJob"},
+            "TrainingJobFailed": {
+                "Type": "Fail",
+                "Error": "TrainingJobFailed",
+                "Cause": "The training job failed or was stopped; its FailureReason says why.",
+            },
+            "Trained": {"Type": "Succeed"},
+        },
+    }

@@ -1,0 +1,73 @@
+"""The workflow stack: the state machine runs the definition the emulator executes (tests/registry/test_workflow.py)
+with the environment's image, role, key and network, and its role can do no more than that."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.stacks.workflow import workflow_parameter
+from tests.infra.conftest import ENVIRONMENTS
+
+pytestmark = pytest.mark.parametrize("env", ENVIRONMENTS)
+
+
+def _state_machine(template) -> dict:
+    (machine,) = template.find_resources("AWS::StepFunctions::StateMachine").values()
+    return machine["Properties"]
+
+
+def _definition(template) -> dict:
+    """The definition with CloudFormation tokens replaced by a marker (their values are checked separately)."""
+    parts = _state_machine(template)["DefinitionString"]["Fn::Join"][1]
+    return json.loads("".join(p if isinstance(p, str) else "TOKEN" for p in parts))
+
+
+def test_state_machine_logs_traces_and_has_its_name(env, templates, synthesized):
+    config = synthesized[env].config
+    machine = _state_machine(templates[(env, "workflow")])
+    assert machine["StateMachineName"] == f"{config.prefix}-finetune"
+    assert machine["LoggingConfiguration"]["Level"] == "ALL"
+    assert machine["TracingConfiguration"] == {"Enabled": True}
+    (parameter,) = templates[(env, "workflow")].find_resources("AWS::SSM::Parameter").values()
+    assert parameter["Properties"]["Name"] == workflow_parameter(config.prefix)
+
+
+def test_the_training_job_is_uncompressed_isolated_encrypted_and_in_the_vpc(env, templates, synthesized):
+    config = synthesized[env].config
+    definition = _definition(templates[(env, "workflow")])
+    assert definition["StartAt"] == "FindApprovedBase"
+    for state in ("Train", "TrainWithValidation"):
+        job = definition["States"][state]["Parameters"]
+        assert definition["States"][state]["Resource"] == "arn:aws:states:::sagemaker:createTrainingJob"
+        assert job["OutputDataConfig"]["CompressionType"] == "NONE"
+        assert job["EnableNetworkIsolation"] is True and job["EnableInterContainerTrafficEncryption"] is True
+        assert len(job["VpcConfig"]["Subnets"]) == len(config.availability_zones)
+        assert job["RoleArn"].endswith(f":role/{config.execution_role_name}")
+        assert {t["Key"] for t in job["Tags"]} == {"loraops:modelPackageGroup", "loraops:environment"}
+    channels = [c["ChannelName"] for c in definition["States"]["TrainWithValidation"]["Parameters"]["InputDataConfig"]]
+    assert channels == ["base", "training", "validation"]
+
+
+def test_workflow_role_starts_only_guarded_loraops_jobs(env, templates, synthesized):
+    config = synthesized[env].config
+    policies = templates[(env, "workflow")].find_resources("AWS::IAM::Policy")
+    (policy,) = [p for logical_id, p in policies.items() if logical_id.startswith("WorkflowPolicy")]
+    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    start = statements["StartTrainingJobs"]
+    assert start["Resource"] == f"arn:aws:sagemaker:{config.region}:{config.account}:training-job/loraops-*"
+    assert start["Condition"]["Bool"] == {
+        "sagemaker:NetworkIsolation": "true",
+        "sagemaker:InterContainerTrafficEncryption": "true",
+    }
+    assert set(start["Condition"]["ArnEquals"]) == {"sagemaker:VolumeKmsKey", "sagemaker:OutputKmsKey"}
+    assert len(start["Condition"]["ForAllValues:StringEquals"]["sagemaker:VpcSubnets"]) == len(
+        config.availability_zones
+    )
+    assert statements["PassExecutionRole"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    }
+    assert statements["FindApprovedBase"]["Resource"].endswith(f":model-package/{config.base_group}/*")
+    stars = sorted(sid for sid, s in statements.items() if s["Resource"] == "*")
+    assert stars == ["ListModelPackages"]
