@@ -1,0 +1,36 @@
+"""Serving limits and defaults, from ``LORAOPS_*`` environment variables (DJL passes ``serving.properties``
+options through the same names) with the defaults below."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    max_new_tokens: int = 512  # the most a request may ask for
+    default_max_new_tokens: int = 128
+    max_inputs: int = 16  # prompts in one request
+    max_input_chars: int = 16_000
+    max_batch_size: int = 16  # rows the batcher runs together
+    batch_wait_ms: float = 5.0  # how long the batcher waits for more requests once one arrived
+    max_resident_adapters: int = 8  # adapters held in the layers' slots at once (LRU beyond)
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> ServingSettings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"LORAOPS_{f.name.upper()}")
+            if raw is not None:
+                kind = type(f.default)
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"LORAOPS_{f.name.upper()}={raw!r} is not a {kind.__name__}") from None
+        settings = cls(**values)
+        if settings.max_resident_adapters < 1 or settings.max_batch_size < 1:
+            raise ValueError("LORAOPS_MAX_RESIDENT_ADAPTERS and LORAOPS_MAX_BATCH_SIZE must be at least 1")
+        return settings

@@ -1,0 +1,139 @@
+"""The local front over HTTP (uvicorn on 127.0.0.1, a free port): the SageMaker contract, every bad request
+answered 400/404 with a message while the server keeps serving, a concurrent burst, and streaming."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from loraops_serving.engine import Row
+from loraops_serving.schema import Sampling
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    import uvicorn
+    from loraops_serving.app import create_app
+    from loraops_serving.service import Service
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(Service(engine)), host="127.0.0.1", port=port, log_level="warning")
+    front = uvicorn.Server(config)
+    thread = threading.Thread(target=front.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/ping", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield url
+    front.should_exit = True
+    thread.join(timeout=10)
+
+
+def post(url: str, body, headers: dict | None = None) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url + "/invocations", data=data, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+PROMPT = "### Instruction:\nWhat is a llama?\n\n### Response:\n"
+
+
+def test_ping_and_routing_by_body_or_header(server, engine):
+    with urllib.request.urlopen(server + "/ping") as response:
+        assert json.loads(response.read()) == {"status": "healthy", "adapters": ["alpha", "beta"]}
+    expected = engine.generate([Row(PROMPT, "beta", 6)], Sampling())[0].text
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}
+    status, by_body = post(server, {**body, "adapter": "beta"})
+    assert status == 200 and by_body["generated_text"] == expected and by_body["adapter"] == "beta"
+    status, by_header = post(server, body, {"X-Amzn-SageMaker-Adapter-Identifier": "beta"})
+    assert status == 200 and by_header["generated_text"] == expected
+    status, listed = post(server, {"inputs": [PROMPT, PROMPT], "parameters": {"max_new_tokens": 3}})
+    assert status == 200 and len(listed) == 2 and listed[0]["details"]["generated_tokens"] <= 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not JSON"),
+        ([1, 2], 400, "must be a JSON object"),
+        ({"inputs": ""}, 400, "non-empty string"),
+        ({"inputs": "x", "prompt": "y"}, 400, "unknown fields ['prompt']"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 100000}}, 400, "max_new_tokens=100000 is outside"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 2.5}}, 400, "must be an integer"),
+        ({"inputs": "x", "parameters": {"temperature": -1}}, 400, "temperature=-1 is outside"),
+        ({"inputs": "x", "parameters": {"top_p": 0}}, 400, "top_p=0 is outside"),
+        ({"inputs": "x", "parameters": {"beam": 4}}, 400, "unknown parameters ['beam']"),
+        ({"inputs": "x", "parameters": {"stop": ["a"] * 5}}, 400, "at most 4 strings"),
+        ({"inputs": ["x"] * 17}, 400, "at most 16 per request"),
+        ({"inputs": "x", "adapter": "gamma"}, 404, "no adapter 'gamma'; available: ['alpha', 'beta']"),
+        ({"inputs": "x", "stream": "yes"}, 400, "stream must be true or false"),
+        ({"inputs": "word " * 3000}, 400, "exceed the"),
+    ],
+)
+def test_bad_requests_get_a_clear_answer_and_the_server_keeps_serving(server, body, status, message):
+    code, answer = post(server, body if isinstance(body, (bytes, dict)) else json.dumps(body).encode())
+    assert code == status and message in answer["error"], answer
+    assert post(server, {"inputs": "Hi", "parameters": {"max_new_tokens": 2}})[0] == 200
+
+
+def test_a_concurrent_burst_is_answered_right_with_ping_healthy_throughout(server, engine):
+    adapters = ["alpha", "beta", None]
+    expected = {a: engine.generate([Row(PROMPT, a, 5)], Sampling())[0].text for a in adapters}
+    pings, stop = [], threading.Event()
+
+    def ping():
+        while not stop.is_set():
+            with urllib.request.urlopen(server + "/ping", timeout=30) as response:
+                pings.append(response.status)
+            time.sleep(0.02)
+
+    batch_sizes, generate = [], engine.generate
+
+    def counted(rows, sampling):
+        batch_sizes.append(len(rows))
+        return generate(rows, sampling)
+
+    engine.generate = counted  # records how the batcher grouped the burst; the real generate runs
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    jobs = [adapters[i % 3] for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        body = lambda a: {"inputs": PROMPT, "parameters": {"max_new_tokens": 5}, **({"adapter": a} if a else {})}
+        results = list(pool.map(lambda a: post(server, body(a)), jobs))
+    stop.set()
+    pinger.join()
+    del engine.generate
+    assert max(batch_sizes) > 1 and len(batch_sizes) < len(jobs), batch_sizes  # requests ran together
+    assert [status for status, _ in results] == [200] * len(jobs)
+    assert [answer["generated_text"] for _, answer in results] == [expected[a] for a in jobs]
+    assert pings and set(pings) == {200}
+
+
+def test_streaming_sends_the_text_piece_by_piece(server, engine):
+    expected = engine.generate([Row(PROMPT, "alpha", 8)], Sampling())[0].text
+    request = urllib.request.Request(
+        server + "/invocations",
+        data=json.dumps(
+            {"inputs": PROMPT, "adapter": "alpha", "stream": True, "parameters": {"max_new_tokens": 8}}
+        ).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        pieces = [json.loads(line)["token"]["text"] for line in response.read().decode().splitlines()]
+    assert len(pieces) > 1 and "".join(pieces).strip() == expected.strip()
