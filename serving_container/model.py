@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from djl_python import Input, Output
+
 from loraops_serving.engine import Engine
 from loraops_serving.service import Reply, Service
 from loraops_serving.settings import ServingSettings

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 import torch
+
+from loraops.manifest import MANIFEST_FILE
 from loraops_serving.engine import Engine, Row
 from loraops_serving.layouts import LayoutError
 from loraops_serving.schema import Sampling, UnknownAdapter
 from loraops_serving.settings import ServingSettings
-
-from loraops.manifest import MANIFEST_FILE
 
 PROMPTS = [
     "### Instruction:\nWhat is a llama?\n\n### Response:\n",

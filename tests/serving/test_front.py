@@ -12,6 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from loraops_serving.engine import Row
 from loraops_serving.schema import Sampling
 
@@ -19,6 +20,7 @@ from loraops_serving.schema import Sampling
 @pytest.fixture(scope="module")
 def server(engine):
     import uvicorn
+
     from loraops_serving.app import create_app
     from loraops_serving.service import Service
 
