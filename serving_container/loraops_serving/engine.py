@@ -133,14 +133,7 @@ class Engine:
                 torch.manual_seed(sampling.seed)
             try:
                 output = self.model.generate(
-                    **batch,
-                    max_new_tokens=max(r.max_new_tokens for r in rows),
-                    do_sample=sampling.do_sample,
-                    temperature=sampling.temperature if sampling.do_sample else None,
-                    top_p=sampling.top_p if sampling.do_sample else None,
-                    top_k=sampling.top_k if sampling.do_sample else None,
-                    repetition_penalty=sampling.repetition_penalty,
-                    pad_token_id=self.tokenizer.pad_token_id,
+                    **batch, **self._options(sampling), max_new_tokens=max(r.max_new_tokens for r in rows)
                 )
             finally:
                 self.routing.rows, self.routing.active = None, False
@@ -171,16 +164,20 @@ class Engine:
             self.routing.rows, self.routing.active = torch.tensor([slot], device=self.device), slot > 0
             try:
                 self.model.generate(
-                    **batch,
-                    max_new_tokens=row.max_new_tokens,
-                    do_sample=sampling.do_sample,
-                    temperature=sampling.temperature if sampling.do_sample else None,
-                    top_p=sampling.top_p if sampling.do_sample else None,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    streamer=streamer,
+                    **batch, **self._options(sampling), max_new_tokens=row.max_new_tokens, streamer=streamer
                 )
             finally:
                 self.routing.rows, self.routing.active = None, False
+
+    def _options(self, sampling: Sampling) -> dict:
+        """``generate`` keyword arguments for ``sampling`` (sampling knobs only when sampling)."""
+        knobs = dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        return {
+            "do_sample": sampling.do_sample,
+            **(knobs if sampling.do_sample else {}),
+            "repetition_penalty": sampling.repetition_penalty,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
 
     def _finish(self, tokens: list[int], row: Row) -> Generation:
         eos = self.tokenizer.eos_token_id
