@@ -69,16 +69,6 @@ class Source(Protocol):
         """Remove anything the import staged."""
 
 
-def _streamed_digest(stream: BinaryIO, name: str, target: Target, sink: Callable[[bytes], None] | None = None) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(CHUNK):
-        digest.update(chunk)
-        if sink:
-            sink(chunk)
-        target.advance(name, len(chunk))
-    return f"sha256:{digest.hexdigest()}"
-
-
 @dataclass
 class LocalFolder:
     """An uncompressed Hugging Face folder on this machine."""
@@ -128,8 +118,13 @@ class S3Folder:
         }
 
     def digest(self, name: str, target: Target) -> str:
-        body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
-        return _streamed_digest(body, name, target)
+        result: dict[str, str] = {}
+        reader = _HashingReader(
+            self.s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"], name, target, result
+        )
+        while reader.read(CHUNK):
+            pass
+        return result["value"]
 
     def place(self, name: str, key: str, target: Target) -> None:
         # boto3's managed copy: server-side, multipart above its threshold (objects over 5 GB included)

@@ -73,6 +73,11 @@ class Engine:
             self.available.pop(name, None)
             self._evict(name)
 
+    def require_adapter(self, name: str) -> None:
+        """Raise :class:`UnknownAdapter` (404) naming the available adapters unless ``name`` is one."""
+        if name not in self.available:
+            raise UnknownAdapter(f"no adapter {name!r}; available: {sorted(self.available)}")
+
     def _evict(self, name: str) -> None:
         slot = self.resident.pop(name, None)
         if slot is not None:
@@ -82,8 +87,7 @@ class Engine:
     def _slot(self, name: str | None) -> int:
         if name is None:
             return 0
-        if name not in self.available:
-            raise UnknownAdapter(f"no adapter {name!r}; available: {sorted(self.available)}")
+        self.require_adapter(name)
         if name in self.resident:
             self.resident.move_to_end(name)
             return self.resident[name]

@@ -43,8 +43,8 @@ class Service:
     def parse(self, body: bytes, headers: dict[str, str]) -> Request | Reply:
         try:
             request = parse(body, {k.lower(): v for k, v in headers.items()}, self.settings)
-            if request.adapter is not None and request.adapter not in self.engine.available:
-                raise_unknown(request.adapter, self.engine)
+            if request.adapter is not None:
+                self.engine.require_adapter(request.adapter)
             rows = rows_of(request)
             self.engine.check_length(rows)
         except RequestError as failure:
@@ -104,9 +104,3 @@ class Service:
 
 def rows_of(request: Request) -> list[Row]:
     return [Row(p, request.adapter, request.max_new_tokens, request.stop) for p in request.inputs]
-
-
-def raise_unknown(name: str, engine: Engine) -> None:
-    from loraops_serving.schema import UnknownAdapter
-
-    raise UnknownAdapter(f"no adapter {name!r}; available: {sorted(engine.available)}")
