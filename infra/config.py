@@ -65,6 +65,41 @@ class FineTunedLine(_Strict):
         return merged_group_name(base_model_id, self.dataset)
 
 
+class ServingConfig(_Strict):
+    """The environment's endpoint (stack ``loraops-<env>-serving``); its model is the S3 prefix ``loraops serve
+    pin`` records in SSM (``loraops.endpoints.served_model_parameter``)."""
+
+    mode: Literal["endpoint", "inference-components"] = Field(
+        default="inference-components",
+        description="endpoint: one model, merged approvals roll it blue/green; inference-components: a base "
+        "component plus one adapter component per approved adapter line",
+    )
+    engine: Literal["vllm", "loraops"] = Field(
+        default="vllm",
+        description="vllm: LMI's vLLM backend with LoRA; loraops: loraops_serving in DJL's Python engine",
+    )
+    min_instances: int = Field(default=1, ge=1, le=20)
+    max_instances: int = Field(default=2, ge=1, le=20)
+    invocations_per_target: int = Field(
+        default=8, ge=1, description="autoscaling target: invocations per minute per instance (or per copy)"
+    )
+    capture_percent: int = Field(default=20, ge=0, le=100, description="share of requests data capture keeps")
+    latency_alarm_ms: int = Field(default=20_000, ge=100, description="p90 model latency that fails a rollout")
+    accelerators_per_copy: int = Field(default=1, ge=1, le=8)
+    memory_per_copy_mb: int = Field(default=16_384, ge=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingConfig:
+        if self.max_instances < self.min_instances:
+            raise ValueError("max_instances is below min_instances")
+        if self.mode == "inference-components" and self.engine != "vllm":
+            raise ValueError(
+                "adapter inference components are loaded by LMI's vLLM backend (option.enable_lora); "
+                "the loraops engine serves adapters mounted beside the model: use mode 'endpoint' with it"
+            )
+        return self
+
+
 class EnvironmentConfig(_Strict):
     """Settings of one deployment environment (dev, staging, prod, ...)."""
 
@@ -104,6 +139,7 @@ class EnvironmentConfig(_Strict):
         description="Secrets Manager secret holding a Hugging Face token (gated models such as Llama-2)",
     )
     fine_tuned_lines: list[FineTunedLine] = Field(default_factory=list)
+    serving: ServingConfig | None = Field(default=None, description="the endpoint; none: no serving stack")
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("availability_zones")

@@ -13,6 +13,7 @@ from infra.config import EnvironmentConfig
 from infra.stacks.network import NetworkStack
 from infra.stacks.registration import RegistrationStack
 from infra.stacks.registry import RegistryStack
+from infra.stacks.serving import ServingStack
 from infra.stacks.storage import StorageStack
 from infra.stacks.studio import StudioStack
 from infra.stacks.training import TrainingStack
@@ -22,7 +23,8 @@ ENVIRONMENT_TAG = "loraops:environment"
 
 
 class EnvironmentStacks:
-    """All stacks of one environment: storage, network, studio, registry, registration, training, workflow."""
+    """All stacks of one environment: storage, network, studio, registry, registration, training, workflow and,
+    where ``serving`` is configured, serving."""
 
     def __init__(self, app: cdk.App, config: EnvironmentConfig) -> None:
         self.config = config
@@ -63,6 +65,11 @@ class EnvironmentStacks:
             trainer_image=self.training.image.image_uri,
             **common,
         )
+        self.serving = (
+            ServingStack(app, name("serving"), key=self.storage.key, placement=self.network.placement, **common)
+            if config.serving
+            else None
+        )
         # Stack tags (explicitStackTags) reach resources at deploy time; Tags.of also writes them into templates.
         for stack in self.stacks:
             for key, value in common["tags"].items():
@@ -78,4 +85,5 @@ class EnvironmentStacks:
             self.registration,
             self.training,
             self.workflow,
+            *([self.serving] if self.serving else []),
         ]

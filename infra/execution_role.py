@@ -301,6 +301,11 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
                 "sagemaker:CreateInferenceComponent",
                 "sagemaker:UpdateInferenceComponent",
                 "sagemaker:InvokeEndpoint",
+                # whoever may create serving resources may remove them
+                "sagemaker:DeleteModel",
+                "sagemaker:DeleteEndpointConfig",
+                "sagemaker:DeleteEndpoint",
+                "sagemaker:DeleteInferenceComponent",
                 "sagemaker:CreateExperiment",
                 "sagemaker:CreateTrial",
                 "sagemaker:CreateTrialComponent",

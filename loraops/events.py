@@ -12,3 +12,14 @@ TRAINING_JOB_COMPLETED = {
     "detail-type": [TRAINING_JOB_STATE_CHANGE],
     "detail": {"TrainingJobStatus": ["Completed"], "Tags": {TAG_PACKAGE_GROUP: [{"exists": True}]}},
 }
+
+MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
+
+
+def package_state_changed(groups: list[str]) -> dict:
+    """EventBridge pattern of the deploy rule: any state change of a package in ``groups``."""
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": [MODEL_PACKAGE_STATE_CHANGE],
+        "detail": {"ModelPackageGroupName": sorted(groups)},
+    }

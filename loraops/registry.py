@@ -56,6 +56,22 @@ class Package:
     status: str
     metadata: dict[str, str] = field(default_factory=dict)
     model_data_prefix: str = ""
+    deleting: bool = False  # ModelPackageStatus Deleting: on its way out of the registry
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> Package:
+        """A package from DescribeModelPackage's answer (or a state-change event's detail, which has its shape)."""
+        source = description.get("InferenceSpecification", {}).get("Containers", [{}])[0].get("ModelDataSource", {})
+        uri = source.get("S3DataSource", {}).get("S3Uri", "")
+        return cls(
+            arn=description["ModelPackageArn"],
+            group=description.get("ModelPackageGroupName", ""),
+            version=int(description.get("ModelPackageVersion", 0)),
+            status=description.get("ModelApprovalStatus", ""),
+            metadata=dict(description.get("CustomerMetadataProperties", {})),
+            model_data_prefix=uri.split("/", 3)[3] if uri.count("/") >= 3 else "",  # s3://bucket/<prefix>
+            deleting=description.get("ModelPackageStatus") == "Deleting",
+        )
 
 
 @dataclass
@@ -185,11 +201,18 @@ class Registry:
         newest = max(approved, key=lambda s: s["CreationTime"])
         return self._package(self.sagemaker.describe_model_package(ModelPackageName=newest["ModelPackageArn"]))
 
+    def describe(self, package_arn: str) -> Package:
+        """One package version, with its lineage metadata and model data prefix."""
+        try:
+            return self._package(self.sagemaker.describe_model_package(ModelPackageName=package_arn))
+        except self.sagemaker.exceptions.ClientError as error:
+            raise RegistryError(f"model package {package_arn}: {error}") from None
+
     # ----------------------------------------------------------------------------------------- decisions
     def decide(self, package_arn: str, approve: bool, reason: str = "") -> Package:
         """Approve or reject one package version (in manual environments only the approver role may)."""
         status = APPROVED if approve else REJECTED
-        current = self._package(self.sagemaker.describe_model_package(ModelPackageName=package_arn))
+        current = self.describe(package_arn)
         request = {
             "ModelPackageArn": package_arn,
             "ModelApprovalStatus": status,
@@ -200,7 +223,7 @@ class Registry:
             # AWS), so the lineage survives in both.
             request["CustomerMetadataProperties"] = current.metadata
         self.sagemaker.update_model_package(**request)
-        return self._package(self.sagemaker.describe_model_package(ModelPackageName=package_arn))
+        return self.describe(package_arn)
 
     # ---------------------------------------------------------------------------------------------- read
     def tree(self) -> list[dict[str, Any]]:
@@ -352,16 +375,7 @@ class Registry:
 
     @staticmethod
     def _package(description: dict[str, Any]) -> Package:
-        source = description.get("InferenceSpecification", {}).get("Containers", [{}])[0].get("ModelDataSource", {})
-        uri = source.get("S3DataSource", {}).get("S3Uri", "")
-        return Package(
-            arn=description["ModelPackageArn"],
-            group=description.get("ModelPackageGroupName", ""),
-            version=int(description.get("ModelPackageVersion", 0)),
-            status=description.get("ModelApprovalStatus", ""),
-            metadata=dict(description.get("CustomerMetadataProperties", {})),
-            model_data_prefix=uri.split("/", 3)[3] if uri.count("/") >= 3 else "",  # s3://bucket/<prefix>
-        )
+        return Package.from_description(description)
 
 
 def _refuse(name: str) -> Any:

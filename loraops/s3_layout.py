@@ -8,6 +8,7 @@ merged/<merged-group>/<job>/output/model/      merged model written by a trainin
 evaluation/<group>/<job>/                      evaluation reports
 checkpoints/<job>/                             spot / resume checkpoints
 staging/<purpose>/<token>/                     bytes in transit (a Hub import), removed when placed
+capture/<endpoint>/                            the endpoint's data capture
 ```
 
 Training jobs write ``<output-root><job>/output/model/`` themselves (``S3OutputPath`` = the root,
@@ -29,11 +30,12 @@ MERGED = "merged/"
 EVALUATION = "evaluation/"
 CHECKPOINTS = "checkpoints/"
 STAGING = "staging/"
+CAPTURE = "capture/"
 
 #: Prefixes the SageMaker execution role may only read.
 READ_ONLY_PREFIXES = (BASE, DATASETS)
 #: Prefixes training jobs and Studio users write.
-READ_WRITE_PREFIXES = (ADAPTERS, MERGED, EVALUATION, CHECKPOINTS)
+READ_WRITE_PREFIXES = (ADAPTERS, MERGED, EVALUATION, CHECKPOINTS, CAPTURE)
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

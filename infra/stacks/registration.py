@@ -3,6 +3,9 @@
 - **register-finetune**: EventBridge ("SageMaker Training Job State Change", Completed, jobs tagged with their
   package group) invokes it; events it cannot take after the retries land in an encrypted dead-letter queue.
 - **register-base**: registers a base model already under ``base/`` (invoked by the CLI or the workflow).
+- **deploy-on-approval** (where ``serving`` is configured): EventBridge invokes it when a package of the
+  environment's fine-tuned lines is approved, rejected or deleted; it adds, updates or removes inference components or
+  rolls the endpoint (``loraops.deployment``). Serialised: one deployment at a time.
 - **import-base**: copies a base model from another S3 location or the Hugging Face Hub into ``base/`` and
   registers it. It runs outside the VPC: the VPC has no route to the internet by design, and the Hub is there.
 
@@ -31,8 +34,8 @@ from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
 from infra.stacks.network import Placement
 from infra.stacks.storage import removal_policy
-from loraops import s3_layout
-from loraops.events import TRAINING_JOB_COMPLETED
+from loraops import endpoints, s3_layout
+from loraops.events import TRAINING_JOB_COMPLETED, package_state_changed
 
 #: Why each statement of a function's policy that holds a wildcard needs it.
 WILDCARD_REASONS = {
@@ -52,6 +55,11 @@ WILDCARD_REASONS = {
     "run time; limited by an ec2:Vpc condition).",
     "DescribeNetwork": "EC2 Describe* calls support no resource-level permissions; they only accept '*'.",
     "WriteLogs": "Log streams are named at run time inside the function's own log group.",
+    "ReadPackages": "Package versions are numbered at run time; limited to this account and region.",
+    "DeployModels": "Models, endpoint configs and components a deployment creates are named per package at run "
+    "time; limited to this environment's name prefix.",
+    "ReadServingResources": "The serving stack's model and endpoint config carry names CloudFormation generates; "
+    "describe only.",
 }
 #: Why the functions that callers invoke directly have no dead-letter queue.
 SYNCHRONOUS = {
@@ -72,6 +80,7 @@ class FunctionSpec:
     concurrency: int = 5
     environment: dict[str, str] = field(default_factory=dict)
     dead_letters: sqs.IQueue | None = None
+    registers: bool = True  # creates packages (and keeps idempotency records); False: reads packages only
     checkov_skips: dict[str, str] = field(default_factory=dict)
 
 
@@ -144,6 +153,7 @@ class RegistrationStack(cdk.Stack):
                 },
             )
         )
+        self.deploy_on_approval = self._deploy_function() if config.serving else None
         self.rule = events.Rule(
             self,
             "TrainingJobCompleted",
@@ -175,7 +185,7 @@ class RegistrationStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"loraops {config.name}: the {spec.name} function",
         )
-        statements = [*spec.statements, *self._common_statements(name, spec.in_vpc)]
+        statements = [*spec.statements, *self._common_statements(name, spec)]
         policy = iam.Policy(self, f"{construct}Policy", statements=statements)
         policy.attach_to_role(role)
         for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
@@ -273,7 +283,98 @@ class RegistrationStack(cdk.Stack):
             )
         return statements
 
-    def _common_statements(self, function_name: str, in_vpc: bool) -> list[iam.PolicyStatement]:
+    def _deploy_function(self) -> lambda_.Function:
+        """deploy-on-approval, invoked by package state changes of the environment's fine-tuned lines."""
+        config = self.config
+        prefix = config.prefix
+
+        def arn(resource: str, name: str) -> str:
+            return self.format_arn(service="sagemaker", resource=resource, resource_name=name)
+
+        serving_resources = ("model", "endpoint-config", "endpoint", "inference-component")
+        function = self._function(
+            FunctionSpec(
+                "deploy-on-approval",
+                [
+                    iam.PolicyStatement(
+                        sid="DeployModels",
+                        actions=[
+                            "sagemaker:CreateModel",
+                            "sagemaker:CreateEndpointConfig",
+                            "sagemaker:UpdateEndpoint",
+                            "sagemaker:DescribeEndpoint",
+                            "sagemaker:CreateInferenceComponent",
+                            "sagemaker:UpdateInferenceComponent",
+                            "sagemaker:DeleteInferenceComponent",
+                            "sagemaker:DescribeInferenceComponent",
+                        ],
+                        resources=[arn(r, f"{prefix}-*") for r in serving_resources],
+                    ),
+                    iam.PolicyStatement(
+                        sid="ReadServingResources",
+                        actions=["sagemaker:DescribeModel", "sagemaker:DescribeEndpointConfig"],
+                        resources=[arn("model", "*"), arn("endpoint-config", "*")],
+                    ),
+                    iam.PolicyStatement(
+                        sid="PassExecutionRole",
+                        actions=["iam:PassRole"],
+                        resources=[
+                            self.format_arn(
+                                service="iam", region="", resource="role", resource_name=config.execution_role_name
+                            )
+                        ],
+                        conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+                    ),
+                    iam.PolicyStatement(
+                        sid="GrantArtifactKey",  # endpoint configs name the key for capture and volumes
+                        actions=["kms:CreateGrant"],
+                        resources=[self.key.key_arn],
+                        conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                    ),
+                    iam.PolicyStatement(
+                        sid="DescribeArtifactKey", actions=["kms:DescribeKey"], resources=[self.key.key_arn]
+                    ),
+                    iam.PolicyStatement(
+                        sid="RecordServedModel",
+                        actions=["ssm:PutParameter"],
+                        resources=[
+                            self.format_arn(
+                                service="ssm",
+                                resource="parameter",
+                                resource_name=endpoints.served_model_parameter(prefix).lstrip("/"),
+                            )
+                        ],
+                    ),
+                ],
+                concurrency=1,  # one deployment at a time: an endpoint takes one update at once
+                registers=False,
+                environment={
+                    "NAME_PREFIX": prefix,
+                    "SERVING_MODE": config.serving.mode,
+                    "ENDPOINT_NAME": endpoints.endpoint_name(prefix),
+                    "ROLLBACK_ALARMS": ",".join(endpoints.rollback_alarm_names(prefix)),
+                },
+                dead_letters=self.dead_letters,
+            )
+        )
+        lines = [line.group_name(config.base_model_id) for line in config.fine_tuned_lines]
+        pattern = package_state_changed(lines)
+        events.Rule(
+            self,
+            "PackageStateChanged",
+            description="A package of a fine-tuned line was approved, rejected or deleted: update the endpoint",
+            event_pattern=events.EventPattern(
+                source=pattern["source"], detail_type=pattern["detail-type"], detail=pattern["detail"]
+            ),
+            targets=[
+                targets.LambdaFunction(
+                    function, dead_letter_queue=self.dead_letters, retry_attempts=8, max_event_age=cdk.Duration.hours(6)
+                )
+            ],
+        )
+        return function
+
+    def _common_statements(self, function_name: str, spec: FunctionSpec) -> list[iam.PolicyStatement]:
         """What every registry function needs: the key, packages, the idempotency table, its logs (and the VPC)."""
 
         def arn(service: str, resource: str, name: str = "*") -> str:
@@ -283,6 +384,38 @@ class RegistrationStack(cdk.Stack):
             iam.PolicyStatement(
                 sid="UseArtifactKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[self.key.key_arn]
             ),
+        ]
+        if not spec.registers:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="ReadPackages",
+                    actions=["sagemaker:DescribeModelPackage"],
+                    resources=[arn("sagemaker", "model-package")],
+                )
+            )
+        else:
+            statements += self._registering_statements(arn)
+        statements.append(
+            iam.PolicyStatement(
+                sid="WriteLogs",
+                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[
+                    self.format_arn(
+                        service="logs",
+                        resource="log-group",
+                        resource_name=f"/aws/lambda/{function_name}:log-stream:*",
+                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        )
+        if spec.in_vpc:
+            statements += self._network_statements(arn)
+        return statements
+
+    def _registering_statements(self, arn) -> list[iam.PolicyStatement]:
+        """Create and read packages, the approval guard and the idempotency records."""
+        return [
             iam.PolicyStatement(
                 sid="RegisterPackages",
                 actions=[
@@ -300,35 +433,24 @@ class RegistrationStack(cdk.Stack):
                 actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
                 resources=[self.table.table_arn],
             ),
-            iam.PolicyStatement(
-                sid="WriteLogs",
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[
-                    self.format_arn(
-                        service="logs",
-                        resource="log-group",
-                        resource_name=f"/aws/lambda/{function_name}:log-stream:*",
-                        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
-            ),
         ]
-        if in_vpc:
-            statements += [
-                iam.PolicyStatement(
-                    sid="FunctionNetworkInterfaces",
-                    actions=[
-                        "ec2:CreateNetworkInterface",
-                        "ec2:DeleteNetworkInterface",
-                        "ec2:AssignPrivateIpAddresses",
-                        "ec2:UnassignPrivateIpAddresses",
-                    ],
-                    resources=[arn("ec2", "network-interface"), arn("ec2", "subnet"), arn("ec2", "security-group")],
-                    conditions={"ArnEquals": {"ec2:Vpc": self.placement.vpc_arn}},
-                ),
-                iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:DescribeNetworkInterfaces"], resources=["*"]),
-            ]
-        return statements
+
+    def _network_statements(self, arn) -> list[iam.PolicyStatement]:
+        """The function's network interfaces in the loraops VPC."""
+        return [
+            iam.PolicyStatement(
+                sid="FunctionNetworkInterfaces",
+                actions=[
+                    "ec2:CreateNetworkInterface",
+                    "ec2:DeleteNetworkInterface",
+                    "ec2:AssignPrivateIpAddresses",
+                    "ec2:UnassignPrivateIpAddresses",
+                ],
+                resources=[arn("ec2", "network-interface"), arn("ec2", "subnet"), arn("ec2", "security-group")],
+                conditions={"ArnEquals": {"ec2:Vpc": self.placement.vpc_arn}},
+            ),
+            iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:DescribeNetworkInterfaces"], resources=["*"]),
+        ]
 
 
 def _secret_name(arn: str | None) -> str:

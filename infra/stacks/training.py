@@ -45,21 +45,36 @@ def training_base_image(region: str) -> str:
     return image_uri("training", region)
 
 
+def repository_image(
+    scope: Construct, construct_id: str, dockerfile: str, context: list[str], base_image: str, **build_args: str
+) -> ecr_assets.DockerImageAsset:
+    """An image built from this repository (``context``: what the build sees, Docker ignore syntax) on
+    ``base_image``; synth only stages the context, ``cdk deploy`` builds and pushes it."""
+    return ecr_assets.DockerImageAsset(
+        scope,
+        construct_id,
+        directory=str(REPO_ROOT),
+        file=dockerfile,
+        exclude=context,
+        ignore_mode=cdk.IgnoreMode.DOCKER,
+        build_args={"BASE_IMAGE": base_image, **build_args},
+        platform=ecr_assets.Platform.LINUX_AMD64,
+    )
+
+
 class TrainingStack(cdk.Stack):
     """The trainer image asset, published under an SSM parameter; `cdk deploy` builds and pushes the image
     (synth only stages the build context)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        self.image = ecr_assets.DockerImageAsset(
+        self.image = repository_image(
             self,
             "TrainerImage",
-            directory=str(REPO_ROOT),
-            file="training_container/Dockerfile",
-            exclude=BUILD_CONTEXT,
-            ignore_mode=cdk.IgnoreMode.DOCKER,
-            build_args={"BASE_IMAGE": training_base_image(config.region), "LORAOPS_GIT_SHA": source_commit()},
-            platform=ecr_assets.Platform.LINUX_AMD64,
+            "training_container/Dockerfile",
+            BUILD_CONTEXT,
+            training_base_image(config.region),
+            LORAOPS_GIT_SHA=source_commit(),
         )
         # Where the fine-tune workflow and Studio users find the image to start training jobs with.
         self.image_parameter = ssm.StringParameter(

@@ -1,5 +1,5 @@
-"""The ``loraops`` command: one module per noun (``base``, ``finetune``, ``models``, ``storage``), each a thin layer
-over :mod:`loraops.registry`. Errors print one line and exit 1; ``--json`` prints machine-readable output."""
+"""The ``loraops`` command: one module per noun (``base``, ``finetune``, ``models``, ``serve``, ``storage``), each a
+thin layer over :mod:`loraops.registry`. Errors print one line and exit 1; ``--json`` prints machine-readable output."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ EPILOG = """examples:
   loraops models tree --bucket B --json
   loraops models approve arn:aws:sagemaker:...:model-package/g/3 --bucket B
   loraops storage report --bucket B
+  loraops serve pin arn:aws:sagemaker:...:model-package/<base-group>/1 --prefix loraops-dev --bucket B
   (add --endpoint-url http://127.0.0.1:5000 to talk to a local AWS emulator)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from loraops.cli import base, finetune, models, storage
+    from loraops.cli import base, finetune, models, serve, storage
 
     parser = argparse.ArgumentParser(
         prog="loraops",
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"loraops {loraops.__version__}")
-    nouns = parser.add_subparsers(dest="noun", metavar="{base,finetune,models,storage}")
-    for module in (base, finetune, models, storage):
+    nouns = parser.add_subparsers(dest="noun", metavar="{base,finetune,models,serve,storage}")
+    for module in (base, finetune, models, serve, storage):
         module.add_commands(nouns)
     return parser
 

@@ -43,4 +43,4 @@ def templates(synthesized) -> dict[tuple[str, str], Template]:
 
 #: Every environment configured in cdk.json: adding one there adds its assertions everywhere.
 ENVIRONMENTS = tuple(json.loads((ROOT / "cdk.json").read_text())["context"]["loraops:environments"])
-CONCERNS = ("storage", "network", "studio", "registry", "registration", "training", "workflow")
+CONCERNS = ("storage", "network", "studio", "registry", "registration", "training", "workflow", "serving")

@@ -30,7 +30,10 @@ def _functions(template) -> dict[str, dict]:
 def test_functions_run_with_their_guards(env, templates, synthesized):
     config = synthesized[env].config
     functions = _functions(templates[(env, "registration")])
-    assert sorted(functions) == ["import-base", "register-base", "register-finetune"]
+    expected = ["import-base", "register-base", "register-finetune"] + (
+        ["deploy-on-approval"] if config.serving else []
+    )
+    assert sorted(functions) == sorted(expected)
     for name, function in functions.items():
         assert function["Runtime"] == "python3.14" and function["Handler"] == "handler.handler", name
         assert function["KmsKeyArn"], name
@@ -56,8 +59,15 @@ def test_idempotency_table_and_dead_letters_are_encrypted(env, templates):
     assert _one(t, "AWS::SQS::Queue")["Properties"]["KmsMasterKeyId"]
 
 
+def _rules(template) -> dict[str, dict]:
+    return {
+        r["Properties"]["EventPattern"]["detail-type"][0]: r["Properties"]
+        for r in template.find_resources("AWS::Events::Rule").values()
+    }
+
+
 def test_rule_sends_completed_loraops_jobs_to_the_function_with_retries(env, templates):
-    rule = _one(templates[(env, "registration")], "AWS::Events::Rule")["Properties"]
+    rule = _rules(templates[(env, "registration")])["SageMaker Training Job State Change"]
     assert rule["EventPattern"] == {
         "source": ["aws.sagemaker"],
         "detail-type": ["SageMaker Training Job State Change"],
@@ -96,7 +106,7 @@ def test_function_policies_are_narrow(env, templates, synthesized):
         assert ("DenySelfApproval" in statements) is (config.approval == "manual")
 
 
-@pytest.mark.parametrize("function", ["register_finetune", "register_base", "import_base"])
+@pytest.mark.parametrize("function", ["register_finetune", "register_base", "import_base", "deploy_on_approval"])
 def test_the_staged_asset_imports_on_its_own(env, synthesized, function):
     """What Lambda runs: the handler with the vendored loraops and Powertools, nothing from this checkout."""
     asset = BUILD / function
@@ -124,5 +134,6 @@ def test_the_staged_asset_imports_on_its_own(env, synthesized, function):
     ), result.stdout
 
 
-def test_rule_pattern_is_valid_json(env, templates):
-    json.dumps(_one(templates[(env, "registration")], "AWS::Events::Rule")["Properties"]["EventPattern"])
+def test_rule_patterns_are_valid_json(env, templates):
+    for rule in _rules(templates[(env, "registration")]).values():
+        json.dumps(rule["EventPattern"])

@@ -129,12 +129,12 @@ def test_no_approver_role_without_approvers(templates):
         assert templates[(env, "registry")].find_resources("AWS::IAM::Role") == {}
 
 
-def test_two_environments_in_one_account_and_region_are_refused(cdk_context):
-    environments = cdk_context["loraops:environments"]
+def test_two_environments_in_one_account_and_region_are_refused(context_copy):
+    environments = context_copy["loraops:environments"]
     environments["qa"] = json.loads(json.dumps(environments["staging"]))
     with pytest.raises(
         ConfigError,
         match="environments 'staging' and 'qa' share account 222222222222 and region "
         "us-east-1; their model package groups and collections would collide",
     ):
-        load_environments(cdk_context, selected="qa")
+        load_environments(context_copy, selected="qa")

@@ -1,0 +1,40 @@
+"""deploy-on-approval: when a package of this environment is approved, rejected or deleted, bring the endpoint in
+line with it (``loraops.deployment``). A thin door: parse the EventBridge event, call the deployer.
+
+Environment: ``ARTIFACT_BUCKET``, ``AWS_REGION``, ``NAME_PREFIX``, ``SERVING_MODE``, ``ENDPOINT_NAME``,
+``ROLLBACK_ALARMS``. Deployments are serialised (reserved concurrency 1) and idempotent by construction: each one
+compares what the endpoint serves with the package's current state, so a repeated event changes nothing. A package
+that cannot be served (an adapter of other base weights) is answered with the reason and changes nothing; AWS
+errors (an endpoint still updating) raise, and EventBridge retries them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
+
+from loraops.deployment import Deployer, DeploymentError, ServingTarget
+from loraops.functions import logger
+from loraops.registry import Registry
+
+log = logger("deploy-on-approval")
+
+
+def deploy(event: EventBridgeEvent, deployer: Deployer) -> dict[str, Any]:
+    arn = event.detail.get("ModelPackageArn", "")
+    try:
+        result = deployer.apply(arn, event.detail)
+    except DeploymentError as error:
+        log.error("not deployed", extra={"package": arn, "reason": str(error)})
+        return {"package": arn, "action": "refused", "detail": str(error)}
+    log.info("deployment", extra=result)
+    return result
+
+
+@log.inject_lambda_context
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    registry = Registry.from_environment()
+    deployer = Deployer(registry, boto3.client("ssm", region_name=registry.region), ServingTarget.from_environment())
+    return deploy(EventBridgeEvent(event), deployer)

@@ -1,0 +1,269 @@
+"""Deploy on approval: what an approved, rejected or deleted package changes on the environment's endpoint.
+
+- **Adapter approved** (inference-components mode): its group's adapter component is created, or updated to the
+  package's prefix. The component names the base component and the adapter's uncompressed S3 prefix
+  (``Container.ArtifactUrl``): no byte of the base is read or copied. An adapter trained on other base weights than
+  the served base is refused, naming both digests.
+- **Merged approved**: endpoint mode rolls the endpoint to a new model (a copy of the serving model with the
+  package's prefix) with a blue/green update that rolls back when an alarm fires, then records the served prefix in
+  SSM so the next ``cdk deploy`` keeps it. Inference-components mode gives the package its own component on the
+  base component's compute.
+- **Rejected or deleted**: the component serving exactly that package is removed. A merged package an endpoint
+  serves is kept (an endpoint cannot serve nothing) and the reply says so.
+
+The package's state is read from the registry, not from the event, so late or repeated events do the right thing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from loraops import endpoints, s3_layout
+from loraops.registry import APPROVED, Package, Registry, RegistryError
+
+ADAPTER, MERGED = "adapter", "merged"
+
+
+class DeploymentError(RegistryError):
+    """The package cannot be served on this endpoint; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """The environment's endpoint, as the serving stack made it."""
+
+    prefix: str  # loraops-<env>: names of what the function creates
+    mode: str  # endpoint | inference-components
+    endpoint: str
+    rollback_alarms: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> ServingTarget:
+        """``NAME_PREFIX``, ``SERVING_MODE``, ``ENDPOINT_NAME``, ``ROLLBACK_ALARMS`` (comma-separated)."""
+        environ = os.environ if environ is None else environ
+        mode = environ["SERVING_MODE"]
+        if mode not in endpoints.MODES:
+            raise ValueError(f"SERVING_MODE={mode!r}; modes: {', '.join(endpoints.MODES)}")
+        alarms = tuple(a for a in environ.get("ROLLBACK_ALARMS", "").split(",") if a)
+        return cls(environ["NAME_PREFIX"], mode, environ["ENDPOINT_NAME"], alarms)
+
+    @property
+    def base_component(self) -> str:
+        return endpoints.base_component_name(self.prefix)
+
+
+@dataclass
+class Deployer:
+    registry: Registry
+    ssm: Any
+    target: ServingTarget
+
+    @property
+    def sagemaker(self) -> Any:
+        return self.registry.sagemaker
+
+    def apply(self, package_arn: str, event_detail: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Bring the endpoint in line with the package's current state; returns what was done and why. A package
+        already gone from the registry is taken from the event's detail (DescribeModelPackage's shape) as deleted."""
+        try:
+            package = self.registry.describe(package_arn)
+        except RegistryError:
+            if not event_detail or event_detail.get("ModelPackageArn") != package_arn:
+                raise
+            package = replace(Package.from_description(event_detail), deleting=True)
+        kind = package.metadata.get("outputMode")
+        if kind not in (ADAPTER, MERGED):
+            return _reply(package, "none", "base packages are served by pinning them: loraops serve pin")
+        if package.status == APPROVED and not package.deleting:
+            return self._serve_adapter(package) if kind == ADAPTER else self._serve_merged(package)
+        return self._withdraw(package, kind)
+
+    # -------------------------------------------------------------------------------------------- adapters
+    def _serve_adapter(self, package: Package) -> dict[str, Any]:
+        if self.target.mode != "inference-components":
+            raise DeploymentError(
+                f"{package.arn}: endpoint {self.target.endpoint} serves one model (mode endpoint); adapters are "
+                "deployed as inference components (serving mode inference-components)"
+            )
+        base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
+        served = self._model_digest(base["Specification"]["ModelName"])
+        wanted = package.metadata.get("baseWeightsDigest", "")
+        if wanted != served:
+            raise DeploymentError(
+                f"adapter {package.arn} was trained on base weights {wanted or '(unrecorded)'}; "
+                f"{self.target.base_component} serves {served}"
+            )
+        specification = {
+            "BaseInferenceComponentName": self.target.base_component,
+            "Container": {"ArtifactUrl": self._uri(package)},
+        }
+        name = endpoints.component_name(self.target.prefix, package.group)
+        return self._put_component(name, specification, package)
+
+    # --------------------------------------------------------------------------------------------- merged
+    def _serve_merged(self, package: Package) -> dict[str, Any]:
+        if self.target.mode == "endpoint":
+            return self._roll_endpoint(package)
+        base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
+        model = self._model_like(base["Specification"]["ModelName"], package)
+        specification = {
+            "ModelName": model,
+            "ComputeResourceRequirements": base["Specification"]["ComputeResourceRequirements"],
+        }
+        name = endpoints.component_name(self.target.prefix, package.group)
+        return self._put_component(name, specification, package, copies=True)
+
+    def _roll_endpoint(self, package: Package) -> dict[str, Any]:
+        endpoint = self.sagemaker.describe_endpoint(EndpointName=self.target.endpoint)
+        config = self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        variants = config["ProductionVariants"]
+        if self._model_uri(variants[0]["ModelName"]) == self._uri(package):
+            return _reply(package, "none", f"{self.target.endpoint} already serves it")
+        model = self._model_like(variants[0]["ModelName"], package)
+        new_config = endpoints.resource_name(self.target.prefix, "v", package.group, str(package.version))
+        request = {
+            key: config[key]
+            for key in ("DataCaptureConfig", "KmsKeyId", "ExecutionRoleArn", "VpcConfig", "EnableNetworkIsolation")
+            if key in config
+        }
+        request["ProductionVariants"] = [{**_writable(variants[0]), "ModelName": model}]
+        self.sagemaker.create_endpoint_config(EndpointConfigName=new_config, **request)
+        self.sagemaker.update_endpoint(
+            EndpointName=self.target.endpoint,
+            EndpointConfigName=new_config,
+            DeploymentConfig=endpoints.blue_green(list(self.target.rollback_alarms)),
+        )
+        self.ssm.put_parameter(
+            Name=endpoints.served_model_parameter(self.target.prefix),
+            Value=package.model_data_prefix,
+            Type="String",
+            Overwrite=True,
+        )
+        return _reply(package, "rolled", f"{self.target.endpoint} -> {new_config} (blue/green)")
+
+    # ------------------------------------------------------------------------------------------- withdraw
+    def _withdraw(self, package: Package, kind: str) -> dict[str, Any]:
+        why = "deleted" if package.deleting else package.status
+        if self.target.mode == "endpoint":
+            if kind == MERGED and self._endpoint_uri() == self._uri(package):
+                return _reply(
+                    package, "kept", f"{why}, but {self.target.endpoint} serves it: approve another version to roll"
+                )
+            return _reply(package, "none", f"{why}; not served")
+        name = endpoints.component_name(self.target.prefix, package.group)
+        component = self._component(name)
+        if component is None or self._component_uri(component) != self._uri(package):
+            return _reply(package, "none", f"{why}; {name} does not serve it")
+        self.sagemaker.delete_inference_component(InferenceComponentName=name)
+        return _reply(package, "removed", f"{why}: {name} deleted")
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def _put_component(
+        self, name: str, specification: dict[str, Any], package: Package, copies: bool = False
+    ) -> dict[str, Any]:
+        runtime = {"RuntimeConfig": {"CopyCount": 1}} if copies else {}
+        current = self._component(name)
+        if current is not None and self._component_uri(current) == self._uri(package):
+            return _reply(package, "none", f"{name} already serves it")
+        if current is None:
+            self.sagemaker.create_inference_component(
+                InferenceComponentName=name,
+                EndpointName=self.target.endpoint,
+                VariantName=endpoints.VARIANT,
+                Specification=specification,
+                **runtime,
+            )
+            return _reply(package, "created", name)
+        self.sagemaker.update_inference_component(InferenceComponentName=name, Specification=specification)
+        return _reply(package, "updated", name)
+
+    def _component(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.sagemaker.describe_inference_component(InferenceComponentName=name)
+        except self.sagemaker.exceptions.ClientError as error:
+            if error.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"):
+                return None
+            raise
+
+    def _component_uri(self, component: dict[str, Any]) -> str:
+        specification = component.get("Specification", {})
+        if "ModelName" in specification:
+            return self._model_uri(specification["ModelName"])
+        return specification.get("Container", {}).get("ArtifactUrl", "")
+
+    def _model_like(self, template: str, package: Package) -> str:
+        """A model like ``template`` (image, environment, role, network) serving ``package``'s prefix."""
+        model = self.sagemaker.describe_model(ModelName=template)
+        name = endpoints.resource_name(self.target.prefix, package.group, str(package.version))
+        container = {k: v for k, v in model["PrimaryContainer"].items() if k not in ("ModelDataUrl", "ModelDataSource")}
+        container["ModelDataSource"] = {
+            "S3DataSource": {"S3Uri": self._uri(package), "S3DataType": "S3Prefix", "CompressionType": "None"}
+        }
+        request = {k: model[k] for k in ("ExecutionRoleArn", "VpcConfig", "EnableNetworkIsolation") if k in model}
+        self.sagemaker.create_model(ModelName=name, PrimaryContainer=container, **request)
+        return name
+
+    def _model_uri(self, model_name: str) -> str:
+        container = self.sagemaker.describe_model(ModelName=model_name)["PrimaryContainer"]
+        return container.get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri", "")
+
+    def _model_digest(self, model_name: str) -> str:
+        """``sha256:<hex>`` of the base a model serves: its prefix is ``base/<group>/<weights hex>/``."""
+        uri = self._model_uri(model_name)
+        parts = s3_layout.split_s3_uri(uri)[1].rstrip("/").split("/") if uri else []
+        if len(parts) != 3 or parts[0] != s3_layout.BASE.rstrip("/"):
+            raise DeploymentError(f"model {model_name} serves {uri or 'no S3 prefix'}, not a base/<group>/<hex>/")
+        return f"sha256:{parts[2]}"
+
+    def _endpoint_uri(self) -> str:
+        endpoint = self.sagemaker.describe_endpoint(EndpointName=self.target.endpoint)
+        config = self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        return self._model_uri(config["ProductionVariants"][0]["ModelName"])
+
+    def _uri(self, package: Package) -> str:
+        return s3_layout.s3_uri(self.registry.bucket, package.model_data_prefix)
+
+
+#: ProductionVariant fields that DescribeEndpointConfig returns and CreateEndpointConfig accepts.
+_VARIANT_FIELDS = (
+    "VariantName",
+    "InitialInstanceCount",
+    "InstanceType",
+    "InitialVariantWeight",
+    "VolumeSizeInGB",
+    "ModelDataDownloadTimeoutInSeconds",
+    "ContainerStartupHealthCheckTimeoutInSeconds",
+    "ManagedInstanceScaling",
+    "RoutingConfig",
+)
+
+
+def _writable(variant: dict[str, Any]) -> dict[str, Any]:
+    return {k: variant[k] for k in _VARIANT_FIELDS if k in variant}
+
+
+def _reply(package: Package, action: str, detail: str) -> dict[str, Any]:
+    return {
+        "package": package.arn,
+        "group": package.group,
+        "status": package.status,
+        "action": action,
+        "detail": detail,
+    }
+
+
+def pin_served_model(registry: Registry, ssm: Any, prefix: str, package_arn: str) -> Package:
+    """Record an approved base or merged package as the model the serving stack deploys (its SSM parameter)."""
+    package = registry.describe(package_arn)
+    if package.status != APPROVED:
+        raise DeploymentError(f"{package_arn} is {package.status or 'not approved'}; only approved packages are served")
+    if package.metadata.get("outputMode") == ADAPTER:
+        raise DeploymentError(
+            f"{package_arn} is an adapter: pin its base, and approving the adapter adds its inference component"
+        )
+    ssm.put_parameter(
+        Name=endpoints.served_model_parameter(prefix), Value=package.model_data_prefix, Type="String", Overwrite=True
+    )
+    return package
