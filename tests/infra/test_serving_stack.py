@@ -152,7 +152,7 @@ def test_deploy_function_follows_the_lines_package_changes(env, templates, synth
     statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
     actions = {a for s in statements.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert "sagemaker:CreateModelPackage" not in actions and "s3:GetObject" not in actions  # it never reads models
-    assert all(json.dumps(r).endswith(f"/{config.prefix}-*\"") for r in statements["DeployModels"]["Resource"])
+    assert all(json.dumps(r).endswith(f'/{config.prefix}-*"') for r in statements["DeployModels"]["Resource"])
 
 
 def test_endpoint_mode_serves_one_model_with_the_loraops_image(endpoint_mode):
