@@ -1,4 +1,5 @@
-# loraops: `make synth` (templates for every environment), `make test`, `make lint`, `make deploy ENV=<env>`.
+# loraops: `make demo` (the whole lifecycle against a local AWS emulator), `make test`, `make synth` (templates for
+# every environment), `make lint`, `make deploy ENV=<env>`.
 # Each target installs what it needs first; a second run with nothing changed installs nothing.
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_EC2_METADATA_DISABLED := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: install synth test lint deploy clean
+.PHONY: install demo synth test lint deploy clean
 
 install: $(STAMP)/dev $(STAMP)/node
 
@@ -58,10 +59,14 @@ lint: synth $(STAMP)/dev $(STAMP)/lint
 test: install
 	$(PY) -m pytest
 
+## The main job: import, fine-tune both ways, register, approve, serve, report; no AWS account (moto's server).
+demo: install
+	$(PY) -m demo $(DEMO_ARGS)
+
 ## Preflight (Docker, credentials), DLC registry login, then `cdk deploy` of one environment's stacks.
 deploy: $(STAMP)/cdk $(STAMP)/node
 	@test -n "$(ENV)" || { echo "make deploy: name the environment, e.g. make deploy ENV=dev"; exit 2; }
 	$(PY) -m infra.deploy --env $(ENV) $(CDK_ARGS)
 
 clean:
-	rm -rf cdk.out $(STAMP) .pytest_cache
+	rm -rf cdk.out $(STAMP) .pytest_cache .demo

@@ -14,21 +14,22 @@ def add_commands(nouns) -> None:
     report.set_defaults(run=show_report)
 
 
-def render_report(report):
-    from rich.table import Table
+COLUMNS = (
+    "base",
+    "base size",
+    "adapters",
+    "adapter bytes",
+    "merged",
+    "merged bytes",
+    "adapters if merged",
+    "saved by separate adapters",
+)
 
-    table = Table(
-        "base",
-        "base size",
-        "adapters",
-        "adapter bytes",
-        "merged",
-        "merged bytes",
-        "adapters if merged",
-        "saved by separate adapters",
-    )
-    for b in report["bases"]:
-        table.add_row(
+
+def report_rows(report) -> list[list[str]]:
+    """One row of :data:`COLUMNS` per base, sizes made readable."""
+    return [
+        [
             b["base"],
             size(b["base_bytes"]),
             str(b["adapter_variants"]),
@@ -37,7 +38,17 @@ def render_report(report):
             size(b["merged_bytes"]),
             size(b["adapters_if_merged_bytes"]),
             size(b["saved_by_separate_adapters_bytes"]),
-        )
+        ]
+        for b in report["bases"]
+    ]
+
+
+def render_report(report):
+    from rich.table import Table
+
+    table = Table(*COLUMNS)
+    for row in report_rows(report):
+        table.add_row(*row)
     return table
 
 

@@ -77,6 +77,42 @@ def create_app(service: Service) -> Starlette:
     )
 
 
+class LocalFront:
+    """``with LocalFront(service) as url:`` the front on 127.0.0.1 and a free port, in a background thread, ready
+    (``/ping`` answered) on entry and stopped on exit."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def __enter__(self) -> str:
+        import socket
+        import threading
+        import time
+        import urllib.request
+
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/ping", timeout=1)
+                return url
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the local front did not answer /ping at {url}")
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``loraops-serve``: serve a model folder (and adapter folders) on the SageMaker contract's port."""
     import uvicorn

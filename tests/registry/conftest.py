@@ -3,8 +3,6 @@ from the same naming and collection code the stacks use."""
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import urllib.request
 from types import ModuleType
 
@@ -12,6 +10,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from demo.functions import LambdaContext, load_handler  # noqa: F401 - shared with the demo
 from loraops.collections import Hierarchy
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
@@ -33,15 +32,11 @@ MERGED_GROUP = merged_group_name(MODEL_ID, "databricks-dolly-15k")
 
 @pytest.fixture(scope="session")
 def emulator():
-    from moto.server import ThreadedMotoServer
+    from demo.local_aws import LocalAWS
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with LocalAWS() as aws:
+        aws.configure({"stepfunctions": {"execute_state_machine": False}})  # tests that execute turn it on
+        yield aws.url
 
 
 @pytest.fixture
@@ -90,19 +85,6 @@ def registry(aws) -> Registry:
 IDEMPOTENCY_TABLE = "loraops-test-idempotency"
 
 
-class LambdaContext:
-    """The fields of Lambda's context object that Powertools reads."""
-
-    function_name = "loraops-test-function"
-    memory_limit_in_mb = 512
-    invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:loraops-test-function"
-    aws_request_id = "test-request"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
-
-
 @pytest.fixture
 def function_environment(aws, emulator, monkeypatch) -> None:
     """What the stacks give every registry function: bucket, approval, idempotency table; boto3 reaches the emulator."""
@@ -120,16 +102,6 @@ def function_environment(aws, emulator, monkeypatch) -> None:
         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-
-
-def load_handler(name: str) -> ModuleType:
-    """``lambda/<name>/handler.py``, loaded the way Lambda loads it (a fresh module each time)."""
-    from tests.helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location(f"{name}_handler", ROOT / "lambda" / name / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def invoke_concurrently(function: ModuleType, make_event, times: int = 4) -> list[dict]:

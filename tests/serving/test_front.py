@@ -4,7 +4,6 @@ answered 400/404 with a message while the server keeps serving, a concurrent bur
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -19,28 +18,11 @@ from loraops_serving.schema import Sampling
 
 @pytest.fixture(scope="module")
 def server(engine):
-    import uvicorn
-
-    from loraops_serving.app import create_app
+    from loraops_serving.app import LocalFront
     from loraops_serving.service import Service
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(Service(engine)), host="127.0.0.1", port=port, log_level="warning")
-    front = uvicorn.Server(config)
-    thread = threading.Thread(target=front.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/ping", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield url
-    front.should_exit = True
-    thread.join(timeout=10)
+    with LocalFront(Service(engine)) as url:
+        yield url
 
 
 def post(url: str, body, headers: dict | None = None) -> tuple[int, object]:

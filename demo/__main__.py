@@ -1,0 +1,303 @@
+"""``python -m demo`` (``make demo``): the loraops lifecycle against a local AWS emulator, on embedded defaults.
+
+Every step goes through the code that runs in AWS: the ``loraops`` command, the synthesized stacks' resources, the
+fine-tune workflow's state machine, the trainer's container entry point, the registration function and the serving
+package. What stands in for AWS: moto's server (S3, SageMaker, Step Functions, DynamoDB, Resource Groups, SSM), this
+process running the training job the emulator created, and folders standing for ``/opt/ml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from demo.environment import DemoEnvironment, create_in, synthesize
+from demo.functions import invoke
+from demo.local_aws import CREDENTIALS, LocalAWS
+from demo.report import Report
+from demo.serving import S3Calls, mount, serve_and_compare
+from demo.stand_in import SHAPES, build_stand_in
+from demo.training_job import run_training_job
+
+ROOT = Path(__file__).resolve().parents[1]
+DOLLY = ROOT / "data" / "dolly" / "databricks-dolly-15k-sample.jsonl"
+DATASET = "databricks-dolly-15k"
+#: Trainer settings sized for a laptop CPU and the stand-in model; the rest are the trainer's own defaults.
+HYPERPARAMETERS = {
+    "quantization": "none",  # bitsandbytes' 4-bit path is proven on CUDA (tests/training/test_gpu.py); CPU: LoRA
+    "tokens_per_step": "2048",
+    "max_seq_length": "256",
+    "lora_r": "16",
+    "lora_alpha": "32",
+    "learning_rate": "0.002",
+    "logging_steps": "2",
+    "gradient_checkpointing": "false",
+    "sample_generations": "0",
+    "max_dropped_fraction": "0.5",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SHAPES, default="tiny", help="the stand-in base's shape")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps of each fine-tune")
+    parser.add_argument("--prompts", type=int, default=5, help="held-back dolly prompts both models answer")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo", help="work files and the report")
+    return parser.parse_args(argv)
+
+
+class Steps:
+    """Times each step, prints it as it starts and ends, and keeps the wall times for the report."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        print(f"\n== {name}", flush=True)
+        start = time.monotonic()
+        yield
+        seconds = time.monotonic() - start
+        self.report.steps.append((name, seconds))
+        print(f"   done in {seconds:.1f} s", flush=True)
+
+
+def loraops(aws: LocalAWS, environment: DemoEnvironment, *argv: str, show: bool = True) -> str:
+    """Run the ``loraops`` command against the emulator; returns (and prints) what it printed."""
+    from loraops.cli import main
+
+    options = ["--bucket", environment.bucket, "--region", "us-east-1", "--endpoint-url", aws.url]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main([*argv, *options, "--approval", environment.config.approval])
+    if code != 0:
+        raise SystemExit(f"loraops {' '.join(argv)} failed: {out.getvalue().strip()}")
+    if show:
+        print(out.getvalue().rstrip())
+    return out.getvalue()
+
+
+def stand_in_base(size: str, workdir: Path) -> Path:
+    """The stand-in base (``demo/stand_in.py``), built once per size and reused by later runs."""
+    folder = workdir / f"base-{size}"
+    reused = (folder / "stand-in.json").is_file()
+    build_stand_in(folder, size, DOLLY)
+    print(f"   {'reusing' if reused else 'built'} the stand-in base in {folder}")
+    return folder
+
+
+def split_dolly(held_back: int) -> tuple[bytes, list[dict[str, Any]]]:
+    """The sample without its last ``held_back`` records (training), and those records (questions)."""
+    lines = DOLLY.read_text().splitlines()
+    return ("\n".join(lines[:-held_back]) + "\n").encode(), [json.loads(line) for line in lines[-held_back:]]
+
+
+def upload_dataset(aws: LocalAWS, environment: DemoEnvironment, data: bytes) -> str:
+    from loraops import s3_layout
+
+    prefix = s3_layout.dataset_prefix(DATASET, "sha256:" + hashlib.sha256(data).hexdigest())
+    aws.client("s3").put_object(Bucket=environment.bucket, Key=prefix + "train.jsonl", Body=data)
+    return s3_layout.s3_uri(environment.bucket, prefix)
+
+
+def finetune(
+    aws: LocalAWS, environment: DemoEnvironment, model_id: str, mode: str, training_uri: str, steps: int, workdir: Path
+) -> tuple[dict[str, Any], Path]:
+    """``loraops finetune start`` (the workflow creates the job), then the job run here; returns its event."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    hps = [f"--hp={k}={v}" for k, v in {**HYPERPARAMETERS, "max_steps": str(steps)}.items()]
+    started = json.loads(
+        loraops(
+            aws,
+            environment,
+            "finetune",
+            "start",
+            "--model-id",
+            model_id,
+            "--training-uri",
+            training_uri,
+            "--mode",
+            mode,
+            "--dataset",
+            DATASET,
+            "--workflow-arn",
+            environment.workflow_arn,
+            *hps,
+            "--json",
+            show=False,
+        )
+    )
+    job = started["job_name"]
+    wait_for_execution(aws, started["execution_arn"])
+    print(f"   workflow execution SUCCEEDED; training job {job} created with the base package's prefix as channel")
+    opt_ml = workdir / "opt_ml" / job
+    columns = (TextColumn(f"   {mode:8}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task(job, total=steps)
+        event = run_training_job(aws, job, opt_ml, lambda step, total: progress.update(task, completed=step))
+    return event, opt_ml
+
+
+def wait_for_execution(aws: LocalAWS, arn: str) -> None:
+    stepfunctions = aws.client("stepfunctions")
+    for _ in range(300):
+        execution = stepfunctions.describe_execution(executionArn=arn)
+        if execution["status"] != "RUNNING":
+            if execution["status"] != "SUCCEEDED":
+                raise SystemExit(f"workflow execution {execution['status']}: {execution.get('cause', '')}")
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"workflow execution {arn} did not end")
+
+
+def register(aws: LocalAWS, environment: DemoEnvironment, event: dict[str, Any]) -> str:
+    """Deliver the job's event to the register-finetune function, with the environment its stack gives it."""
+    result = invoke(
+        "register_finetune",
+        event,
+        {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL": aws.url,
+            "ARTIFACT_BUCKET": environment.bucket,
+            "APPROVAL": environment.config.approval,
+            "IDEMPOTENCY_TABLE": environment.idempotency_table,
+            "POWERTOOLS_SERVICE_NAME": "loraops-register-finetune",
+            "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        },
+    )
+    if not result.get("registered"):
+        raise SystemExit(f"register-finetune refused {event['detail']['TrainingJobName']}: {result.get('reason')}")
+    print(f"   registered {result['package_arn']} (v{result['version']})")
+    return result["package_arn"]
+
+
+def losses(opt_ml: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (opt_ml / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+def run(args: argparse.Namespace) -> Path:
+    model_id = f"loraops-demo/llama-{args.size}"
+    run_dir = args.workdir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a second run starts clean (the stand-in base is kept)
+    run_dir.mkdir(parents=True)
+    report = Report(f"loraops demo: {model_id}")
+    report.notes.append(
+        f"Stand-in base {model_id}: a {args.size} Llama-architecture model with a BPE tokenizer trained on the "
+        "dolly sample, briefly pre-trained on its text (not Llama-2; demo/stand_in.py). AWS is moto's server on "
+        "127.0.0.1; the training jobs the workflow creates there ran on this machine "
+        f"({args.steps} steps each, LoRA without 4-bit quantization)."
+    )
+    step = Steps(report)
+    os.environ.update(CREDENTIALS)  # the loraops command's boto3 sessions; they reach nothing but the emulator
+    os.environ.setdefault("COLUMNS", "140")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    with step("synthesize the dev environment (stand-in base, manual approval) with the cdk-nag gate"):
+        environment = synthesize(model_id)
+    with LocalAWS() as aws:
+        print(f"   local AWS emulator at {aws.url}")
+        with step("create the registry resources from the synthesized templates"):
+            environment = create_in(aws, environment)
+            groups = environment.resources("registry", "AWS::SageMaker::ModelPackageGroup")
+            print(
+                f"   bucket {environment.bucket}, {len(groups)} package groups, collections, idempotency table, "
+                f"state machine {environment.workflow_arn.rsplit(':', 1)[1]}"
+            )
+        with step("build the stand-in base, import it to base/ uncompressed, approve it"):
+            base_dir = stand_in_base(args.size, args.workdir)
+            base = json.loads(
+                loraops(
+                    aws,
+                    environment,
+                    "base",
+                    "import",
+                    str(base_dir),
+                    "--model-id",
+                    model_id,
+                    "--licence",
+                    "demo stand-in, random weights",
+                    "--json",
+                    show=False,
+                )
+            )
+            print(f"   {base['arn']} {base['status']} at {base['model_data_prefix']}")
+            loraops(aws, environment, "models", "approve", base["arn"], "--reason", "demo: stand-in base")
+        training, questions = split_dolly(args.prompts)
+        training_uri = upload_dataset(aws, environment, training)
+        packages, runs = {}, {}
+        for mode in ("adapter", "merged"):
+            with step(f"fine-tune ({mode}) through the workflow, the job run as SageMaker runs it"):
+                event, runs[mode] = finetune(aws, environment, model_id, mode, training_uri, args.steps, run_dir)
+            with step(f"deliver the job's event to register-finetune ({mode})"):
+                packages[mode] = register(aws, environment, event)
+        with step("approve both with loraops models approve; show the tree and the storage report"):
+            for arn in packages.values():
+                loraops(aws, environment, "models", "approve", arn, "--reason", "demo: evaluated")
+            report.tree = loraops(aws, environment, "models", "tree")
+            loraops(aws, environment, "storage", "report")
+            report.storage = json.loads(loraops(aws, environment, "storage", "report", "--json", show=False))
+        with step("serve base + adapter and the merged model from their S3 prefixes; answer held-back prompts"):
+            calls = S3Calls()
+            s3 = calls.watch(aws.client("s3"))
+            sagemaker = aws.client("sagemaker")
+            described = {m: sagemaker.describe_model_package(ModelPackageName=a) for m, a in packages.items()}
+            prefix = {m: _prefix(d) for m, d in described.items()}
+            mounts = run_dir / "mounts"
+            base_mount = mount(s3, environment.bucket, base["model_data_prefix"], mounts / "model")
+            adapter_mount = mount(s3, environment.bucket, prefix["adapter"], mounts / "adapters" / "dolly")
+            merged_mount = mount(s3, environment.bucket, prefix["merged"], mounts / "merged")
+            prompts = [(_prompt(q), q["response"]) for q in questions]
+            report.answers = serve_and_compare(base_mount, adapter_mount, merged_mount, prompts, args.max_new_tokens)
+            report.s3_during_serving = calls.operations
+            agree = sum(a.agree for a in report.answers)
+            print(
+                f"   base + adapter and merged agree on {agree}/{len(report.answers)} prompts; S3 operations: "
+                f"{sorted(set(calls.operations))}, writes: {calls.writes or 'none'}"
+            )
+    for mode, opt_ml in runs.items():
+        report.curves[mode] = opt_ml / "output" / "data" / "loss_curve.png"
+        report.losses[mode] = losses(opt_ml)
+    path = report.write(args.workdir / "report")
+    print(f"\nreport: {path} (and report.md beside it); total {sum(s for _, s in report.steps):.0f} s")
+    return path
+
+
+def _prefix(description: dict[str, Any]) -> str:
+    uri = description["InferenceSpecification"]["Containers"][0]["ModelDataSource"]["S3DataSource"]["S3Uri"]
+    return uri.split("/", 3)[3]
+
+
+def _prompt(record: dict[str, Any]) -> str:
+    from loraops_trainer.data import format_prompt
+
+    return format_prompt(record["instruction"], record.get("context", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the emulator was stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
