@@ -38,16 +38,19 @@ def test_nf4_training_and_merge_on_cuda(tmp_path):
     assert_nf4_merge_is_faithful(base, out, "cuda")
 
 
-def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path):
-    """Packed row through varlen flash attention == the same samples padded, through SDPA."""
+@pytest.mark.parametrize("shape", ["SMALL", "ODD"])  # ODD: grouped-query attention (4 heads, 2 key/value heads)
+def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path, shape):
+    """Packed row through varlen flash attention (boundaries carried in the batch) == the same samples padded,
+    through SDPA; withholding the boundaries changes the loss (nothing is remembered between batches)."""
+    from loraops_trainer import synthetic_base
     from loraops_trainer.config import TrainConfig
     from loraops_trainer.data import read_records, tokenize
     from loraops_trainer.model import load_base_model
     from loraops_trainer.packing import PackedCollator, pad_batch
     from loraops_trainer.run import load_tokenizer
-    from loraops_trainer.synthetic_base import SMALL, build_base_model, dolly_texts
 
-    base = build_base_model(tmp_path / "base", dolly_texts(DOLLY), SMALL)
+    texts = synthetic_base.dolly_texts(DOLLY)
+    base = synthetic_base.build_base_model(tmp_path / "base", texts, getattr(synthetic_base, shape))
     tokenizer = load_tokenizer(str(base))
     samples = tokenize(read_records(DOLLY)[:12], tokenizer, 512).samples
     losses = {}
@@ -64,13 +67,19 @@ def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path):
         )
         model = load_base_model(config)
         batch = (
-            PackedCollator(tokenizer.pad_token_id)([samples])
+            PackedCollator(tokenizer.pad_token_id, boundaries=True)([samples])
             if attention != "sdpa"
             else pad_batch(samples, tokenizer.pad_token_id)
         )
         with torch.no_grad():
-            losses[attention] = model(**{k: v.cuda() for k, v in batch.items()}).loss.item()
+            losses[attention] = model(
+                **{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+            ).loss.item()
+            if attention != "sdpa":
+                plain = PackedCollator(tokenizer.pad_token_id)([samples])
+                losses["withheld"] = model(**{k: v.cuda() for k, v in plain.items()}).loss.item()
     assert abs(losses["packed_varlen"] - losses["sdpa"]) < 2e-2, losses
+    assert abs(losses["withheld"] - losses["sdpa"]) > 2e-2, losses
 
 
 def test_diverged_run_on_cuda_fails_and_publishes_nothing(tmp_path):

@@ -60,8 +60,52 @@ def test_packed_dataset_tokens():
     assert sum(len(s) for i in range(len(dataset)) for s in dataset[i]) == 15
 
 
-def test_cumulative_lengths_of_a_packed_row():
-    from loraops_trainer.attention import cumulative_lengths
+def test_boundaries_travel_with_the_batch_padding_segment_included():
+    a = Sample(input_ids=[1, 5, 6], labels=[IGNORE_INDEX, 5, 6])
+    b = Sample(input_ids=[1, 7], labels=[IGNORE_INDEX, 7])
+    batch = PackedCollator(pad_token_id=0, pad_to=8, boundaries=True)([[a, b]])
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 8] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["cu_seq_lens_k"].tolist() == [0, 3, 5, 8]
+    assert batch["max_length_q"] == batch["max_length_k"] == 3
+    assert "cu_seq_lens_q" not in PackedCollator(pad_token_id=0)([[a, b]])  # only for the varlen path
 
-    cu, longest = cumulative_lengths(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]))
-    assert cu.tolist() == [0, 3, 5, 9] and cu.dtype == torch.int32 and longest == 4
+
+def _cpu_varlen(
+    query, key, value, cu_q, cu_k, max_q, max_k, scale=None, is_causal=False, window_size=None, enable_gqa=False
+):
+    """Stand-in for torch's CUDA-only varlen FlashAttention (no CPU kernel exists): causal SDPA per sample."""
+    outputs = []
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+        outputs.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa
+            ).transpose(0, 1)
+        )
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("shape", ["TINY", "ODD"])  # ODD has grouped-query attention (4 heads, 2 key/value heads)
+def test_varlen_path_reads_boundaries_from_the_batch_through_the_model(tmp_path, monkeypatch, shape):
+    """The boundaries reach the attention function as keyword arguments through transformers' Llama: the packed
+    row's loss equals the padded batch's, and a row whose boundaries are withheld differs (nothing is remembered
+    from an earlier batch)."""
+    from transformers import AutoModelForCausalLM
+
+    from loraops_trainer import attention, synthetic_base
+    from loraops_trainer.run import load_tokenizer
+
+    base = synthetic_base.build_base_model(tmp_path, synthetic_base.dolly_texts(DOLLY), getattr(synthetic_base, shape))
+    tokenizer = load_tokenizer(str(base))
+    attention._varlen_options.cache_clear()
+    monkeypatch.setattr(attention, "_varlen_options", lambda: (_cpu_varlen, {"is_causal": True}, True))
+    attention.register()
+    model = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation=attention.NAME).eval()
+    model.config.use_cache = False
+    samples = tokenize(read_records(DOLLY)[:10], tokenizer, max_seq_length=256).samples
+    with torch.no_grad():
+        packed = model(**PackedCollator(tokenizer.pad_token_id, boundaries=True)([samples])).loss
+        padded = model(**pad_batch(samples, tokenizer.pad_token_id)).loss
+        withheld = model(**PackedCollator(tokenizer.pad_token_id)([samples])).loss  # plain causal SDPA over the row
+    assert torch.allclose(packed, padded, atol=1e-5), (packed, padded)
+    assert not torch.allclose(withheld, padded, atol=1e-3)

@@ -70,7 +70,8 @@ DERIVED_TRAINING_ARGUMENTS = {
     "liger_kernel_config": "fused_kernels",
     "report_to": "experiment_name / mlflow_tracking_uri",
     "remove_unused_columns": "nothing (the packed batches need every column)",
-    "gradient_checkpointing_kwargs": "nothing (non-reentrant checkpointing)",
+    "gradient_checkpointing_kwargs": "memory_profile (non-reentrant; every_n_layers from the profile)",
+    "activation_checkpointing_kwargs": "memory_profile (non-reentrant; every_n_layers from the profile)",
     "save_strategy": "save_steps",
     "eval_strategy": "validation_path / validation_fraction (evaluated once after training)",
     "logging_nan_inf_filter": "max_nonfinite_steps",
@@ -128,7 +129,20 @@ class TrainConfig:
     max_dropped_fraction: float = field(
         default=0.05, metadata={"help": "fail when more of a channel's records are too long for max_seq_length"}
     )
-    tokens_per_step: int = field(default=16384, metadata={"help": "token budget of one packed micro-batch"})
+    tokens_per_step: int = field(
+        default=16384,
+        metadata={"help": "token budget of one packed micro-batch (on a GPU the memory profile chooses it unless set)"},
+    )
+    memory_profile: Literal["auto", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: on a GPU, choose tokens_per_step and which layers recompute their activations from the "
+            "GPU's memory and the model's shape (explicit settings win); off: the defaults"
+        },
+    )
+    memory_budget_gib: float = field(
+        default=0.0, metadata={"help": "GPU memory the run may use (0: all of it); also enforced as a cap"}
+    )
     static_shapes: Literal["auto", "on", "off"] = field(
         default="auto", metadata={"help": "pad every micro-batch to tokens_per_step (auto: only for flex_attention)"}
     )
@@ -201,6 +215,7 @@ class Settings:
     config: TrainConfig
     training: Any  # transformers.TrainingArguments
     hyperparameters: dict[str, Any]
+    memory_profile: Any = None  # loraops_trainer.memory_profile.MemoryProfile, when the auto profile chose
 
 
 class _Parser:
@@ -294,7 +309,7 @@ def _check_training_values(training: dict[str, Any]) -> None:
             raise ConfigError(f"hyperparameter '{name}': {message}")
 
 
-def derived_training_arguments(config: TrainConfig) -> dict[str, Any]:
+def derived_training_arguments(config: TrainConfig, every_n_layers: int = 1) -> dict[str, Any]:
     """The TrainingArguments loraops sets itself (see :data:`DERIVED_TRAINING_ARGUMENTS`)."""
     import torch
 
@@ -320,7 +335,7 @@ def derived_training_arguments(config: TrainConfig) -> dict[str, Any]:
         },
         "report_to": "none",  # tracking callbacks are added by loraops_trainer.tracking (fail-safe)
         "remove_unused_columns": False,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "activation_checkpointing_kwargs": {"use_reentrant": False, "every_n_layers": every_n_layers},
         "save_strategy": "steps",
         "eval_strategy": "no",
         "logging_nan_inf_filter": False,  # a NaN loss must be seen (guards.py), not averaged away
@@ -379,14 +394,64 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         config = dataclasses.replace(config, checkpoint_dir=default_checkpoint_dir(config.model_dir, environ))
     user_training = {k: values[k] for k in parsed.training_names if k not in DERIVED_TRAINING_ARGUMENTS}
     _check_training_values(user_training)
+    config, user_training, profile = apply_memory_profile(config, user_training, given, gpu_memory_bytes())
+    every_n = profile.recompute_every_n_layers if profile and profile.activation_checkpointing else 1
     try:
-        training = TrainingArguments(**user_training, **derived_training_arguments(config))
+        training = TrainingArguments(**user_training, **derived_training_arguments(config, every_n))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"training arguments: {error}") from None
     recorded = sorted(set(RECORDED_TRAINING_ARGUMENTS) | (given & parsed.training_names))
     own = {k: v for k, v in dataclasses.asdict(config).items() if k not in LOCATIONS}
     hyperparameters = {**own, **{k: _plain(getattr(training, k)) for k in recorded}}
-    return Settings(config=config, training=training, hyperparameters=hyperparameters)
+    if profile:
+        hyperparameters["memory_profile_choice"] = profile.as_dict()
+    return Settings(config=config, training=training, hyperparameters=hyperparameters, memory_profile=profile)
+
+
+#: Names under which a user sets recomputation explicitly (the profile then leaves it alone).
+CHECKPOINTING_NAMES = {"gradient_checkpointing", "activation_checkpointing"}
+
+
+def gpu_memory_bytes() -> int:
+    """Total memory of this process's GPU (0 without CUDA)."""
+    import torch
+
+    return (
+        torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if torch.cuda.is_available() else 0
+    )
+
+
+def apply_memory_profile(
+    config: TrainConfig, training: dict[str, Any], given: set[str], gpu_bytes: int
+) -> tuple[TrainConfig, dict[str, Any], Any]:
+    """With ``memory_profile=auto`` on a GPU (``gpu_bytes`` > 0): the profile's micro-batch size and recomputation
+    for whatever of them the user did not set. Returns the settings and the profile (None when it did not run)."""
+    from loraops_trainer.memory_profile import EVERY_N_LAYERS, ModelShape, choose
+
+    if config.memory_profile != "auto" or gpu_bytes <= 0:
+        return config, training, None
+    budget = config.memory_budget_gib * 2**30 if config.memory_budget_gib else gpu_bytes
+    fixed_tokens = config.tokens_per_step if "tokens_per_step" in given else None
+    fixed_recompute = given & CHECKPOINTING_NAMES
+    every_n = ((1,) if training.get("gradient_checkpointing") else (0,)) if fixed_recompute else EVERY_N_LAYERS
+    try:
+        profile = choose(
+            ModelShape.from_folder(config.base_model_dir),
+            budget,
+            min_tokens=fixed_tokens or config.max_seq_length,
+            max_tokens=fixed_tokens or 32768,
+            quantization=config.quantization,
+            lora_rank=config.lora_r,
+            every_n_choices=every_n,
+        )
+    except MemoryError as error:
+        raise ConfigError(f"hyperparameter 'memory_budget_gib': {error}") from None
+    except (OSError, KeyError, ValueError) as error:
+        raise ConfigError(f"hyperparameter 'base_model_dir': cannot read the model's shape ({error})") from None
+    config = dataclasses.replace(config, tokens_per_step=profile.tokens_per_step)
+    if not fixed_recompute:
+        training = {**training, "gradient_checkpointing": profile.activation_checkpointing}
+    return config, training, profile
 
 
 def _plain(value: Any) -> Any:

@@ -22,14 +22,13 @@ def validation_loss(
     model: Any,
     samples: Sequence[Sample],
     budget: int,
-    pad_token_id: int,
-    pad_to: int | None = None,
+    collate: PackedCollator,
     max_batches: int = 0,
     where: str = "validation data",
 ) -> tuple[float, int]:
-    """Token-weighted mean loss over packed validation batches, and the number of scored tokens."""
+    """Token-weighted mean loss over packed validation batches (laid out by the training collator ``collate``),
+    and the number of scored tokens."""
     dataset = PackedDataset(samples, budget, seed=0)
-    collate = PackedCollator(pad_token_id, pad_to)
     device = next(p for p in model.parameters()).device
     total, tokens = 0.0, 0
     was_training = model.training
@@ -38,7 +37,7 @@ def validation_loss(
         for index in range(len(dataset)):
             if max_batches and index >= max_batches:
                 break
-            batch = {k: v.to(device) for k, v in collate([dataset[index]]).items()}
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate([dataset[index]]).items()}
             scored = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             if scored == 0:
                 continue

@@ -29,6 +29,11 @@ def attention_implementation(config: TrainConfig) -> str:
     return packed_attention.NAME if torch.cuda.is_available() else "sdpa"
 
 
+def uses_boundaries(config: TrainConfig) -> bool:
+    """Whether batches must carry their samples' boundaries (the varlen attention path reads them)."""
+    return attention_implementation(config) == packed_attention.NAME
+
+
 def fused_kernels_enabled(config: TrainConfig) -> bool:
     """Liger kernels (Triton; applied by the Trainer through ``use_liger_kernel``) when asked, or by default
     on CUDA when the package is installed."""
@@ -76,8 +81,6 @@ def load_base_model(config: TrainConfig) -> Any:
         attn_implementation=attention,
         device_map=device_map,
     )
-    if attention == packed_attention.NAME:
-        packed_attention.install(model)
     if config.quantization == "nf4" and not torch.cuda.is_available():
         keep_cpu_4bit_layout(model)
     model.config.use_cache = False

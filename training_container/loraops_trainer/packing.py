@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -58,13 +59,18 @@ class PackedDataset(torch.utils.data.Dataset):
 
 
 class PackedCollator:
-    """Turns one bin (a list of samples) into a packed row; ``pad_to`` fixes the row length."""
+    """Turns one bin (a list of samples) into a packed row; ``pad_to`` fixes the row length; ``boundaries`` adds
+    the samples' flash-attention boundaries (``attention.boundaries``) for the varlen attention path.
 
-    def __init__(self, pad_token_id: int, pad_to: int | None = None) -> None:
+    Kept rather than transformers' ``DataCollatorWithFlattening``, which gives the same keys: this one also ignores
+    each sample's first label (no token learns to predict the next sample) and pads to a static shape."""
+
+    def __init__(self, pad_token_id: int, pad_to: int | None = None, boundaries: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.pad_to = pad_to
+        self.boundaries = boundaries
 
-    def __call__(self, batch: list[list[Sample]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[list[Sample]]) -> dict[str, Any]:
         samples = [s for group in batch for s in group]
         input_ids: list[int] = []
         labels: list[int] = []
@@ -73,16 +79,23 @@ class PackedCollator:
             input_ids += sample.input_ids
             labels += [IGNORE_INDEX] + sample.labels[1:]
             position_ids += list(range(len(sample)))
+        lengths = [len(sample) for sample in samples]
         if self.pad_to is not None and len(input_ids) < self.pad_to:
             fill = self.pad_to - len(input_ids)
             input_ids += [self.pad_token_id] * fill
             labels += [IGNORE_INDEX] * fill
             position_ids += list(range(fill))
-        return {
+            lengths.append(fill)
+        row = {
             "input_ids": torch.tensor([input_ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([position_ids], dtype=torch.long),
         }
+        if self.boundaries:
+            from loraops_trainer.attention import boundaries
+
+            row.update(boundaries(lengths))
+        return row
 
 
 def pad_batch(samples: Sequence[Sample], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from loraops_trainer.guards import (
     run_fingerprint,
     weights_digest,
 )
-from loraops_trainer.model import add_lora, check_target_modules, load_base_model
+from loraops_trainer.model import add_lora, check_target_modules, load_base_model, uses_boundaries
 from loraops_trainer.outputs import copy_reports, write_artifacts
 from loraops_trainer.packing import PackedCollator, PackedDataset
 from loraops_trainer.publish import check_model_dir, staged
@@ -146,6 +146,13 @@ def idle_gpu_warning(environ: dict[str, str]) -> str | None:
     return None
 
 
+def cap_gpu_memory(budget_gib: float) -> None:
+    """Hold the run to ``budget_gib`` of the GPU (an allocation beyond it fails as out of memory)."""
+    if budget_gib and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gib * 2**30 / total))
+
+
 def last_checkpoint(checkpoint_dir: str) -> str | None:
     """The newest *complete* checkpoint. Kept rather than transformers' ``get_last_checkpoint``, which takes
     the highest number even when that folder was cut off mid-save (the Trainer writes ``trainer_state.json``
@@ -172,7 +179,7 @@ def build_trainer(
     config = settings.config
     pad_to = config.tokens_per_step if static_shapes(config) else None
     dataset = PackedDataset(samples, config.tokens_per_step, settings.training.seed)
-    collator = PackedCollator(tokenizer.pad_token_id, pad_to)
+    collator = PackedCollator(tokenizer.pad_token_id, pad_to, boundaries=uses_boundaries(config))
     trainer = Trainer(
         model=model, args=settings.training, train_dataset=dataset, data_collator=collator, callbacks=callbacks
     )
@@ -184,7 +191,7 @@ def evaluate(
     model: Any,
     tokenizer: Any,
     prepared: PreparedData,
-    pad_to: int | None,
+    collator: PackedCollator,
     metrics: dict[str, Any],
     tracking: TrackingCallback,
     reports_dir: Path,
@@ -196,8 +203,7 @@ def evaluate(
         model,
         prepared.validation.samples,
         config.tokens_per_step,
-        tokenizer.pad_token_id,
-        pad_to,
+        collator,
         config.eval_batches,
         where=f"validation data {prepared.validation.source}",
     )
@@ -255,6 +261,9 @@ def train(settings: Settings) -> dict[str, Any]:
 
     config = settings.config
     set_seed(settings.training.seed)
+    if settings.memory_profile is not None:
+        logger.info("memory profile: %s", settings.memory_profile.reason)
+    cap_gpu_memory(config.memory_budget_gib)
     if warning := idle_gpu_warning(dict(os.environ)):
         logger.warning(warning)
     base_digest = check_inputs(config)
@@ -311,7 +320,7 @@ def train(settings: Settings) -> dict[str, Any]:
             if not trainer.is_world_process_zero():
                 return metrics
             reports = [reports_dir / METRICS_FILE]
-            reports += evaluate(config, model, tokenizer, prepared, collator.pad_to, metrics, tracking, reports_dir)
+            reports += evaluate(config, model, tokenizer, prepared, collator, metrics, tracking, reports_dir)
             tracking.finish(reports)
             reports.append(reports_dir / LOSS_CURVE_FILE)
             with staged(Path(config.model_dir)) as staging:
