@@ -302,6 +302,7 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict:
         "linear_layer_types": linear_types,
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
+        "commit": os.environ.get("LORAOPS_GIT_SHA", ""),
         "timed_steps": args.steps,
         "warmup_steps": args.warmup,
     }
@@ -329,7 +330,8 @@ def run_child(profile: str, repeat: int, args: argparse.Namespace) -> dict:
     ]
     print(f"--- {profile} run {repeat + 1}", flush=True)
     started = time.time()
-    code = subprocess.run(command, env=dict(os.environ)).returncode
+    environment = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}  # as loraops-train sets it
+    code = subprocess.run(command, env=environment).returncode
     if code != 0 or not result_file.exists():
         return {"profile": profile, "error": f"exit {code}"}
     result = json.loads(result_file.read_text())
@@ -427,6 +429,7 @@ def main() -> int:
         help="trainer setting for the loraops profiles, e.g. fused_kernels=off",
     )
     parser.add_argument("--verbose", action="store_true", help="print every step's time and memory")
+    parser.add_argument("--build-base", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-profile", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -37,6 +37,9 @@ def one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    # Growable segments instead of fixed blocks: the memory profile plans close to the budget, and packed
+    # micro-batches of varying length fragment fixed blocks (read when CUDA first allocates; a user's setting wins).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         from loraops_trainer.config import load_settings
         from loraops_trainer.run import train

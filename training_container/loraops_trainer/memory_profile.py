@@ -5,18 +5,19 @@ Memory (bytes) of a run is estimated as
 
     fixed = quantized weights + bf16 embeddings and head + LoRA (fp32 weight, gradient, two Adam moments)
             + a workspace
-    peak  = fixed + T * (kept * ACTIVATION * hidden + recomputed * 2 * hidden) + (T * ACTIVATION * hidden if any
-            layer is recomputed)
+    peak  = fixed + T * (kept * ACTIVATION * hidden + recomputed * 2 * hidden)
+            + (T * RECOMPUTE_WORKSPACE * ACTIVATION * hidden if any layer is recomputed)
 
 for ``T`` tokens per micro-batch, ``kept`` layers that keep their activations and ``recomputed`` layers that keep only
 their bf16 input and recompute the rest in the backward pass (transformers' ``activation_checkpointing`` with
 ``every_n_layers``). ``ACTIVATION`` (bytes per token, layer and hidden unit with all activations kept) is calibrated
 on one H200: Llama-2-7B shape, NF4, LoRA r=64 on all linear layers, varlen attention, Liger kernels; 4k, 8k and 16k
-tokens took 31.7, 57.0 and 107.9 GiB, i.e. 6.35 GiB per 1k tokens.
+tokens took 31.7, 57.0 and 107.9 GiB, i.e. 6.35 GiB per 1k tokens; ``RECOMPUTE_WORKSPACE`` from 32k tokens with
+every layer recomputed (24.4 GiB).
 
-Speed is scored as ``T / (T + STEP_OVERHEAD_TOKENS)`` (each step's fixed cost, the same H200 runs: throughput rose
-from 10.2k to 14.7k tokens/s between 4k- and 16k-token micro-batches) divided by ``1 + RECOMPUTE_COST * recomputed /
-layers`` (recomputing every layer was 1.43x slower there). The profile with the best score whose estimate fits
+Speed is scored as ``T / (T + STEP_OVERHEAD_TOKENS)`` (each step's fixed cost; the same H200: 14.3k tokens/s at 10k
+tokens, 14.9k at 18k, no recomputation) divided by ``1 + RECOMPUTE_COST * recomputed / layers`` (recomputing every
+layer was 1.37-1.43x slower there). The profile with the best score whose estimate fits
 ``USABLE`` of the budget wins. The estimate is a model: the benchmark reports the measured peak beside it.
 """
 
@@ -29,9 +30,10 @@ from pathlib import Path
 
 GIB = 2**30
 ACTIVATION = 49.6  # bytes per token, layer and hidden unit, activations kept
-STEP_OVERHEAD_TOKENS = 4096
+RECOMPUTE_WORKSPACE = 1.4  # x ACTIVATION: the layer being recomputed (32k tokens, all recomputed: 24.4 GiB)
+STEP_OVERHEAD_TOKENS = 1024
 RECOMPUTE_COST = 0.43
-USABLE = 0.92  # of the budget: the allocator's fragmentation and the CUDA context
+USABLE = 0.90  # of the budget: the allocator's fragmentation and the CUDA context (22 GiB runs planned at 92% ran out)
 WORKSPACE = 1.5 * GIB
 WEIGHT_BYTES = {"nf4": 0.53, "int8": 1.0, "none": 2.0}  # per parameter, blockwise scales included
 #: Micro-batch sizes the profile chooses among (multiples of 2048 tokens) and the recompute spacings.
@@ -110,7 +112,7 @@ def estimate_peak_bytes(
     kept = shape.layers - recomputed
     per_token = kept * ACTIVATION * shape.hidden + recomputed * 2 * shape.hidden
     if recomputed:
-        per_token += ACTIVATION * shape.hidden  # the layer being recomputed holds its activations meanwhile
+        per_token += RECOMPUTE_WORKSPACE * ACTIVATION * shape.hidden  # the layer being recomputed, meanwhile
     return fixed + tokens * per_token
 
 
