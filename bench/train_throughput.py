@@ -329,6 +329,7 @@ def run_child(profile: str, repeat: int, args: argparse.Namespace) -> dict:
         *(f"--override={o}" for o in args.override),
     ]
     print(f"--- {profile} run {repeat + 1}", flush=True)
+    wait_for_free_gpu()
     started = time.time()
     environment = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}  # as loraops-train sets it
     code = subprocess.run(command, env=environment).returncode
@@ -338,6 +339,19 @@ def run_child(profile: str, repeat: int, args: argparse.Namespace) -> dict:
     result["wall_seconds"] = time.time() - started
     print(f"    {result['tokens_per_s']:.0f} tokens/s, {result['peak_reserved_gib']:.1f} GiB", flush=True)
     return result
+
+
+def wait_for_free_gpu(limit_s: float = 120, free_mib: int = 2048) -> None:
+    """Until the GPU's memory is free (a finished process's context can linger a moment): every run plans with it."""
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        used = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
+        ).stdout.split()
+        if not used or int(used[0]) < free_mib:
+            return
+        time.sleep(2)
+    print(f"    GPU memory still in use after {limit_s:.0f} s: {used[0]} MiB", flush=True)
 
 
 def summarize(profile: str, runs: list[dict], reference: dict | None) -> dict:
