@@ -453,17 +453,18 @@ def main() -> int:
         Path(args.result_file).write_text(json.dumps(result))
         return 0
 
-    ensure_base_model(Path(args.model_dir), args.shape, args.tokenizer if args.tokenizer.is_file() else None)
+    if args.build_base:  # child process: write the base model (its GPU memory is gone when it exits)
+        ensure_base_model(Path(args.model_dir), args.shape, args.tokenizer if args.tokenizer.is_file() else None)
+        return 0
+    build = [sys.executable, __file__, "--build-base", "--model-dir", args.model_dir, "--shape", args.shape]
+    subprocess.run([*build, "--tokenizer", str(args.tokenizer)], check=True)
     out = Path(args.out)
     previous = json.loads(out.read_text()) if args.merge and out.is_file() else {"results": []}
-    summaries = {r["profile"]: r for r in previous["results"]}
+    runs = {r["profile"]: list(r.get("runs", [])) for r in previous["results"]}  # --merge: earlier calls' runs
     for profile in args.profiles.split(","):
-        runs = [run_child(profile, repeat, args) for repeat in range(args.repeats)]
-        summaries[profile] = summarize(profile, runs, summaries.get("reference"))
-    reference = summaries.get("reference")
-    summaries = {
-        p: summarize(p, s["runs"], reference) if "runs" in s and "error" not in s else s for p, s in summaries.items()
-    }
+        runs.setdefault(profile, []).extend(run_child(profile, repeat, args) for repeat in range(args.repeats))
+    reference = summarize("reference", runs["reference"], None) if runs.get("reference") else None
+    summaries = {p: reference if p == "reference" else summarize(p, r, reference) for p, r in runs.items() if r}
     ordered = [summaries[p] for p in ["reference", *PROFILES] if p in summaries]
     print_table(ordered)
     out.parent.mkdir(parents=True, exist_ok=True)
