@@ -116,7 +116,7 @@ class TrainConfig:
     quantization: Literal["nf4", "int8", "none"] = "nf4"
     double_quant: bool = True
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    attention: Literal["auto", "packed_varlen", "flex_attention", "sdpa", "eager"] = "auto"
+    attention: Literal["auto", "packed_varlen", "sdpa", "eager"] = "auto"
     fused_kernels: Literal["auto", "on", "off"] = field(default="auto", metadata={"help": "Liger kernels"})
     lora_r: int = 64
     lora_alpha: float = 16.0
@@ -144,7 +144,7 @@ class TrainConfig:
         default=0.0, metadata={"help": "GPU memory the run may use (0: all of it); also enforced as a cap"}
     )
     static_shapes: Literal["auto", "on", "off"] = field(
-        default="auto", metadata={"help": "pad every micro-batch to tokens_per_step (auto: only for flex_attention)"}
+        default="auto", metadata={"help": "pad every micro-batch to tokens_per_step (on); auto and off: no padding"}
     )
     # --- faults
     max_nonfinite_steps: int = field(

@@ -108,12 +108,8 @@ def load_tokenizer(path: str) -> Any:
 
 
 def static_shapes(config: TrainConfig) -> bool:
-    """Pad rows to the budget only for compiled attention (flex), which recompiles on new shapes."""
-    from loraops_trainer.model import attention_implementation
-
-    return config.static_shapes == "on" or (
-        config.static_shapes == "auto" and attention_implementation(config) == "flex_attention"
-    )
+    """Pad rows to the budget only when asked (fixed shapes for compiled kernels); no kept attention path needs it."""
+    return config.static_shapes == "on"
 
 
 @functools.cache
