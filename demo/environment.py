@@ -17,13 +17,11 @@ from typing import Any
 from infra.app_factory import build_app
 from infra.config import CONTEXT_KEY, EnvironmentConfig
 from infra.stacks.workflow import workflow_parameter
-from loraops.functions import logger
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT = "dev"
 #: What a cross-stack value (subnets, the key, the trainer image) becomes: the emulator checks none of them.
 STAND_IN = "demo-stand-in"
-log = logger("demo")
 
 
 @dataclass(frozen=True)
