@@ -107,7 +107,7 @@ class Deployer:
         if self.target.mode == "endpoint":
             return self._roll_endpoint(package)
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
-        model = self._model_like(base["Specification"]["ModelName"], package)
+        model = self._model_like(self.sagemaker.describe_model(ModelName=base["Specification"]["ModelName"]), package)
         specification = {
             "ModelName": model,
             "ComputeResourceRequirements": base["Specification"]["ComputeResourceRequirements"],
@@ -116,12 +116,12 @@ class Deployer:
         return self._put_component(name, specification, package, copies=True)
 
     def _roll_endpoint(self, package: Package) -> dict[str, Any]:
-        endpoint = self.sagemaker.describe_endpoint(EndpointName=self.target.endpoint)
-        config = self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        config = self._endpoint_config()
         variants = config["ProductionVariants"]
-        if self._model_uri(variants[0]["ModelName"]) == self._uri(package):
+        serving = self.sagemaker.describe_model(ModelName=variants[0]["ModelName"])
+        if _source_uri(serving) == self._uri(package):
             return _reply(package, "none", f"{self.target.endpoint} already serves it")
-        model = self._model_like(variants[0]["ModelName"], package)
+        model = self._model_like(serving, package)
         new_config = endpoints.resource_name(self.target.prefix, "v", package.group, str(package.version))
         request = {
             key: config[key]
@@ -193,9 +193,9 @@ class Deployer:
             return self._model_uri(specification["ModelName"])
         return specification.get("Container", {}).get("ArtifactUrl", "")
 
-    def _model_like(self, template: str, package: Package) -> str:
-        """A model like ``template`` (image, environment, role, network) serving ``package``'s prefix."""
-        model = self.sagemaker.describe_model(ModelName=template)
+    def _model_like(self, model: dict[str, Any], package: Package) -> str:
+        """A model like ``model`` (DescribeModel's answer: image, environment, role, network) serving ``package``'s
+        prefix."""
         name = endpoints.resource_name(self.target.prefix, package.group, str(package.version))
         container = {k: v for k, v in model["PrimaryContainer"].items() if k not in ("ModelDataUrl", "ModelDataSource")}
         container["ModelDataSource"] = {
@@ -206,8 +206,7 @@ class Deployer:
         return name
 
     def _model_uri(self, model_name: str) -> str:
-        container = self.sagemaker.describe_model(ModelName=model_name)["PrimaryContainer"]
-        return container.get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri", "")
+        return _source_uri(self.sagemaker.describe_model(ModelName=model_name))
 
     def _model_digest(self, model_name: str) -> str:
         """``sha256:<hex>`` of the base a model serves: its prefix is ``base/<group>/<weights hex>/``."""
@@ -217,10 +216,13 @@ class Deployer:
             raise DeploymentError(f"model {model_name} serves {uri or 'no S3 prefix'}, not a base/<group>/<hex>/")
         return f"sha256:{parts[2]}"
 
-    def _endpoint_uri(self) -> str:
+    def _endpoint_config(self) -> dict[str, Any]:
+        """The endpoint config the endpoint runs now."""
         endpoint = self.sagemaker.describe_endpoint(EndpointName=self.target.endpoint)
-        config = self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
-        return self._model_uri(config["ProductionVariants"][0]["ModelName"])
+        return self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+
+    def _endpoint_uri(self) -> str:
+        return self._model_uri(self._endpoint_config()["ProductionVariants"][0]["ModelName"])
 
     def _uri(self, package: Package) -> str:
         return s3_layout.s3_uri(self.registry.bucket, package.model_data_prefix)
@@ -238,6 +240,11 @@ _VARIANT_FIELDS = (
     "ManagedInstanceScaling",
     "RoutingConfig",
 )
+
+
+def _source_uri(model: dict[str, Any]) -> str:
+    """The S3 prefix a described model serves ("" when it has none)."""
+    return model["PrimaryContainer"].get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri", "")
 
 
 def _writable(variant: dict[str, Any]) -> dict[str, Any]:
