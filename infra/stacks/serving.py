@@ -22,23 +22,13 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
+from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
 from infra.stacks.network import Placement
-from infra.stacks.training import REPO_ROOT, repository_image
 from loraops import endpoints, s3_layout
 from loraops.images import image_uri
 
 SERVING_CONTAINER = REPO_ROOT / "serving_container"
-#: What the loraops serving image's build context holds (Docker ignore syntax).
-BUILD_CONTEXT = [
-    "**",
-    "!pyproject.toml",
-    "!README.md",
-    "!loraops/**",
-    "!training_container/loraops_trainer/**",
-    "!serving_container/**",
-    "**/__pycache__",
-]
 #: The DJL entry module the loraops image installs (serving_container/Dockerfile).
 DJL_ENTRY_MODULE = "loraops_djl_model"
 #: Instance families with local NVMe instance storage: SageMaker refuses a volume KMS key on them.
@@ -197,7 +187,7 @@ class ServingStack(cdk.Stack):
         base = image_uri("serving", config.region)
         if config.serving.engine == "vllm":
             return base
-        return repository_image(self, "ServingImage", "serving_container/Dockerfile", BUILD_CONTEXT, base).image_uri
+        return repository_image(self, "ServingImage", SERVING, base).image_uri
 
     def _alarms(self, prefix: str, latency_ms: int) -> list[cloudwatch.Alarm]:
         """p90 model latency above the limit on 3 of 5 minutes; any 5xx on 2 of 3 minutes."""

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import aws_cdk as cdk
-from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
+from infra.image_build import REPO_ROOT, TRAINER, repository_image
 from loraops.images import image_uri
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Only what the image needs travels into the build context (Docker ignore syntax).
-BUILD_CONTEXT = [
-    "**",
-    "!pyproject.toml",
-    "!README.md",
-    "!loraops/**",
-    "!training_container/**",
-    "**/__pycache__",
-    "**/*.pyc",
-]
 
 
 def trainer_image_parameter(prefix: str) -> str:
@@ -45,23 +32,6 @@ def training_base_image(region: str) -> str:
     return image_uri("training", region)
 
 
-def repository_image(
-    scope: Construct, construct_id: str, dockerfile: str, context: list[str], base_image: str, **build_args: str
-) -> ecr_assets.DockerImageAsset:
-    """An image built from this repository (``context``: what the build sees, Docker ignore syntax) on
-    ``base_image``; synth only stages the context, ``cdk deploy`` builds and pushes it."""
-    return ecr_assets.DockerImageAsset(
-        scope,
-        construct_id,
-        directory=str(REPO_ROOT),
-        file=dockerfile,
-        exclude=context,
-        ignore_mode=cdk.IgnoreMode.DOCKER,
-        build_args={"BASE_IMAGE": base_image, **build_args},
-        platform=ecr_assets.Platform.LINUX_AMD64,
-    )
-
-
 class TrainingStack(cdk.Stack):
     """The trainer image asset, published under an SSM parameter; `cdk deploy` builds and pushes the image
     (synth only stages the build context)."""
@@ -71,8 +41,7 @@ class TrainingStack(cdk.Stack):
         self.image = repository_image(
             self,
             "TrainerImage",
-            "training_container/Dockerfile",
-            BUILD_CONTEXT,
+            TRAINER,
             training_base_image(config.region),
             LORAOPS_GIT_SHA=source_commit(),
         )
