@@ -69,4 +69,4 @@ deploy: $(STAMP)/cdk $(STAMP)/node
 	$(PY) -m infra.deploy --env $(ENV) $(CDK_ARGS)
 
 clean:
-	rm -rf cdk.out $(STAMP) .pytest_cache .demo
+	rm -rf cdk.out $(STAMP) .pytest_cache .demo .build

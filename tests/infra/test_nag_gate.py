@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_iam as iam
 
@@ -101,16 +102,22 @@ def test_cli_synth_of_every_environment_is_clean_and_lints(tmp_path):
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def test_cli_synth_of_one_environment(tmp_path):
-    result = _cdk("synth", "-q", "--no-notices", "-c", "env=dev", "-o", str(tmp_path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert {p.name.split("-")[1] for p in tmp_path.glob("*.template.json")} == {"dev"}
+def test_env_context_selects_one_environment(context_copy):
+    """`cdk synth -c env=dev` sets the context value `env`; the app builds that environment's stacks only."""
+    context_copy["env"] = "dev"
+    app, environments = build_app(context=context_copy)
+    assert [env.config.name for env in environments] == ["dev"]
+    stacks = [child.stack_name for child in app.node.children if isinstance(child, cdk.Stack)]
+    assert sorted(stacks) == sorted(f"loraops-dev-{concern}" for concern in CONCERNS)
 
 
-def test_cli_synth_of_unknown_environment_fails_with_message(tmp_path):
-    result = _cdk("synth", "-q", "--no-notices", "-c", "env=qa", "-o", str(tmp_path))
+def test_app_refuses_an_unknown_environment_in_one_line(cdk_context):
+    """The CDK app as the CLI starts it (`app` in cdk.json, context in CDK_CONTEXT_JSON): one line, non-zero exit."""
+    env = dict(_cdk_env(), CDK_CONTEXT_JSON=json.dumps({**cdk_context, "env": "qa"}))
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert f"-c env=qa: unknown environment (configured: {', '.join(sorted(ENVIRONMENTS))})" in result.stderr
+    known = ", ".join(sorted(ENVIRONMENTS))
+    assert result.stderr.strip().splitlines()[-1] == f"loraops: -c env=qa: unknown environment (configured: {known})"
 
 
 def test_cdk_json_sets_every_feature_flag_cdk_init_recommends(tmp_path, cdk_context):

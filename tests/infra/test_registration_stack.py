@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from infra.functions import BUILD
+from infra.functions import staged_asset
 from tests.infra.conftest import ENVIRONMENTS
 
 pytestmark = pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -109,7 +109,7 @@ def test_function_policies_are_narrow(env, templates, synthesized):
 @pytest.mark.parametrize("function", ["register_finetune", "register_base", "import_base", "deploy_on_approval"])
 def test_the_staged_asset_imports_on_its_own(env, synthesized, function):
     """What Lambda runs: the handler with the vendored loraops and Powertools, nothing from this checkout."""
-    asset = BUILD / function
+    asset, _ = staged_asset(function)
     for name in (
         "handler.py",
         "loraops/registry.py",
