@@ -28,20 +28,34 @@ from loraops_serving.service import Reply, Service, error, outcome_reply, rows_o
 log = logging.getLogger("loraops_serving")
 
 
+DRAIN_FACTOR = 8
+
+
 class TooLarge(Exception):
     pass
 
 
 async def read_body(http: HttpRequest, limit: int) -> bytes:
-    """The body, or :class:`TooLarge` as soon as it passes ``limit`` bytes (announced or sent)."""
+    """The body, or :class:`TooLarge` once it passes ``limit`` bytes (announced or sent). An oversized body of up
+    to ``DRAIN_FACTOR`` x ``limit`` is read and dropped before the answer, so that closing the connection does not
+    reset it under the client's feet and the client reads its 413; a larger one is refused unread."""
     announced = http.headers.get("content-length")
-    if announced is not None and (not announced.isdigit() or int(announced) > limit):
+    if announced is not None and not announced.isdigit():
         raise TooLarge(announced)
-    body = bytearray()
+    oversized = announced is not None and int(announced) > limit
+    if oversized and int(announced) > DRAIN_FACTOR * limit:
+        raise TooLarge(announced)
+    body, seen = bytearray(), 0
     async for chunk in http.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(len(body))
+        seen += len(chunk)
+        if seen > DRAIN_FACTOR * limit:
+            break
+        if seen > limit:
+            oversized = True
+        if not oversized:
+            body += chunk
+    if oversized or seen > limit:
+        raise TooLarge(seen)
     return bytes(body)
 
 

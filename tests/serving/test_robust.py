@@ -183,11 +183,23 @@ def test_hostile_bodies_get_4xx_with_a_message(server, body, status, message):
     assert code == status and message in answer["error"], answer
 
 
-def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(server):
+def test_a_chunked_body_over_the_limit_is_refused(server):
     where = urllib.parse.urlsplit(server)
     connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
     chunks = (b"x" * 65536 for _ in range(64))  # 4 MiB, no Content-Length
     connection.request("POST", "/invocations", chunks, {"Content-Type": "application/json"}, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
+    connection.close()
+
+
+def test_a_claimed_huge_body_is_refused_unread(server):
+    where = urllib.parse.urlsplit(server)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    connection.putrequest("POST", "/invocations")
+    connection.putheader("Content-Length", str(100 * 2**20))  # 100 MiB announced, a few bytes sent
+    connection.endheaders()
+    connection.send(b'{"inputs": "')
     response = connection.getresponse()
     assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
     connection.close()
