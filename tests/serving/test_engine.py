@@ -31,9 +31,9 @@ def test_base_plus_adapter_equals_the_merged_model(engine, merged_alpha):
     merged = Engine(merged_alpha, ServingSettings())
     rows = [Row(p, "alpha", 12) for p in PROMPTS]
     assert _texts(engine, rows) == _texts(merged, [Row(p, None, 12) for p in PROMPTS])
-    batch = engine.tokenizer(PROMPTS[:1], return_tensors="pt")
+    batch = engine.tokenizer(PROMPTS[:1], return_tensors="pt").to(engine.device)
     slot = engine.acquire("alpha")
-    engine.routing.rows, engine.routing.active = torch.tensor([slot]), True
+    engine.routing.rows, engine.routing.active = torch.tensor([slot], device=engine.device), True
     try:
         with torch.no_grad():
             ours = engine.model(**batch).logits
