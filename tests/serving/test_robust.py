@@ -203,3 +203,46 @@ def test_a_claimed_huge_body_is_refused_unread(server):
     response = connection.getresponse()
     assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
     connection.close()
+
+
+def test_a_client_that_leaves_a_plain_request_stops_its_generation(server, engine):
+    scheduler, real = engine.scheduler, engine.decode_step
+    assert scheduler.wait_for(scheduler.idle, 60)
+    held, go, steps = threading.Event(), threading.Event(), []
+
+    def gated(batch, tokens):
+        steps.append(len(tokens))
+        if len(steps) == 1:
+            held.set()
+            assert go.wait(120)
+        return real(batch, tokens)
+
+    engine.decode_step = gated
+    try:
+        where = urllib.parse.urlsplit(server)
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+        connection.request(
+            "POST", "/invocations", json.dumps({"inputs": PROMPT, "parameters": {"max_new_tokens": 300}})
+        )
+        assert held.wait(60)
+        (ticket,) = scheduler.live
+        connection.close()  # the client gives up before the answer
+        assert ticket.cancelled.wait(60), "the front did not notice the client leaving"
+        go.set()
+        assert scheduler.wait_for(scheduler.idle, 60)
+    finally:
+        go.set()
+        del engine.decode_step
+    assert ticket.outcome.status == 499 and len(steps) == 1
+
+
+def test_any_exception_while_parsing_is_a_400_with_a_message(engine, monkeypatch):
+    """Stands in for a parsing failure nobody foresaw (the schema's own checks raise BadRequest)."""
+    from loraops_serving import service as service_module
+
+    def unforeseen(body, headers, settings):
+        raise KeyError("something")
+
+    monkeypatch.setattr(service_module, "parse", unforeseen)
+    reply = service_module.Service(engine).parse(b"{}", {})
+    assert reply.status == 400 and reply.body["error"] == "the request could not be read: KeyError"
