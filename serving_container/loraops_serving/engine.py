@@ -1,39 +1,62 @@
-"""The model behind the endpoint: a merged model or a base with adapters in slots, generating for mixed batches.
+"""The model behind the endpoint: a merged model or a base with adapters in slots, and the two forwards a
+step-level scheduler needs (``scheduler.py`` runs them).
 
-:meth:`Engine.generate` takes rows that share sampling parameters and may each name a different adapter; all of
-them run in one ``generate`` call, the adapted layers applying each row's adapter (``multi_lora``). Adapters are
-read when first asked for and kept in at most ``max_resident_adapters`` slots, least recently used out first.
+* :meth:`Engine.prefill` runs new rows' prompts (left-padded) and returns a :class:`Batch` holding their KV cache;
+* :meth:`Engine.decode_step` is one forward over the running batch: one new token per row, against the cache;
+* :meth:`Engine.merge` lets rows join a running batch and :meth:`Batch.select` lets them leave, between steps.
+
+Each row names its adapter; the adapted layers apply each row's adapter (``multi_lora``). Every adapter is read
+and checked at start-up (an adapter the engine cannot serve exactly is refused with the reason and the others
+serve); adapters are then loaded into at most ``max_resident_adapters`` slots when first asked for, least
+recently used out first, never one that a running row uses.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from loraops_serving.layouts import LayoutError, base_digest, find_adapters, read_adapter
 from loraops_serving.multi_lora import AdapterWeights, MultiLoRALinear, Routing
-from loraops_serving.schema import Sampling, UnknownAdapter
+from loraops_serving.schema import BadRequest, RequestError, Sampling, UnknownAdapter
+from loraops_serving.sequence import Generation, Row, Sequence
 from loraops_serving.settings import ServingSettings
 
+log = logging.getLogger("loraops_serving")
 
-@dataclass(frozen=True)
-class Row:
-    prompt: str
-    adapter: str | None
-    max_new_tokens: int
-    stop: tuple[str, ...] = ()
+__all__ = ["Batch", "Engine", "Generation", "Row", "Sequence"]
 
 
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    tokens: int
-    finish_reason: str  # "length" | "stop" | "eos"
+@dataclass
+class Batch:
+    """The running rows between decode steps: their KV cache, attention mask ``[rows, time]`` (0 = left padding),
+    adapter slots ``[rows]`` and the logits of their next token ``[rows, vocab]`` (float32, CPU)."""
+
+    seqs: list[Sequence]
+    cache: DynamicCache
+    mask: torch.Tensor
+    slots: torch.Tensor
+    logits: torch.Tensor
+
+    def select(self, keep: list[int]) -> Batch:
+        """Only rows ``keep`` (rows leave between steps); columns that are padding in every kept row go."""
+        index = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask[index]
+        start = int((mask.sum(0) > 0).nonzero()[0]) if mask.any() else 0
+        layers = [(k[index, :, start:], v[index, :, start:]) for k, v in _kv(self.cache)]
+        return Batch(
+            [self.seqs[i] for i in keep], DynamicCache(layers), mask[:, start:], self.slots[index], self.logits[keep]
+        )
+
+
+def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 class Engine:
@@ -45,27 +68,58 @@ class Engine:
         if dtype == "auto":
             dtype = "bfloat16" if torch.cuda.is_available() else "float32"
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Only the scheduler's thread tokenizes (a fast tokenizer shared across threads fails intermittently).
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.tokenizer.padding_side = "left"  # generation continues every row at its own end
+        self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, dtype))
         self.model.to(self.device).eval()
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.base_digest = base_digest(self.model_dir)
-        self.available = find_adapters(self.model_dir, adapter_dirs)
-        for name, folder in self.available.items():  # refuse at start-up an adapter of another base
-            read_adapter(name, folder, self.base_digest)
         self.routing = Routing()
         self.layers: dict[str, MultiLoRALinear] = {}
         self.resident: OrderedDict[str, int] = OrderedDict()  # adapter -> slot, least recently used first
+        self.in_use: Counter[str] = Counter()  # running rows per adapter (never evicted while > 0)
         self.lock = threading.Lock()
+        self.available: dict[str, Path] = {}
+        self.refused: dict[str, str] = {}  # adapter -> why it is not served
+        for name, folder in find_adapters(self.model_dir, adapter_dirs).items():
+            try:
+                self.check_adapter(name, folder)
+            except Exception as failure:  # one bad adapter is reported and skipped; the others serve
+                log.error("adapter %s refused: %s", name, failure)
+                self.refused[name] = str(failure)
+            else:
+                self.available[name] = folder
+        self._scheduler = None
 
     # ------------------------------------------------------------------------------------------ adapters
+    def check_adapter(self, name: str, folder: Path) -> AdapterWeights:
+        """Read ``folder`` and check that this engine serves it exactly: a LoRA of this base's weights on its
+        linear layers, with matching shapes. Raises :class:`LayoutError` with the reason."""
+        adapter = read_adapter(name, Path(folder), self.base_digest, self.settings.allow_unverified_adapters)
+        modules = dict(self.model.named_modules())
+        for module, (a, b) in adapter.modules.items():
+            base = modules.get(module)
+            if isinstance(base, MultiLoRALinear):
+                base = base.base
+            if not isinstance(base, torch.nn.Linear):
+                raise LayoutError(f"adapter {name} adapts {module}, which is no linear layer of the base")
+            if a.shape != (adapter.rank, base.in_features) or b.shape != (base.out_features, adapter.rank):
+                raise LayoutError(
+                    f"adapter {name}: {module} has A {tuple(a.shape)} and B {tuple(b.shape)}; rank {adapter.rank} "
+                    f"on a {base.in_features}->{base.out_features} layer needs A {(adapter.rank, base.in_features)} "
+                    f"and B {(base.out_features, adapter.rank)}"
+                )
+        return adapter
+
     def add_adapter(self, name: str, folder: Path) -> None:
         """Make an adapter available at run time (an adapter inference component arrived); checked now."""
-        read_adapter(name, Path(folder), self.base_digest)
+        self.check_adapter(name, Path(folder))
         with self.lock:
             self.available[name] = Path(folder)
+            self.refused.pop(name, None)
             self._evict(name)
 
     def remove_adapter(self, name: str) -> None:
@@ -76,36 +130,50 @@ class Engine:
     def require_adapter(self, name: str) -> None:
         """Raise :class:`UnknownAdapter` (404) naming the available adapters unless ``name`` is one."""
         if name not in self.available:
-            raise UnknownAdapter(f"no adapter {name!r}; available: {sorted(self.available)}")
+            why = f" (refused at load: {self.refused[name]})" if name in self.refused else ""
+            raise UnknownAdapter(f"no adapter {name!r}{why}; available: {sorted(self.available)}")
 
     def _evict(self, name: str) -> None:
+        if self.in_use[name]:
+            return  # running rows still use it; it goes when they are done (release)
         slot = self.resident.pop(name, None)
         if slot is not None:
             for layer in self.layers.values():
                 layer.put(slot, None, None, 0.0)
 
-    def _slot(self, name: str | None) -> int:
+    def acquire(self, name: str | None) -> int | None:
+        """The slot holding ``name`` (loading it if needed) for one more running row, or ``None`` when every
+        slot is held by running rows (the row waits). Raises :class:`UnknownAdapter`."""
         if name is None:
             return 0
-        self.require_adapter(name)
-        if name in self.resident:
+        with self.lock:
+            self.require_adapter(name)
+            if name not in self.resident:
+                free = set(range(1, self.settings.max_resident_adapters + 1)) - set(self.resident.values())
+                if not free:
+                    idle = [n for n in self.resident if not self.in_use[n]]
+                    if not idle:
+                        return None
+                    free = {self.resident.pop(idle[0])}
+                slot = min(free)
+                self._load(self.check_adapter(name, self.available[name]), slot)
+                self.resident[name] = slot
             self.resident.move_to_end(name)
+            self.in_use[name] += 1
             return self.resident[name]
-        free = set(range(1, self.settings.max_resident_adapters + 1)) - set(self.resident.values())
-        if not free:
-            _, slot = self.resident.popitem(last=False)
-        else:
-            slot = min(free)
-        self._load(read_adapter(name, self.available[name], self.base_digest), slot)
-        self.resident[name] = slot
-        return slot
+
+    def release(self, name: str | None) -> None:
+        if name is None:
+            return
+        with self.lock:
+            self.in_use[name] -= 1
+            if name not in self.available:
+                self._evict(name)
 
     def _load(self, adapter: AdapterWeights, slot: int) -> None:
         modules = dict(self.model.named_modules())
         for module in adapter.target_names - set(self.layers):
-            base = modules.get(module)
-            if not isinstance(base, torch.nn.Linear):
-                raise LayoutError(f"adapter {adapter.name} adapts {module}, which is no linear layer of the base")
+            base = modules[module]
             parent, _, child = module.rpartition(".")
             layer = MultiLoRALinear(base, self.settings.max_resident_adapters + 1, adapter.rank, self.routing)
             setattr(modules[parent] if parent else self.model, child, layer)
@@ -115,82 +183,93 @@ class Engine:
             layer.put(slot, a, b, adapter.scale)
 
     # ---------------------------------------------------------------------------------------- generation
-    def check_length(self, rows: list[Row]) -> None:
-        """Raise ``ValueError`` naming the row whose prompt and new tokens exceed the model's context."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if not limit:
-            return
-        for i, row in enumerate(rows):
-            n = len(self.tokenizer(row.prompt)["input_ids"])
-            if n + row.max_new_tokens > limit:
-                raise ValueError(f"input {i}: {n} prompt tokens + {row.max_new_tokens} new exceed the {limit} context")
+    def encode(self, row: Row) -> list[int]:
+        """The prompt's token ids; raises :class:`BadRequest` when prompt and new tokens exceed the context."""
+        ids = self.tokenizer(row.prompt)["input_ids"]
+        if self.context and len(ids) + row.max_new_tokens > self.context:
+            raise BadRequest(f"{len(ids)} prompt tokens + {row.max_new_tokens} new exceed the {self.context} context")
+        return ids
 
     @torch.no_grad()  # not inference_mode: adapter slots loaded here are updated in place later
-    def generate(self, rows: list[Row], sampling: Sampling) -> list[Generation]:
-        """All ``rows`` in one ``generate`` call, each with its own adapter, length and stop strings."""
+    def prefill(self, seqs: list[Sequence]) -> Batch:
+        """One forward over the new rows' prompts (left-padded); their cache and next-token logits."""
+        width = max(len(s.prompt_ids) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in seqs])
+        mask = mask.to(self.device)
+        slots = torch.tensor([s.slot for s in seqs], device=self.device)
+        logits, cache = self._forward(ids, mask, slots, DynamicCache())
+        return Batch(seqs, cache, mask, slots, logits)
+
+    @torch.no_grad()
+    def decode_step(self, batch: Batch, tokens: list[int]) -> Batch:
+        """One forward over the running batch: each row's newest token against the KV cache."""
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(tokens), 1)], dim=1)
+        ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
+        logits, cache = self._forward(ids, mask, batch.slots, batch.cache)
+        return Batch(batch.seqs, cache, mask, batch.slots, logits)
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, cache: DynamicCache
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        self.routing.rows, self.routing.active = slots, bool(slots.any())
+        try:
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            )
+        finally:
+            self.routing.rows, self.routing.active = None, False
+        return out.logits[:, -1].float().cpu(), out.past_key_values
+
+    @staticmethod
+    def merge(running: Batch | None, joining: Batch) -> Batch:
+        """One batch of ``running`` and ``joining`` rows (the shorter cache left-padded in time)."""
+        if running is None:
+            return joining
+        width = max(running.mask.shape[1], joining.mask.shape[1])
+
+        def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - t.shape[dim]
+            if not missing:
+                return t
+            shape = list(t.shape)
+            shape[dim] = missing
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        layers = [
+            (torch.cat([widen(k1, 2), widen(k2, 2)]), torch.cat([widen(v1, 2), widen(v2, 2)]))
+            for (k1, v1), (k2, v2) in zip(_kv(running.cache), _kv(joining.cache))
+        ]
+        return Batch(
+            running.seqs + joining.seqs,
+            DynamicCache(layers),
+            torch.cat([widen(running.mask, 1), widen(joining.mask, 1)]),
+            torch.cat([running.slots, joining.slots]),
+            torch.cat([running.logits, joining.logits]),
+        )
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------------------------ convenience
+    @property
+    def scheduler(self):
+        """The step-level scheduler over this engine (started on first use)."""
         with self.lock:
-            slots = [self._slot(row.adapter) for row in rows]
-            batch = self.tokenizer([r.prompt for r in rows], return_tensors="pt", padding=True).to(self.device)
-            self.routing.rows = torch.tensor(slots, device=self.device)
-            self.routing.active = any(slots)
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-            try:
-                output = self.model.generate(
-                    **batch, **self._options(sampling), max_new_tokens=max(r.max_new_tokens for r in rows)
-                )
-            finally:
-                self.routing.rows, self.routing.active = None, False
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return [self._finish(tokens, row) for tokens, row in zip(new_tokens.tolist(), rows)]
+            if self._scheduler is None:
+                from loraops_serving.scheduler import Scheduler
 
-    def stream(self, row: Row, sampling: Sampling):
-        """Yield one row's text as it is generated (stop strings end the stream)."""
-        from transformers import TextIteratorStreamer
+                self._scheduler = Scheduler(self)
+            return self._scheduler
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = threading.Thread(target=self._generate_streamed, args=(row, sampling, streamer), daemon=True)
-        worker.start()
-        text = ""
-        for piece in streamer:
-            text += piece
-            cuts = [text.index(s) for s in row.stop if s in text]
-            if cuts:
-                yield piece[: len(piece) - (len(text) - min(cuts))]
-                break
-            yield piece
-        worker.join()
-
-    def _generate_streamed(self, row: Row, sampling: Sampling, streamer) -> None:
-        with self.lock, torch.no_grad():
-            slot = self._slot(row.adapter)
-            batch = self.tokenizer([row.prompt], return_tensors="pt").to(self.device)
-            self.routing.rows, self.routing.active = torch.tensor([slot], device=self.device), slot > 0
-            try:
-                self.model.generate(
-                    **batch, **self._options(sampling), max_new_tokens=row.max_new_tokens, streamer=streamer
-                )
-            finally:
-                self.routing.rows, self.routing.active = None, False
-
-    def _options(self, sampling: Sampling) -> dict:
-        """``generate`` keyword arguments for ``sampling`` (sampling knobs only when sampling)."""
-        knobs = dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        return {
-            "do_sample": sampling.do_sample,
-            **(knobs if sampling.do_sample else {}),
-            "repetition_penalty": sampling.repetition_penalty,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-
-    def _finish(self, tokens: list[int], row: Row) -> Generation:
-        eos = self.tokenizer.eos_token_id
-        reason = "length"
-        if eos in tokens[: row.max_new_tokens]:
-            tokens, reason = tokens[: tokens.index(eos)], "eos"
-        tokens = tokens[: row.max_new_tokens]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cuts = [text.index(s) for s in row.stop if s in text]
-        if cuts:
-            text, reason = text[: min(cuts)], "stop"
-        return Generation(text, len(tokens), reason)
+    def generate(self, rows: list[Row], sampling: Sampling | None = None, timeout: float = 600) -> list[Generation]:
+        """Run ``rows`` (with ``sampling`` for all of them, if given) and wait; raises :class:`RequestError`."""
+        if sampling is not None:
+            rows = [Row(r.prompt, r.adapter, r.max_new_tokens, r.stop, sampling) for r in rows]
+        ticket = self.scheduler.submit(rows)
+        outcome = ticket.wait(timeout)
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome

@@ -52,19 +52,54 @@ def base_digest(model_dir: Path) -> str:
     return folder_weights_digest(model_dir)
 
 
-def read_adapter(name: str, folder: Path, loaded_base_digest: str) -> AdapterWeights:
-    """A PEFT LoRA folder as per-module ``A``/``B``; refused when its manifest names another base."""
+#: adapter_config.json fields whose non-default values change what the adapter computes beyond plain LoRA on
+#: linear layers (A, B, one rank, one alpha): the engine does not implement them, so such adapters are refused.
+UNSUPPORTED = {
+    "use_dora": "DoRA (use_dora)",
+    "rank_pattern": "per-module ranks (rank_pattern)",
+    "alpha_pattern": "per-module alphas (alpha_pattern)",
+    "modules_to_save": "fully trained modules (modules_to_save)",
+    "lora_bias": "LoRA biases (lora_bias)",
+    "fan_in_fan_out": "Conv1D layers (fan_in_fan_out)",
+    "trainable_token_indices": "trainable token embeddings (trainable_token_indices)",
+    "target_parameters": "LoRA on parameters (target_parameters)",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
+    "use_qalora": "QA-LoRA (use_qalora)",
+    "layer_replication": "layer replication (layer_replication)",
+    "use_bdlora": "BD-LoRA (use_bdlora)",
+    "arrow_config": "Arrow routing (arrow_config)",
+    "kasa_config": "KaSA (kasa_config)",
+    "megatron_config": "Megatron layers (megatron_config)",
+}
+
+
+def read_adapter(name: str, folder: Path, loaded_base_digest: str, allow_unverified: bool = False) -> AdapterWeights:
+    """A PEFT LoRA folder as per-module ``A``/``B``. Refused (:class:`LayoutError`, with the reason) when it uses
+    a PEFT feature the engine does not implement, holds tensors other than LoRA ``A``/``B`` pairs, or is not
+    proven to belong to the loaded base (its manifest must name the base's weights digest, unless
+    ``allow_unverified``)."""
     config = json.loads((folder / "adapter_config.json").read_text())
+    if not isinstance(config, dict):
+        raise LayoutError(f"adapter {name}: adapter_config.json is not an object")
     if config.get("peft_type", "LORA") != "LORA":
         raise LayoutError(f"adapter {name}: {config.get('peft_type')} adapters are not served, only LORA")
+    if used := [what for key, what in UNSUPPORTED.items() if config.get(key)]:
+        raise LayoutError(f"adapter {name} uses {', '.join(used)}, which this engine does not serve")
+    if config.get("bias", "none") != "none":
+        raise LayoutError(f"adapter {name} trains biases (bias={config['bias']!r}), which this engine does not serve")
     manifest_path = folder / MANIFEST_FILE
     digest = ""
     if manifest_path.is_file():
         digest = json.loads(manifest_path.read_text()).get("base_weights_digest", "")
-        if digest and digest != loaded_base_digest:
-            raise LayoutError(
-                f"adapter {name} was trained on base weights {digest}; the loaded base is {loaded_base_digest}"
-            )
+    if digest and digest != loaded_base_digest:
+        raise LayoutError(
+            f"adapter {name} was trained on base weights {digest}; the loaded base is {loaded_base_digest}"
+        )
+    if not digest and not allow_unverified:
+        raise LayoutError(
+            f"adapter {name}: no {MANIFEST_FILE} naming its base weights, so it cannot be checked against the loaded "
+            "base (LORAOPS_ALLOW_UNVERIFIED_ADAPTERS=true serves it anyway)"
+        )
     weights_file = folder / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise LayoutError(f"adapter {name}: no adapter_model.safetensors in {folder}")
@@ -72,6 +107,10 @@ def read_adapter(name: str, folder: Path, loaded_base_digest: str) -> AdapterWei
     rank = int(config["r"])
     alpha = float(config.get("lora_alpha", rank))
     scale = alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank
+    if foreign := sorted(k for k in tensors if not k.endswith((".lora_A.weight", ".lora_B.weight"))):
+        raise LayoutError(
+            f"adapter {name} holds tensors other than LoRA A/B pairs, which this engine does not serve: {foreign[:3]}"
+        )
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         if not key.endswith(".lora_A.weight"):

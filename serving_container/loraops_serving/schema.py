@@ -1,5 +1,10 @@
-"""The request schema: ``{"inputs": str | [str], "parameters": {...}, "adapter": str, "stream": bool}``, checked
-field by field; anything else is a :class:`BadRequest` (HTTP 400) naming the field."""
+"""The request schema, one for every engine: ``{"inputs": str | [str], "parameters": {...}, "adapter": str,
+"adapters": str | [str], "stream": bool}``, checked field by field; anything else is a :class:`BadRequest`
+(HTTP 400) naming the field.
+
+The adapter may be named the loraops way (``adapter``), the LMI way (``adapters``: one name, or one per input
+where ``""`` means the base model) or in SageMaker's ``X-Amzn-SageMaker-Adapter-Identifier`` header, which LMI
+reads too; several that disagree are refused rather than one silently winning."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 from loraops_serving.settings import ServingSettings
 
 ADAPTER_HEADER = "x-amzn-sagemaker-adapter-identifier"
-FIELDS = {"inputs", "parameters", "adapter", "stream"}
+FIELDS = {"inputs", "parameters", "adapter", "adapters", "stream"}
 
 
 class RequestError(Exception):
@@ -40,7 +45,7 @@ class Sampling:
 @dataclass(frozen=True)
 class Request:
     inputs: list[str]
-    adapter: str | None
+    adapters: tuple[str | None, ...]  # one per input; None: the base model
     sampling: Sampling
     max_new_tokens: int
     stop: tuple[str, ...] = ()
@@ -60,11 +65,48 @@ def _number(params: dict, name: str, kind: type, low: float, high: float, defaul
     return kind(value)
 
 
+def _utf8(value: str, name: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} is not valid Unicode (a lone surrogate such as \\ud800)") from None
+    return value
+
+
+def _adapters(data: dict, headers: dict[str, str], n: int) -> tuple[str | None, ...]:
+    """One adapter (or None) per input from ``adapter``, ``adapters`` and the SageMaker header."""
+    named: dict[str, tuple[str | None, ...]] = {}
+    if "adapter" in data and data["adapter"] is not None:
+        one = data["adapter"]
+        if not isinstance(one, str) or not one:
+            raise BadRequest("adapter must be a non-empty string (or absent, for the base model)")
+        named["adapter"] = (one,) * n
+    if "adapters" in data and data["adapters"] is not None:
+        many = data["adapters"]
+        many = [many] * n if isinstance(many, str) else many
+        if not isinstance(many, list) or not all(isinstance(a, str) for a in many):
+            raise BadRequest("adapters must be a string or a list of strings, one per input")
+        if len(many) != n:
+            raise BadRequest(f"adapters names {len(many)} adapters for {n} inputs; give one per input")
+        named["adapters"] = tuple(a or None for a in many)
+    if header := headers.get(ADAPTER_HEADER):
+        named["the X-Amzn-SageMaker-Adapter-Identifier header"] = (header,) * n
+    if len(set(named.values())) > 1:
+        raise BadRequest(f"{' and '.join(named)} name different adapters; name them once")
+    chosen = next(iter(named.values()), (None,) * n)
+    for adapter in chosen:
+        if adapter is not None:
+            _utf8(adapter, "adapter")
+    return chosen
+
+
 def parse(body: bytes, headers: dict[str, str], settings: ServingSettings) -> Request:
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest('the body must be a JSON object such as {"inputs": "..."}')
     if unknown := sorted(set(data) - FIELDS):
@@ -78,6 +120,8 @@ def parse(body: bytes, headers: dict[str, str], settings: ServingSettings) -> Re
         raise BadRequest(f"{len(prompts)} inputs; at most {settings.max_inputs} per request")
     if too_long := [i for i, p in enumerate(prompts) if len(p) > settings.max_input_chars]:
         raise BadRequest(f"inputs {too_long} are longer than {settings.max_input_chars} characters")
+    for i, prompt in enumerate(prompts):
+        _utf8(prompt, f"inputs[{i}]")
     params = data.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest("parameters must be an object")
@@ -100,9 +144,9 @@ def parse(body: bytes, headers: dict[str, str], settings: ServingSettings) -> Re
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop):
         raise BadRequest("parameters.stop must be a string or at most 4 strings of 1-64 characters")
-    adapter = data.get("adapter", headers.get(ADAPTER_HEADER))
-    if adapter is not None and (not isinstance(adapter, str) or not adapter):
-        raise BadRequest("adapter must be a non-empty string (or absent, for the base model)")
+    for s in stop:
+        _utf8(s, "parameters.stop")
+    adapters = _adapters(data, headers, len(prompts))
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
@@ -116,4 +160,4 @@ def parse(body: bytes, headers: dict[str, str], settings: ServingSettings) -> Re
         repetition_penalty=penalty,
         seed=seed if sample else None,
     )
-    return Request(prompts, adapter, sampling, max_new, tuple(stop), stream, single)
+    return Request(prompts, adapters, sampling, max_new, tuple(stop), stream, single)

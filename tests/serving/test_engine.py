@@ -4,6 +4,7 @@ equals the same rows one by one, adapters of another base are refused, and the L
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -11,7 +12,6 @@ import torch
 
 from loraops.manifest import MANIFEST_FILE
 from loraops_serving.engine import Engine, Row
-from loraops_serving.layouts import LayoutError
 from loraops_serving.schema import Sampling, UnknownAdapter
 from loraops_serving.settings import ServingSettings
 
@@ -31,12 +31,15 @@ def test_base_plus_adapter_equals_the_merged_model(engine, merged_alpha):
     merged = Engine(merged_alpha, ServingSettings())
     rows = [Row(p, "alpha", 12) for p in PROMPTS]
     assert _texts(engine, rows) == _texts(merged, [Row(p, None, 12) for p in PROMPTS])
-    batch = engine.tokenizer(PROMPTS[:1], return_tensors="pt")
-    engine._slot("alpha")
-    engine.routing.rows, engine.routing.active = torch.tensor([engine.resident["alpha"]]), True
-    with torch.no_grad():
-        ours = engine.model(**batch).logits
-    engine.routing.rows, engine.routing.active = None, False
+    batch = engine.tokenizer(PROMPTS[:1], return_tensors="pt").to(engine.device)
+    slot = engine.acquire("alpha")
+    engine.routing.rows, engine.routing.active = torch.tensor([slot], device=engine.device), True
+    try:
+        with torch.no_grad():
+            ours = engine.model(**batch).logits
+    finally:
+        engine.routing.rows, engine.routing.active = None, False
+        engine.release("alpha")
     with torch.no_grad():
         theirs = merged.model(**batch).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
@@ -66,8 +69,11 @@ def test_an_adapter_of_another_base_is_refused_naming_both_digests(tiny_base, ad
     manifest = json.loads((stranger / MANIFEST_FILE).read_text())
     manifest["base_weights_digest"] = "sha256:" + "f" * 64
     (stranger / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(LayoutError, match=r"trained on base weights sha256:f{64}; the loaded base is sha256:"):
-        Engine(tiny_base, ServingSettings(), [stranger])
+    engine = Engine(tiny_base, ServingSettings(), [stranger, adapters["beta"]])
+    assert list(engine.available) == ["beta"]  # reported and skipped; the others serve
+    assert re.search(r"trained on base weights sha256:f{64}; the loaded base is sha256:", engine.refused["stranger"])
+    with pytest.raises(UnknownAdapter, match=r"no adapter 'stranger' \(refused at load: adapter stranger was trained"):
+        engine.generate([Row(PROMPTS[0], "stranger", 2)])
 
 
 def test_adapters_come_and_go_at_run_time(tiny_base, adapters):

@@ -1,11 +1,11 @@
 """The local front over HTTP (uvicorn on 127.0.0.1, a free port): the SageMaker contract, every bad request
-answered 400/404 with a message while the server keeps serving, a concurrent burst, and streaming."""
+answered 4xx with a message while the server keeps serving, a concurrent burst that runs as one batch, and
+streaming."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +40,7 @@ PROMPT = "### Instruction:\nWhat is a llama?\n\n### Response:\n"
 
 def test_ping_and_routing_by_body_or_header(server, engine):
     with urllib.request.urlopen(server + "/ping") as response:
-        assert json.loads(response.read()) == {"status": "healthy", "adapters": ["alpha", "beta"]}
+        assert json.loads(response.read()) == {"status": "healthy", "adapters": ["alpha", "beta"], "refused": {}}
     expected = engine.generate([Row(PROMPT, "beta", 6)], Sampling())[0].text
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}
     status, by_body = post(server, {**body, "adapter": "beta"})
@@ -76,37 +76,42 @@ def test_bad_requests_get_a_clear_answer_and_the_server_keeps_serving(server, bo
     assert post(server, {"inputs": "Hi", "parameters": {"max_new_tokens": 2}})[0] == 200
 
 
-def test_a_concurrent_burst_is_answered_right_with_ping_healthy_throughout(server, engine):
+def test_a_concurrent_burst_runs_as_one_batch_answered_right_with_ping_healthy(server, engine):
+    """Batching is proven by events, not timing: the first request's prefill is held until the other requests
+    are queued; they then join it, and one decode step runs all of them."""
     adapters = ["alpha", "beta", None]
     expected = {a: engine.generate([Row(PROMPT, a, 5)], Sampling())[0].text for a in adapters}
-    pings, stop = [], threading.Event()
+    jobs = [adapters[i % 3] for i in range(12)]
+    scheduler, prefill, step = engine.scheduler, engine.prefill, engine.decode_step
+    first_in, go, step_rows = threading.Event(), threading.Event(), []
 
-    def ping():
-        while not stop.is_set():
-            with urllib.request.urlopen(server + "/ping", timeout=30) as response:
-                pings.append(response.status)
-            time.sleep(0.02)
+    def held_prefill(seqs):
+        first_in.set()
+        assert go.wait(120), "the test never released the worker"
+        return prefill(seqs)
 
-    batch_sizes, generate = [], engine.generate
+    def counted_step(batch, tokens):
+        step_rows.append(len(tokens))
+        return step(batch, tokens)
 
-    def counted(rows, sampling):
-        batch_sizes.append(len(rows))
-        return generate(rows, sampling)
-
-    engine.generate = counted  # records how the batcher grouped the burst; the real generate runs
-    pinger = threading.Thread(target=ping)
-    pinger.start()
-    jobs = [adapters[i % 3] for i in range(24)]
-    with ThreadPoolExecutor(12) as pool:
-        body = lambda a: {"inputs": PROMPT, "parameters": {"max_new_tokens": 5}, **({"adapter": a} if a else {})}
-        results = list(pool.map(lambda a: post(server, body(a)), jobs))
-    stop.set()
-    pinger.join()
-    del engine.generate
-    assert max(batch_sizes) > 1 and len(batch_sizes) < len(jobs), batch_sizes  # requests ran together
+    engine.prefill, engine.decode_step = held_prefill, counted_step  # the real forwards run, observed
+    try:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            body = lambda a: {"inputs": PROMPT, "parameters": {"max_new_tokens": 5}, **({"adapter": a} if a else {})}
+            futures = [pool.submit(post, server, body(jobs[0]))]
+            assert first_in.wait(120)
+            futures += [pool.submit(post, server, body(a)) for a in jobs[1:]]
+            assert scheduler.wait_for(lambda: len(scheduler.waiting) == len(jobs) - 1, 120), "requests not queued"
+            with urllib.request.urlopen(server + "/ping", timeout=30) as response:  # healthy while busy
+                assert response.status == 200
+            engine.prefill = prefill
+            go.set()
+            results = [f.result() for f in futures]
+    finally:
+        del engine.prefill, engine.decode_step
+    assert max(step_rows) == len(jobs), step_rows  # all twelve ran in one decode step
     assert [status for status, _ in results] == [200] * len(jobs)
     assert [answer["generated_text"] for _, answer in results] == [expected[a] for a in jobs]
-    assert pings and set(pings) == {200}
 
 
 def test_streaming_sends_the_text_piece_by_piece(server, engine):
@@ -119,5 +124,7 @@ def test_streaming_sends_the_text_piece_by_piece(server, engine):
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        pieces = [json.loads(line)["token"]["text"] for line in response.read().decode().splitlines()]
-    assert len(pieces) > 1 and "".join(pieces).strip() == expected.strip()
+        lines = [json.loads(line) for line in response.read().decode().splitlines()]
+    pieces = [line["token"]["text"] for line in lines[:-1]]
+    assert len(pieces) > 1 and "".join(pieces) == expected
+    assert lines[-1]["generated_text"] == expected and lines[-1]["adapter"] == "alpha"
