@@ -177,8 +177,9 @@ def test_resume_from_the_last_or_newest_complete_checkpoint_is_bitwise_identical
 
     code, at_end, err = train_in_process(fast_args(tiny_base, tmp_path / "at-end", **common), capsys)
     assert code == 0, err[-3000:]
-    assert f"resuming from {checkpoints / 'checkpoint-8'}: it holds the run's last step" in err
+    assert at_end["global_step"] == 8  # not one step more
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert f"resuming from {checkpoints / 'checkpoint-8'}: it holds the run's last step" in err
 
     (checkpoints / "checkpoint-8" / "trainer_state.json").unlink()  # the file the Trainer writes last
     code, second, err = train_in_process(fast_args(tiny_base, tmp_path / "second", **common), capsys)

@@ -84,4 +84,7 @@ def restore_final_checkpoint(trainer: Any, checkpoint: str) -> None:
     result = set_peft_model_state_dict(trainer.model, weights)
     if result.unexpected_keys:
         raise ValueError(f"{checkpoint}: adapter weights that the model does not have: {result.unexpected_keys[:3]}")
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    state.is_local_process_zero = trainer.is_local_process_zero()  # the file holds rank 0's
+    state.is_world_process_zero = trainer.is_world_process_zero()
+    trainer.state = state

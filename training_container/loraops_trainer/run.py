@@ -319,6 +319,7 @@ def train(settings: Settings) -> dict[str, Any]:
             if resume and checkpoint_step(resume) >= planned_steps(trainer):
                 logger.info("resuming from %s: it holds the run's last step, nothing left to train", resume)
                 restore_final_checkpoint(trainer, resume)
+                tracking.on_train_begin(trainer.args, trainer.state, trainer.control)  # the run's tracking still starts
             else:
                 if resume:
                     logger.info("resuming from %s", resume)
