@@ -4,8 +4,9 @@ tokens) and the tests (with the emulator's values) run the same definition.
 Input: :meth:`loraops.finetune.FineTuneRequest.execution_input`. Steps: resolve the newest Approved package of the
 base group (fail ``NoApprovedBase`` if none) -> create the training job (channels ``base`` = the package's
 uncompressed S3 prefix, ``training``, optional ``validation``; uncompressed output; VPC, KMS, network isolation,
-checkpoints, optional spot) -> poll it until it ends (``TrainingJobFailed`` unless Completed). Registration
-follows from the job's EventBridge event, not from here.
+checkpoints, optional spot; launched by the training toolkit under ``torchrun`` on every GPU of every instance;
+the trainer's final metrics read by :data:`METRIC_DEFINITIONS`) -> poll it until it ends (``TrainingJobFailed``
+unless Completed). Registration follows from the job's EventBridge event, not from here.
 
 The job is created with the request/response ``createTrainingJob`` integration and a describe/wait loop rather
 than ``createTrainingJob.sync``: both run on AWS, and the loop also runs on the local emulator, so the tests
@@ -21,6 +22,17 @@ from loraops.naming import TAG_PACKAGE_GROUP
 
 POLL_SECONDS = 60
 TRAINER_CHECKPOINTS = "/opt/ml/checkpoints"
+#: Hyperparameters the workflow adds to every job. ``sagemaker_torch_distributed_enabled`` is what the SageMaker SDK's
+#: ``distribution={"torch_distributed": {"enabled": True}}`` sets: the image's training toolkit then starts the
+#: entry point with ``torchrun --nnodes <instances> --nproc_per_node <GPUs>`` (one process per GPU of every
+#: instance) instead of one process per instance.
+LAUNCH_HYPERPARAMETERS = {"sagemaker_torch_distributed_enabled": "true"}
+#: The trainer's final metrics as SageMaker reads them from the job's log (``loraops metric <name>=<value>;``, one
+#: line each from rank 0): the job's metrics, and the objectives a hyperparameter tuning job can use.
+METRIC_DEFINITIONS = [
+    {"Name": name, "Regex": f"loraops metric {name}=([-+.0-9eE]+);"}
+    for name in ("train_loss", "validation_loss", "perplexity")
+]
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,11 @@ def _create_job(settings: WorkflowSettings, with_validation: bool) -> dict[str, 
         "Resource": "arn:aws:states:::sagemaker:createTrainingJob",
         "Parameters": {
             "TrainingJobName.$": "$.job_name",
-            "AlgorithmSpecification": {"TrainingImage": settings.trainer_image, "TrainingInputMode": "FastFile"},
+            "AlgorithmSpecification": {
+                "TrainingImage": settings.trainer_image,
+                "TrainingInputMode": "FastFile",
+                "MetricDefinitions": METRIC_DEFINITIONS,
+            },
             "RoleArn": settings.execution_role_arn,
             "HyperParameters.$": "States.JsonMerge($.hyperparameters, $.base.hyperparameters, false)",
             "InputDataConfig": channels,
@@ -130,9 +146,10 @@ def definition(settings: WorkflowSettings) -> dict[str, Any]:
                 "Type": "Task",
                 "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeModelPackage",
                 "Parameters": {"ModelPackageName.$": "$.found.arn"},
+                # the hyperparameters the workflow adds to the request's (they win over the request's)
                 "ResultSelector": {
                     "container.$": "States.ArrayGetItem($.InferenceSpecification.Containers, 0)",
-                    "hyperparameters": {"base_model_package_arn.$": "$.ModelPackageArn"},
+                    "hyperparameters": {"base_model_package_arn.$": "$.ModelPackageArn", **LAUNCH_HYPERPARAMETERS},
                 },
                 "ResultPath": "$.base",
                 "Next": "WithValidation",

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from infra.stacks.workflow import workflow_parameter
+from infra.workflow import METRIC_DEFINITIONS
 from tests.infra.conftest import ENVIRONMENTS
 
 pytestmark = pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -46,6 +47,10 @@ def test_the_training_job_is_uncompressed_isolated_encrypted_and_in_the_vpc(env,
         assert len(job["VpcConfig"]["Subnets"]) == len(config.availability_zones)
         assert job["RoleArn"].endswith(f":role/{config.execution_role_name}")
         assert {t["Key"] for t in job["Tags"]} == {"loraops:modelPackageGroup", "loraops:environment"}
+        assert job["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS  # tuning objectives
+    # the toolkit's torchrun launch on every GPU of every instance (merged into the job's hyperparameters)
+    added = definition["States"]["DescribeBase"]["ResultSelector"]["hyperparameters"]
+    assert added["sagemaker_torch_distributed_enabled"] == "true"
     channels = [c["ChannelName"] for c in definition["States"]["TrainWithValidation"]["Parameters"]["InputDataConfig"]]
     assert channels == ["base", "training", "validation"]
 

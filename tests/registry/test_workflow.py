@@ -44,14 +44,23 @@ def workflow(aws, emulator, monkeypatch):
     ).read()
 
 
+#: Generous: the emulator runs the whole execution in a thread at once; a busy 2-core machine may starve it.
+EXECUTION_DEADLINE_SECONDS = 300
+
+
+def _ended(client, execution_arn: str) -> dict:
+    """The execution once it is no longer RUNNING (polled until then, within ``EXECUTION_DEADLINE_SECONDS``)."""
+    deadline = time.monotonic() + EXECUTION_DEADLINE_SECONDS
+    while (described := client.describe_execution(executionArn=execution_arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, f"the execution still runs after {EXECUTION_DEADLINE_SECONDS} s"
+        time.sleep(0.05)  # a poll interval, not a wait for something to happen
+    return described
+
+
 def _run(client, arn: str, execution_input: dict) -> dict:
-    execution = client.start_execution(stateMachineArn=arn, input=json.dumps(execution_input))["executionArn"]
-    for _ in range(100):
-        described = client.describe_execution(executionArn=execution)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.1)
-    raise AssertionError("the execution did not end")
+    return _ended(
+        client, client.start_execution(stateMachineArn=arn, input=json.dumps(execution_input))["executionArn"]
+    )
 
 
 def _request(**overrides) -> FineTuneRequest:
@@ -70,7 +79,9 @@ def test_workflow_trains_the_newest_approved_base_with_the_layout_and_guards(reg
     client, arn = workflow
     base = import_base(registry, LocalFolder(tiny_base), MODEL_ID)
     registry.decide(base.arn, approve=True)
-    request = _request(spot=True, validation_uri=TRAINING + "validation.jsonl")
+    request = _request(
+        spot=True, validation_uri=TRAINING + "validation.jsonl", instance_type="ml.g5.12xlarge", instance_count=2
+    )
     execution_input = request.execution_input(BUCKET)
     result = _run(client, arn, execution_input)
     assert result["status"] == "SUCCEEDED", result
@@ -94,12 +105,14 @@ def test_workflow_trains_the_newest_approved_base_with_the_layout_and_guards(reg
         "dataset_name": "databricks-dolly-15k",
         "output_mode": "adapter",
         "base_model_package_arn": base.arn,
+        "sagemaker_torch_distributed_enabled": "true",  # the toolkit's torchrun launch: every GPU of every instance
     }
     assert job["EnableManagedSpotTraining"] is True and job["EnableNetworkIsolation"] is True
     assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
     assert job["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/checkpoints/{execution_input['job_name']}/"
     assert job["VpcConfig"] == {"Subnets": ["subnet-1", "subnet-2"], "SecurityGroupIds": ["sg-1"]}
     assert job["ResourceConfig"]["VolumeKmsKeyId"] == KEY and job["RoleArn"] == ROLE
+    assert (job["ResourceConfig"]["InstanceType"], job["ResourceConfig"]["InstanceCount"]) == ("ml.g5.12xlarge", 2)
     tags = {t["Key"]: t["Value"] for t in aws["sagemaker"].list_tags(ResourceArn=job["TrainingJobArn"])["Tags"]}
     assert tags[TAG_PACKAGE_GROUP] == ADAPTER_GROUP
 
@@ -154,10 +167,7 @@ def test_finetune_start_checks_first_then_runs_the_workflow(registry, aws, workf
     assert main([*start, "--json", *common]) == 0
     started = json.loads(capsys.readouterr().out)
     assert started["package_group"] == ADAPTER_GROUP and started["base_package"] == base.arn
-    for _ in range(100):
-        if client.describe_execution(executionArn=started["execution_arn"])["status"] != "RUNNING":
-            break
-        time.sleep(0.1)
+    _ended(client, started["execution_arn"])
     assert main(["finetune", "status", started["execution_arn"], "--json", *common[:-2]]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status == {"execution": "SUCCEEDED", "job_name": started["job_name"], "job": "Completed", "failure": ""}

@@ -117,6 +117,10 @@ def test_decoding_sagemaker_values():
             "hyperparameter 'per_device_train_batch_size' is set by loraops; use tokens_per_step",
         ),
         (["--report_to", "wandb"], "hyperparameter 'report_to' is set by loraops"),
+        (["--seed", "-1"], r"hyperparameter 'seed': must be in \[0, 2\*\*32\)"),
+        (["--seed", str(2**32)], r"hyperparameter 'seed': must be in \[0, 2\*\*32\)"),
+        (["--checkpoint_dir", "/m/checkpoints"], "hyperparameter 'checkpoint_dir': /m/checkpoints is inside model_dir"),
+        (["--output_data_dir", "/m"], "hyperparameter 'output_data_dir': /m is inside model_dir /m"),
     ],
 )
 def test_invalid_hyperparameters(args, message):
@@ -153,3 +157,40 @@ def test_idle_gpus_are_reported():
     assert idle_gpu_warning({"SM_NUM_GPUS": "4", "LOCAL_WORLD_SIZE": "4"}) is None
     message = idle_gpu_warning({"SM_NUM_GPUS": "4"})
     assert message.startswith("SM_NUM_GPUS=4 but 1 training process(es) on this host: 3 GPU(s) idle")
+
+
+def test_hyperparameters_of_a_tuning_job_are_accepted_and_left_out(tmp_path):
+    """A SageMaker hyperparameter tuning job adds ``_tuning_objective_metric`` (and may add other ``_tuning_*`` keys)
+    to hyperparameters.json; the training toolkit passes those it does not know on as flags too."""
+    hp = tmp_path / "hyperparameters.json"
+    hp.write_text(
+        json.dumps(
+            {
+                "learning_rate": "0.0003",  # a tuned value: a plain string, not JSON-encoded
+                "lora_r": "16",
+                "_tuning_objective_metric": "validation_loss",
+                "_tuning_job_name": "loraops-tuning-1",
+                "sagemaker_torch_distributed_enabled": "true",
+            }
+        )
+    )
+    cli = ["--hyperparameters-file", str(hp), "--_tuning_job_name", "loraops-tuning-1", "--_tuning_x=1"]
+    settings = load_settings([*REQUIRED, *cli], environ={})
+    assert settings.training.learning_rate == 3e-4 and settings.config.lora_r == 16
+    assert not [k for k in settings.hyperparameters if k.startswith(("_tuning", "sagemaker"))]
+
+
+def test_a_multi_host_job_without_a_distributed_launch_is_refused():
+    """Two instances, each starting one plain process: each would train (and publish) its own copy."""
+    hosts = {"SM_HOSTS": json.dumps(["algo-1", "algo-2"]), "SM_CURRENT_HOST": "algo-1"}
+    with pytest.raises(ConfigError, match=r"this job has 2 instances \(SM_HOSTS\) but 1 training process"):
+        load_settings(REQUIRED, environ=hosts)
+    assert load_settings(REQUIRED, environ={**hosts, "WORLD_SIZE": "8"}).config.model_dir == "/m"  # torchrun's
+    assert load_settings(REQUIRED, environ={"SM_HOSTS": json.dumps(["algo-1"])}).config.model_dir == "/m"
+
+
+def test_without_a_gpu_the_micro_batch_defaults_to_2048_tokens():
+    """16,384 tokens per micro-batch made a tiny model take 22 s and 2.4 GB a step on a CPU."""
+    assert load_settings(REQUIRED, environ={}).config.tokens_per_step == 2048
+    assert load_settings([*REQUIRED, "--max_seq_length", "4096"], environ={}).config.tokens_per_step == 4096
+    assert load_settings([*REQUIRED, "--tokens_per_step", "16384"], environ={}).config.tokens_per_step == 16384

@@ -37,6 +37,18 @@ def test_diverged_run_fails_and_publishes_nothing(tiny_base, tmp_path, failure_f
     assert _nothing_published(out)
 
 
+def test_divergence_that_leaves_finite_weights_is_named(tiny_base, tmp_path, failure_file, capsys):
+    """One step at a huge learning rate: the weights stay finite, the validation loss does not."""
+    out = tmp_path / "model"
+    args = fast_args(tiny_base, out, learning_rate=1e30, max_steps=1, sample_generations=0, output_mode="adapter")
+    code, metrics, err = train_in_process(args, capsys)
+    assert code == 2 and metrics is None
+    (line,) = [line for line in err.splitlines() if line.startswith("train: error:")]
+    assert "after training: the run diverged" in line and "JSON" not in line, line
+    assert failure_file.read_text() == line.removeprefix("train: error: ")
+    assert _nothing_published(out)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -50,6 +62,9 @@ def test_diverged_run_fails_and_publishes_nothing(tiny_base, tmp_path, failure_f
         ({"categories": "poetry"}, r"no records in categories \['poetry'\]"),
         ({"base_model_dir": "EMPTY"}, "not a Hugging Face model folder"),
         ({"base_model_dir": "NO_WEIGHTS"}, r"no weight files \(\.safetensors, \.bin\)"),
+        ({"seed": -1}, r"hyperparameter 'seed': must be in \[0, 2\*\*32\)"),
+        ({"checkpoint_dir": "INSIDE"}, r"hyperparameter 'checkpoint_dir': .*/model/checkpoints is inside model_dir"),
+        ({"output_data_dir": "INSIDE"}, r"hyperparameter 'output_data_dir': .*/model/checkpoints is inside model_dir"),
         (
             {"max_seq_length": 64, "max_dropped_fraction": 0.05},
             r"training data .*: \d+ of \d+ records .* have a "
@@ -63,8 +78,13 @@ def test_bad_input_fails_before_training_with_one_line_and_the_failure_file(
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((tiny_base / "config.json").read_text())
-    places = {"MISSING": tmp_path / "nope.jsonl", "EMPTY": tmp_path / "output", "NO_WEIGHTS": no_weights}
     out = tmp_path / "model"
+    places = {
+        "MISSING": tmp_path / "nope.jsonl",
+        "EMPTY": tmp_path / "output",
+        "NO_WEIGHTS": no_weights,
+        "INSIDE": out / "checkpoints",
+    }
     code, _, err = train_in_process(
         fast_args(tiny_base, out, **{k: places.get(v, v) for k, v in overrides.items()}), capsys
     )
@@ -158,6 +178,25 @@ def test_kill_mid_write_leaves_nothing_and_the_next_run_cleans_up(tmp_path):
         (staging / "adapter_model.safetensors").write_bytes(b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert (model_dir / "adapter_model.safetensors").read_bytes() == b"whole"
+
+
+def test_cleanup_leaves_staging_folders_of_other_model_folders_and_of_live_runs(tmp_path):
+    """Only ``.loraops-staging-<model>-<pid>`` of an exited process is a leftover: not the staging folder of a model
+    folder whose name starts alike (``model-2``), nor one whose process still runs."""
+    from loraops_trainer.publish import staged
+
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(exited.stdout)
+    running = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        kept = [f".loraops-staging-model-2-{dead_pid}", f".loraops-staging-model-{running.pid}"]
+        for name in [*kept, f".loraops-staging-model-{dead_pid}"]:
+            (tmp_path / name).mkdir()
+        with staged(tmp_path / "model") as staging:
+            (staging / "adapter_model.safetensors").write_bytes(b"whole")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "model"])
+    finally:
+        running.communicate(input=b"", timeout=120)
 
 
 def test_an_error_while_writing_removes_the_staging_folder(tmp_path):

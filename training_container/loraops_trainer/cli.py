@@ -1,8 +1,10 @@
 """``loraops-train``: the trainer's entry point (SageMaker runs it through ``train.py``).
 
-Exit status 0 with ``{"metrics": ...}`` on stdout, or 2 with ``train: error: <reason>`` on stderr. Every
-failure, of any kind, also writes its one-line reason to ``/opt/ml/output/failure`` (SageMaker shows it as the
-job's FailureReason) where that folder exists; ``LORAOPS_FAILURE_FILE`` names another place.
+Exit status 0 with ``{"metrics": ...}`` on stdout (rank 0 also prints one ``loraops metric <name>=<value>;`` line
+per final metric, the form SageMaker metric definitions read: see :func:`metric_lines`), or 2 with
+``train: error: <reason>`` on stderr. Every failure, of any kind, also writes its one-line reason to
+``/opt/ml/output/failure`` (SageMaker shows it as the job's FailureReason) where that folder exists;
+``LORAOPS_FAILURE_FILE`` names another place.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def one_line(error: BaseException) -> str:
     return text if type(error).__name__ in EXPECTED_ERRORS else f"{type(error).__name__}: {text}"
 
 
+def metric_lines(metrics: dict[str, float]) -> list[str]:
+    """The final metrics in the form SageMaker metric definitions (and so tuning objectives) read:
+    ``loraops metric validation_loss=2.71;`` matches the regex ``loraops metric validation_loss=([-+.0-9eE]+);``."""
+    return [f"loraops metric {name}={float(value)!r};" for name, value in metrics.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -61,5 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {reason}", file=sys.stderr)
         record_failure(reason)
         return 130 if isinstance(error, KeyboardInterrupt) else 2
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(metric_lines(metrics)))
     print(json.dumps({"metrics": metrics}))
     return 0

@@ -131,7 +131,10 @@ class TrainConfig:
     )
     tokens_per_step: int = field(
         default=16384,
-        metadata={"help": "token budget of one packed micro-batch (on a GPU the memory profile chooses it unless set)"},
+        metadata={
+            "help": "token budget of one packed micro-batch (on a GPU the memory profile chooses it unless set; "
+            "without a GPU 2048, or max_seq_length if longer)"
+        },
     )
     memory_profile: Literal["auto", "off"] = field(
         default="auto",
@@ -265,8 +268,34 @@ def decode_sagemaker_value(value: Any) -> str:
     return str(value)
 
 
+#: Prefixes of hyperparameters that SageMaker itself adds: the training toolkit's (``sagemaker_program``,
+#: ``sagemaker_torch_distributed_enabled``, ...) and a hyperparameter tuning job's (``_tuning_objective_metric``, ...).
+SAGEMAKER_PREFIXES = ("sagemaker_", "_tuning_")
+
+
+def _sagemaker_own(name: str) -> bool:
+    return name.startswith(SAGEMAKER_PREFIXES)
+
+
+def _without_sagemaker_flags(cli: list[str]) -> list[str]:
+    """The command line without ``--sagemaker_*``/``--_tuning_*`` flags and their values (the toolkit passes every
+    hyperparameter it does not know as a flag)."""
+    rest, skip = [], False
+    for item in cli:
+        if skip:
+            skip = False
+            continue
+        name, equals, _ = item.partition("=")
+        if name.startswith("--") and _sagemaker_own(name[2:]):
+            skip = not equals
+            continue
+        rest.append(item)
+    return rest
+
+
 def read_hyperparameters(path: Path) -> dict[str, str]:
-    """The user's entries of a SageMaker hyperparameters file (SageMaker's own ``sagemaker_*`` left out)."""
+    """The user's entries of a SageMaker hyperparameters file (SageMaker's own, :data:`SAGEMAKER_PREFIXES`, left
+    out)."""
     if not path.is_file():
         return {}
     try:
@@ -275,7 +304,23 @@ def read_hyperparameters(path: Path) -> dict[str, str]:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
-    return {k: decode_sagemaker_value(v) for k, v in data.items() if not k.startswith("sagemaker_")}
+    return {k: decode_sagemaker_value(v) for k, v in data.items() if not _sagemaker_own(k)}
+
+
+def check_launch(environ: dict[str, str]) -> None:
+    """Refuse a job of several instances (the toolkit's ``SM_HOSTS``) started without a distributed launch: each
+    host would train its own copy of the model and publish it."""
+    try:
+        hosts = json.loads(environ.get("SM_HOSTS") or "[]")
+    except json.JSONDecodeError:
+        hosts = []
+    world_size = int(environ.get("WORLD_SIZE") or 1)
+    if len(hosts) > 1 and world_size < len(hosts):
+        raise ConfigError(
+            f"this job has {len(hosts)} instances (SM_HOSTS) but {world_size} training process(es) in all: start it "
+            "with the training toolkit's distributed launch (hyperparameter sagemaker_torch_distributed_enabled=true, "
+            "the SageMaker SDK's distribution torch_distributed), or use one instance"
+        )
 
 
 def _flags(values: dict[str, str]) -> list[str]:
@@ -303,6 +348,7 @@ def _check_training_values(training: dict[str, Any]) -> None:
         (training["gradient_accumulation_steps"] >= 1, "gradient_accumulation_steps", "must be >= 1"),
         (training["logging_steps"] > 0, "logging_steps", "must be > 0"),
         (training["save_steps"] > 0, "save_steps", "must be > 0"),
+        (0 <= training["seed"] < 2**32, "seed", "must be in [0, 2**32)"),
     ]
     for ok, name, message in checks:
         if not ok:
@@ -372,6 +418,8 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
 
     environ = dict(os.environ) if environ is None else environ
     hp_file, cli = _split_hyperparameters_file(list(argv or []))
+    cli = _without_sagemaker_flags(cli)
+    check_launch(environ)
     from_file = read_hyperparameters(hp_file)
     from_environment = {name: environ[var] for name, var in ENVIRONMENT_DEFAULTS.items() if environ.get(var)}
     given = _given_names(_flags(from_file)) | _given_names(cli)
@@ -394,7 +442,11 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         config = dataclasses.replace(config, checkpoint_dir=default_checkpoint_dir(config.model_dir, environ))
     user_training = {k: values[k] for k in parsed.training_names if k not in DERIVED_TRAINING_ARGUMENTS}
     _check_training_values(user_training)
-    config, user_training, profile = apply_memory_profile(config, user_training, given, gpu_memory_bytes())
+    gpu_bytes = gpu_memory_bytes()
+    config, user_training, profile = apply_memory_profile(config, user_training, given, gpu_bytes)
+    if not gpu_bytes and "tokens_per_step" not in given:
+        config = dataclasses.replace(config, tokens_per_step=max(CPU_TOKENS_PER_STEP, config.max_seq_length))
+    check_folders(config)
     every_n = profile.recompute_every_n_layers if profile and profile.activation_checkpointing else 1
     try:
         training = TrainingArguments(**user_training, **derived_training_arguments(config, every_n))
@@ -406,6 +458,24 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
     if profile:
         hyperparameters["memory_profile_choice"] = profile.as_dict()
     return Settings(config=config, training=training, hyperparameters=hyperparameters, memory_profile=profile)
+
+
+#: Micro-batch tokens without a GPU unless set (16,384 makes even a tiny model take seconds and gigabytes a step).
+CPU_TOKENS_PER_STEP = 2048
+
+
+def check_folders(config: TrainConfig) -> None:
+    """Refuse a checkpoint or report folder inside the model folder: the published folder must start empty and
+    hold only the artifact."""
+    model_dir = Path(config.model_dir).absolute()
+    for name in ("checkpoint_dir", "output_data_dir"):
+        value = getattr(config, name)
+        folder = Path(value).absolute() if value else None
+        if folder is not None and (folder == model_dir or model_dir in folder.parents):
+            raise ConfigError(
+                f"hyperparameter '{name}': {value} is inside model_dir {config.model_dir}, which receives only the "
+                "artifact; put it beside the model folder"
+            )
 
 
 #: Names under which a user sets recomputation explicitly (the profile then leaves it alone).

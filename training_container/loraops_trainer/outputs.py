@@ -36,8 +36,24 @@ def artifact_folders(root: Path, modes: tuple[OutputMode, ...]) -> dict[OutputMo
 
 
 def save_adapter(peft_model: Any, tokenizer: Any, folder: Path, base_model_id: str) -> None:
-    """The PEFT adapter with bf16 weights, naming the base by its Hugging Face id (never a local path)."""
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    """The PEFT adapter with bf16 weights, naming the base by its Hugging Face id (never a local path) in its config
+    and its model card (``README.md``)."""
+    # PEFT names the base by the adapter config's path (adapter_config.json), the model config's (the card's
+    # base_model) and the model's own (the card's base_model:adapter tag)
+    base = peft_model.get_base_model()
+    configs = [
+        (peft_model.peft_config[peft_model.active_adapter], "base_model_name_or_path"),
+        (base.config, "name_or_path"),
+        (base, "name_or_path"),
+    ]
+    local = [getattr(config, name) for config, name in configs]
+    try:
+        for config, name in configs:
+            setattr(config, name, base_model_id)
+        peft_model.save_pretrained(str(folder), safe_serialization=True)
+    finally:
+        for (config, name), value in zip(configs, local, strict=True):
+            setattr(config, name, value)
     weights = folder / ADAPTER_WEIGHTS
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(weights)).items()}
     save_file(tensors, str(weights), metadata={"format": "pt"})

@@ -3,10 +3,10 @@
 Artifacts are written into a staging folder beside the model folder (same file system, outside what
 SageMaker uploads) and published by one ``rename`` onto the empty model folder: a reader sees either
 nothing or everything. A run killed mid-write (SIGKILL, a reclaimed spot instance) leaves only the
-staging folder, which the next run removes. Where the model folder is a mount point (SageMaker local
-mode mounts ``/opt/ml/model``) it cannot be replaced by a rename: staging then happens inside it, and the
-entries are moved in with every ``loraops-manifest.json`` last, so a reader that requires the manifest
-never sees a partial artifact.
+staging folder, which the next run of the same model folder removes once the process named in it has exited.
+Where the model folder is a mount point (SageMaker local mode mounts ``/opt/ml/model``) it cannot be replaced by
+a rename: staging then happens inside it, and the entries are moved in with every ``loraops-manifest.json`` last,
+so a reader that requires the manifest never sees a partial artifact.
 """
 
 from __future__ import annotations
@@ -51,6 +51,23 @@ def _staging_place(model_dir: Path) -> tuple[Path, str]:
     return model_dir.parent, f"{STAGING_MARK}{model_dir.name}-"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _left_by_exited_run(name: str, prefix: str) -> bool:
+    """A staging folder of this model folder (exactly ``<prefix><pid>``: not one of a model folder whose name starts
+    alike) whose process has exited."""
+    pid = name.removeprefix(prefix)
+    return name.startswith(prefix) and pid.isdigit() and not _alive(int(pid))
+
+
 def _move_in(staging: Path, model_dir: Path) -> None:
     """Mount-point fallback: entries moved into ``model_dir``, manifests last."""
     items = sorted(staging.rglob("*"), key=lambda p: (p.name == MANIFEST_FILE, len(p.parts)))
@@ -69,7 +86,7 @@ def staged(model_dir: Path) -> Iterator[Path]:
     check_model_dir(model_dir)
     place, prefix = _staging_place(model_dir)
     if place.is_dir():
-        for stale in [p for p in place.iterdir() if p.name.startswith(prefix)]:
+        for stale in [p for p in place.iterdir() if _left_by_exited_run(p.name, prefix)]:
             logger.warning("removing %s left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
     place.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -23,6 +24,14 @@ import loraops
 from loraops.manifest import Manifest, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops_trainer import data as data_lib
+from loraops_trainer.accounting import (
+    LogAtSaveAndEnd,
+    checkpoint_step,
+    planned_steps,
+    restore_final_checkpoint,
+    run_train_loss,
+    trained_amount,
+)
 from loraops_trainer.config import Settings, TrainConfig
 from loraops_trainer.evaluation import (
     EVALUATION_FILE,
@@ -203,6 +212,11 @@ def evaluate(
         config.eval_batches,
         where=f"validation data {prepared.validation.source}",
     )
+    if not math.isfinite(loss):
+        raise TrainingFault(
+            f"validation loss is {loss} after training: the run diverged (its weights are finite but useless); "
+            "lower learning_rate; nothing was published"
+        )
     report = metrics_report(loss, metrics["train_loss"], tokens)
     metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
     tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
@@ -231,13 +245,19 @@ def build_manifest(
         base_model_package_arn=config.base_model_package_arn or None,
         dataset_name=config.dataset_name,
         dataset_digest=prepared.digest,
-        data=prepared.summary(),
+        data=_with_trained(prepared.summary(), metrics),
         hyperparameters=settings.hyperparameters,
         code_version=code_version(),
         metrics={k: float(v) for k, v in metrics.items()},
         training_job=job_name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
+
+def _with_trained(summary: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The training channel's summary with the samples its steps consumed (the rest of the channel was not)."""
+    training = {**summary["training"], "samples_trained": int(metrics["train_samples"])}
+    return {**summary, "training": training}
 
 
 def check_inputs(config: TrainConfig) -> str:
@@ -262,6 +282,8 @@ def train(settings: Settings) -> dict[str, Any]:
     cap_gpu_memory(config.memory_budget_gib)
     if warning := idle_gpu_warning(dict(os.environ)):
         logger.warning(warning)
+    world = settings.training.world_size
+    logger.info(f"data parallel: {world} processes" if world > 1 else "one training process (no data parallelism)")
     base_digest = check_inputs(config)
     tokenizer = load_tokenizer(config.base_model_dir)
     prepared = prepare_data(config, tokenizer, settings.training.seed)
@@ -288,23 +310,39 @@ def train(settings: Settings) -> dict[str, Any]:
             )
             nonfinite = NonFiniteGuard(config.max_nonfinite_steps)
             trainer, train_set, collator = build_trainer(
-                settings, model, tokenizer, prepared.train.samples, [tracking, nonfinite, termination]
+                settings,
+                model,
+                tokenizer,
+                prepared.train.samples,
+                [tracking, nonfinite, termination, LogAtSaveAndEnd()],
             )
-            if resume:
-                logger.info("resuming from %s", resume)
-            result = trainer.train(resume_from_checkpoint=resume)
+            if resume and checkpoint_step(resume) >= planned_steps(trainer):
+                logger.info("resuming from %s: it holds the run's last step, nothing left to train", resume)
+                restore_final_checkpoint(trainer, resume)
+                tracking.on_train_begin(trainer.args, trainer.state, trainer.control)  # the run's tracking still starts
+            else:
+                if resume:
+                    logger.info("resuming from %s", resume)
+                trainer.train(resume_from_checkpoint=resume)
             if termination.requested:
                 raise TrainingFault(
                     f"stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in "
                     f"{checkpoint_dir} for resume; nothing was published"
                 )
             check_finite_weights(model)
+            global_step = int(trainer.state.global_step)
+            samples, tokens = trained_amount(
+                train_set, settings.training.world_size, settings.training.gradient_accumulation_steps, global_step
+            )
             metrics: dict[str, Any] = {
-                "train_loss": _run_train_loss(trainer.state, result.training_loss),
-                "global_step": int(result.global_step),
-                "train_tokens": train_set.tokens,
+                "train_loss": run_train_loss(trainer.state.log_history),
+                "global_step": global_step,
+                "train_samples": samples,
+                "train_tokens": tokens,
                 "skipped_nonfinite_steps": len(nonfinite.skipped),
             }
+            if not math.isfinite(metrics["train_loss"]):
+                raise TrainingFault("no finite training loss was logged: the run diverged; nothing was published")
             if torch.cuda.is_available():
                 metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved() / 2**30
             logger.info(
@@ -334,9 +372,3 @@ def train(settings: Settings) -> dict[str, Any]:
     finally:
         termination.uninstall()
     return metrics
-
-
-def _run_train_loss(state: Any, fallback: float) -> float:
-    """Mean logged training loss over the whole run (transformers' figure covers only the steps since a resume)."""
-    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-    return float(sum(losses) / len(losses)) if losses else float(fallback)
