@@ -290,7 +290,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rates", type=float, nargs="*", default=[4, 8, 16, 32, 0], help="req/s; 0: all at once")
-    parser.add_argument("--open-requests", type=int, default=96)
+    parser.add_argument("--open-requests", type=int, default=64)
     parser.add_argument("--skip-closed", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_throughput.json"))
     args = parser.parse_args()
