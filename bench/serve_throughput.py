@@ -234,7 +234,7 @@ def open_loop(args, ours: Loraops, tokenizer) -> list[dict]:
         while finished < len(requests):
             now = time.perf_counter() - t0
             admit = []
-            while pending and arrivals[pending[0]] <= now and free and len(admit) < 8:
+            while pending and arrivals[pending[0]] <= now and len(admit) < min(8, len(free)):
                 admit.append(pending.pop(0))
             if admit:
                 rows = [free.pop(0) for _ in admit]

@@ -16,6 +16,8 @@ import torch
 
 #: Programs wanted per launch: a little over the H200's 132 multiprocessors, twice.
 _TARGET_PROGRAMS = 264
+#: At most this many partial sums per row (the expand kernel loads them all in one tile).
+_MAX_SPLITS = 64
 
 
 @functools.cache
@@ -62,7 +64,7 @@ def _kernels():
     def expand(
         part_ptr, b_ptr, slot_ptr, scale_ptr, out_ptr, N, R, splits,
         stride_ps, stride_pm, stride_bs, stride_bn, stride_om,
-        BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
     ):  # fmt: skip
         m = tl.program_id(0)
         nb = tl.program_id(1)
@@ -70,9 +72,9 @@ def _kernels():
         if slot > 0:
             offs_r = tl.arange(0, BLOCK_R)
             mask_r = offs_r < R
-            y = tl.zeros([BLOCK_R], dtype=tl.float32)
-            for s in range(0, splits):
-                y += tl.load(part_ptr + s * stride_ps + m * stride_pm + offs_r, mask=mask_r, other=0.0)
+            offs_s = tl.arange(0, BLOCK_S)  # every split's partial in one load, not one dependent load each
+            parts = part_ptr + offs_s[:, None] * stride_ps + m * stride_pm + offs_r[None, :]
+            y = tl.sum(tl.load(parts, mask=(offs_s[:, None] < splits) & mask_r[None, :], other=0.0), axis=0)
             y = y * tl.load(scale_ptr + slot).to(tl.float32)
             offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
@@ -110,7 +112,7 @@ def add_lora_bgmv(
         raise ValueError("bgmv needs the last dimension of x, A, B and out contiguous")
     block_r = max(16, _next_pow2(r))
     block_k = max(16, min(128, 4096 // block_r))
-    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, m), triton.cdiv(k, block_k)))
+    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, m), triton.cdiv(k, block_k), _MAX_SPLITS))
     k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
     splits = triton.cdiv(k, k_per_split)
     part = torch.empty((splits, m, r), device=x.device, dtype=torch.float32)
@@ -123,6 +125,6 @@ def add_lora_bgmv(
     expand[(m, triton.cdiv(n, block_n))](
         part, lora_b, slots, scale, out, n, r, splits,
         part.stride(0), part.stride(1), lora_b.stride(0), lora_b.stride(1), out.stride(0),
-        BLOCK_R=block_r, BLOCK_N=block_n,
+        BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_S=max(2, _next_pow2(splits)),
     )  # fmt: skip
     return out
