@@ -9,7 +9,7 @@ Llama-2-7B shape, random bf16 weights, 8 random LoRA adapters (r=64, all linear 
    adapters mixed in one batch. Timed from the prompts to the last token (prefill included).
 2. Open loop: Poisson arrivals at several rates, dolly prompts (instruction + context, at most 384 tokens) and
    lengths (the reference response's token count, 16..256), each request's adapter drawn among the 8. Requests
-   join the running batch at step boundaries (at most 8 prefills per step) and leave when done; per rate:
+   join the running batch at step boundaries (at most 4 prefills per step) and leave when done; per rate:
    generated tokens/s, time to first token and inter-token latency p50/p95.
 
     python bench/serve_throughput.py --runs 2   # writes bench/results/serve_throughput.json, prints both tables
@@ -205,7 +205,8 @@ def closed_batches(args, ours: Loraops, base: Path, tokenizer, results: list) ->
             result = timed(hf, args.runs, 2 if extra else 1)  # static: the first calls compile
             mine = reference_ids[(batch, "a_plain")]
             agree = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(mine, hf.last)]
-            result["tokens_agreeing_with_loraops_plain_min"] = min(agree)
+            # random weights give nearly flat logits: bf16 rounding differences flip near-ties (fp32 agrees: GPU tests)
+            result["first_disagreement_with_loraops_plain"] = {"min": min(agree), "mean": statistics.mean(agree)}
             results.append({"impl": impl, "layout": "a_plain", "batch": batch, **result})
             print(results[-1], flush=True)
     del model
@@ -234,7 +235,7 @@ def open_loop(args, ours: Loraops, tokenizer) -> list[dict]:
         while finished < len(requests):
             now = time.perf_counter() - t0
             admit = []
-            while pending and arrivals[pending[0]] <= now and len(admit) < min(8, len(free)):
+            while pending and arrivals[pending[0]] <= now and len(admit) < min(4, len(free)):
                 admit.append(pending.pop(0))
             if admit:
                 rows = [free.pop(0) for _ in admit]

@@ -73,7 +73,7 @@ def test_adapted_layers_on_cuda_match_peft(tiny_base, adapters):
     ids = torch.tensor([p[:6] for p in _ids(tiny_base)], device="cuda")
     routing.rows, routing.active = torch.tensor([slots[n] for n in names], device="cuda"), True
     with torch.no_grad():
-        prefill = model(ids).logits  # several tokens per row: grouped per slot
+        prefill = model(ids).logits  # several tokens per row: all slots stacked
         decode = model(ids[:, :1]).logits  # one token per row: the BGMV kernels
     routing.rows, routing.active = None, False
     for row, name in enumerate(names):

@@ -1,5 +1,5 @@
 """The fast decode path on the CPU (eager; CUDA graphs and the Triton kernels are the GPU tests' job): the
-per-slot grouped LoRA product equals the reference gather, and the static-cache step, with requests joining and
+all-slots stacked LoRA product equals the reference gather, and the static-cache step, with requests joining and
 leaving a running batch of mixed adapters, produces peft's greedy tokens for every request."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from loraops_serving.graph_decode import GraphDecoder
-from loraops_serving.multi_lora import Routing, grouped_delta, reference_delta
+from loraops_serving.multi_lora import Routing, reference_delta, stacked_delta
 from tests.serving.fast_decode_helpers import load_with_adapters, peft_greedy, run_requests
 
 PROMPTS = ["What is a llama?", "Name three rivers in Europe and say which is longest.", "Why is the sky blue?"]
 
 
-def test_grouped_delta_equals_the_reference_gather():
+def test_stacked_delta_equals_the_reference_gather():
     generator = torch.Generator().manual_seed(0)
     slots, rank, fan_in, fan_out = 4, 8, 24, 40
     lora_a = torch.randn(slots, rank, fan_in, generator=generator, dtype=torch.float64)
@@ -23,7 +23,7 @@ def test_grouped_delta_equals_the_reference_gather():
     lora_a[0], lora_b[0], scale[0] = 0, 0, 0
     x = torch.randn(5, 7, fan_in, generator=generator, dtype=torch.float64)
     rows = torch.tensor([3, 0, 1, 3, 2])
-    ours = grouped_delta(x, rows, lora_a, lora_b, scale)
+    ours = stacked_delta(x, rows, lora_a, lora_b, scale)
     torch.testing.assert_close(ours, reference_delta(x, rows, lora_a, lora_b, scale))
     assert ours[1].abs().max() == 0  # slot 0: the base alone
 
