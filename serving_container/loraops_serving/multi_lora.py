@@ -4,6 +4,12 @@ Punica and S-LoRA), instead of peft's loop over adapters.
 
 Row ``i`` of a batch uses slot ``rows[i]``; slot 0 is all zeros (the base model alone). Adapters of different
 ranks share a layer: smaller ones are zero-padded to the largest rank, which leaves their product unchanged.
+
+Three ways to apply them, one function: the torch gather below (``reference_delta``: the CPU path and the reference,
+which copies each row's ``A`` and ``B``); on CUDA, one token per row (decode) goes to the Triton BGMV kernels
+(``ops.bgmv``), which read each row's pair in place and skip slot-0 rows, and several tokens per row (prefill) to
+two matrix products over all slots at once (``stacked_delta``), which copies no adapter per row and needs no host
+synchronisation.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from loraops_serving.ops import add_lora_bgmv, triton_available
+
 
 @dataclass
 class Routing:
@@ -21,6 +29,9 @@ class Routing:
 
     rows: torch.Tensor | None = None  # long [batch]
     active: bool = False  # some row uses an adapter
+    #: Bumped whenever an adapted layer is created or its slot tensors are reallocated (``grow_rank``): anything
+    #: that captured those tensors' addresses (a CUDA graph) must be captured again.
+    version: int = 0
 
 
 class MultiLoRALinear(nn.Module):
@@ -33,6 +44,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_a = nn.Parameter(torch.zeros(slots, rank, base.in_features, device=device, dtype=dtype), False)
         self.lora_b = nn.Parameter(torch.zeros(slots, base.out_features, rank, device=device, dtype=dtype), False)
         self.scale = nn.Parameter(torch.zeros(slots, device=device, dtype=dtype), False)
+        routing.version += 1
 
     @property
     def rank(self) -> int:
@@ -45,6 +57,7 @@ class MultiLoRALinear(nn.Module):
         pad = rank - self.rank
         self.lora_a = nn.Parameter(nn.functional.pad(self.lora_a.data, (0, 0, 0, pad)), False)
         self.lora_b = nn.Parameter(nn.functional.pad(self.lora_b.data, (0, pad)), False)
+        self.routing.version += 1
 
     def put(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, scale: float) -> None:
         """Load one adapter's ``A [r, in]`` and ``B [out, r]`` into ``slot`` (``None``: the adapter leaves this
@@ -64,13 +77,40 @@ class MultiLoRALinear(nn.Module):
         if not self.routing.active or self.routing.rows is None:
             return out
         rows = self.routing.rows
-        shape = x.shape
-        x3 = x.reshape(shape[0], -1, shape[-1])  # [batch, tokens, in]
-        a = self.lora_a[rows]  # [batch, r, in]   (gathered per row)
-        b = self.lora_b[rows]  # [batch, out, r]
-        delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
-        delta = delta * self.scale[rows].view(-1, 1, 1)
-        return out + delta.reshape(*shape[:-1], -1)
+        if x.is_cuda and triton_available():
+            if x.numel() == rows.numel() * x.shape[-1]:  # one token per row: decode
+                flat = out.view(-1, out.shape[-1])
+                add_lora_bgmv(flat, x.reshape(-1, x.shape[-1]), self.lora_a, self.lora_b, self.scale, rows)
+                return out
+            return out + stacked_delta(x, rows, self.lora_a, self.lora_b, self.scale)
+        return out + reference_delta(x, rows, self.lora_a, self.lora_b, self.scale)
+
+
+def reference_delta(x: torch.Tensor, rows: torch.Tensor, lora_a, lora_b, scale) -> torch.Tensor:
+    """Each row's ``scale * (x @ A.T) @ B.T``, gathering every row's ``A`` and ``B`` (a copy per row)."""
+    shape = x.shape
+    x3 = x.reshape(shape[0], -1, shape[-1])  # [batch, tokens, in]
+    a = lora_a[rows]  # [batch, r, in]   (gathered per row)
+    b = lora_b[rows]  # [batch, out, r]
+    delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
+    delta = delta * scale[rows].view(-1, 1, 1)
+    return delta.reshape(*shape[:-1], -1)
+
+
+def stacked_delta(x: torch.Tensor, rows: torch.Tensor, lora_a, lora_b, scale) -> torch.Tensor:
+    """The same as :func:`reference_delta` for many tokens per row (prefill) in two matrix products and no host
+    sync: every slot's shrink at once (``A`` of all slots is one ``[slots * r, in]`` matrix, a view), each row's
+    products outside its own slot zeroed (and its scale applied), then one expand over the stacked ``B``. Costs
+    ``slots`` times the shrink arithmetic (small beside the base layer's) and one copy of the whole ``B`` slot table
+    into ``[out, slots * r]`` per call, never a copy per row."""
+    shape = x.shape
+    slots, rank, fan_in = lora_a.shape
+    x3 = x.reshape(shape[0], -1, fan_in)
+    xa = (x3.reshape(-1, fan_in) @ lora_a.reshape(slots * rank, fan_in).T).view(shape[0], -1, slots, rank)
+    keep = nn.functional.one_hot(rows, slots).to(xa.dtype) * scale.to(xa.dtype)  # [batch, slots]
+    xa = xa * keep[:, None, :, None]
+    delta = xa.reshape(-1, slots * rank) @ lora_b.permute(1, 0, 2).reshape(-1, slots * rank).T
+    return delta.reshape(*shape[:-1], -1)
 
 
 @dataclass
@@ -83,3 +123,22 @@ class AdapterWeights:
     rank: int
     base_digest: str = ""
     target_names: set[str] = field(default_factory=set)
+
+
+def attach_adapter(model: nn.Module, layers: dict[str, MultiLoRALinear], routing: Routing, adapter: AdapterWeights,
+                   slot: int, slots: int) -> None:  # fmt: skip
+    """Put ``adapter`` into ``slot`` of ``model``: each linear layer it adapts becomes a :class:`MultiLoRALinear`
+    (recorded in ``layers``, with ``slots`` slots) the first time, and every adapted layer gets its ``A``/``B`` or
+    zeros. Raises ``ValueError`` before changing anything when the adapter names a module that is no linear layer."""
+    modules = dict(model.named_modules())
+    for name in sorted(adapter.target_names - set(layers)):
+        if not isinstance(modules.get(name), nn.Linear):
+            raise ValueError(f"adapter {adapter.name} adapts {name}, which is no linear layer of the base")
+    for name in sorted(adapter.target_names - set(layers)):
+        parent, _, child = name.rpartition(".")
+        layer = MultiLoRALinear(modules[name], slots, adapter.rank, routing)
+        setattr(modules[parent] if parent else model, child, layer)
+        layers[name] = layer
+    for name, layer in layers.items():
+        a, b = adapter.modules.get(name, (None, None))
+        layer.put(slot, a, b, adapter.scale)

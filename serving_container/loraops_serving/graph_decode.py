@@ -1,0 +1,286 @@
+"""One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as
+CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill runs eagerly beside it.
+
+The running batch is a set of cache rows ``0 .. max_batch-1``. A scheduler gives each request a free row, calls
+:meth:`GraphDecoder.prefill` once for the requests it admits (writes their prompts' keys and values into their rows
+and returns the logits of each prompt's last token), then :meth:`GraphDecoder.decode` once per step with, for each
+row ``0 .. n-1``, the token to feed, its position (the number of tokens already in the row's cache) and its adapter
+slot; a row that is free in between is passed with position ``-1``. Requests join and leave at any step boundary
+without changing a shape: the inputs are copied into static device buffers that the graphs read, adapter slots
+included (``Routing.rows`` points at the slot buffer), so mixing adapters replays the same graph.
+
+Keys and values of idle rows are written to a scratch row, never to a row someone owns. Each graph attends over a
+window of the cache (the smallest bucket that holds the longest running row), so a step reads only what is used.
+
+Llama-layout decoders only (Llama, Mistral without sliding window, Qwen2): RMSNorm, rotary positions, ``q/k/v/o``
+projections and a gated MLP, which is what :meth:`check_supported` verifies. On the CPU the same step runs eagerly:
+that is the reference the tests hold against transformers' ``generate`` and peft.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn import functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from loraops_serving.multi_lora import Routing
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm (float32 statistics, the weight applied in the input's dtype)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """The residual sum ``x + delta`` and its RMSNorm."""
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+class Pieces:
+    """The elementwise pieces between the matrix products; on CUDA each one compiled into one fused kernel
+    (a step of eager pieces launches ~40 small kernels a layer, most of a 7B step's time at small batches)."""
+
+    def __init__(self, fuse: bool) -> None:
+        wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if fuse else (lambda f: f)
+        self.rms_norm, self.add_rms_norm = wrap(rms_norm), wrap(add_rms_norm)
+        self.silu_mul, self.rope = wrap(silu_mul), wrap(apply_rotary_pos_emb)
+
+
+def _buckets(limit: int, first: int) -> tuple[int, ...]:
+    sizes, size = [], first
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, limit)
+
+
+class GraphDecoder:
+    """Static KV cache + decode step (CUDA graphs on CUDA, eager elsewhere) for ``model`` and its ``routing``."""
+
+    def __init__(
+        self,
+        model,
+        routing: Routing | None = None,
+        max_batch: int = 32,
+        max_len: int = 1024,
+        graphs: bool | None = None,
+        window_first: int = 128,
+        fuse: bool | None = None,
+    ) -> None:
+        self.check_supported(model)
+        self.model, self.routing = model, routing or Routing()
+        self.max_batch, self.max_len = max_batch, max_len
+        first = next(iter(model.parameters()))
+        self.device, self.dtype = first.device, first.dtype
+        self.graphs_on = self.device.type == "cuda" if graphs is None else graphs
+        config = model.config
+        self.layers = model.model.layers
+        attn = self.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        # one extra row: the scratch row that idle rows write to
+        shape = (len(self.layers), max_batch + 1, self.kv_heads, max_len, self.head_dim)
+        self.keys = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.values = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.batch_buckets = _buckets(max_batch, 1)
+        self.window_buckets = _buckets(max_len, min(window_first, max_len))
+        # static inputs of the graphs
+        self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.positions = torch.full((max_batch,), -1, dtype=torch.long, device=self.device)
+        self.slots = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.captured: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.captured_version = self.routing.version
+        self.pool = torch.cuda.graph_pool_handle() if self.graphs_on else None
+        self.pieces = Pieces(self.device.type == "cuda" if fuse is None else fuse)
+
+    @staticmethod
+    def check_supported(model) -> None:
+        """Raise ``ValueError`` unless ``model`` is a Llama-layout decoder this step implements."""
+        config = model.config
+        if config.model_type not in SUPPORTED:
+            raise ValueError(f"graph decode supports {SUPPORTED}, not {config.model_type!r}")
+        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+            raise ValueError("graph decode has no sliding-window attention")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise ValueError(f"graph decode has a SiLU-gated MLP, not {config.hidden_act!r}")
+        norm = model.model.norm
+        if not hasattr(norm, "variance_epsilon") or not type(norm).__name__.endswith("RMSNorm"):
+            raise ValueError(f"graph decode needs Llama's RMSNorm, not {type(norm).__name__}")
+        rope = getattr(model.model.rotary_emb, "rope_type", "default")
+        if "dynamic" in rope:
+            raise ValueError(f"graph decode needs static rotary frequencies, not {rope!r}")
+
+    # ------------------------------------------------------------------------------------------ the layers
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, write, attend) -> torch.Tensor:
+        """Hidden states after the final norm for ``ids [B, T]`` at ``positions [B, T]``; ``write(i, k, v)`` stores
+        layer ``i``'s keys and values, ``attend(i, q, k, v)`` returns its attention output ``[B, H, T, D]``."""
+        model, pieces = self.model.model, self.pieces
+        hidden = model.embed_tokens(ids)
+        cos, sin = model.rotary_emb(hidden, positions)
+        batch, length = ids.shape
+        norms = [norm for layer in self.layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)]
+        norms.append(model.norm)
+        x = pieces.rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            q = attn.q_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            q, k = pieces.rope(q, k, cos, sin)
+            write(i, k, v)
+            out = attend(i, q, k, v).transpose(1, 2).reshape(batch, length, -1)
+            norm = norms[2 * i + 1]
+            hidden, x = pieces.add_rms_norm(hidden, attn.o_proj(out), norm.weight, norm.variance_epsilon)
+            out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+            norm = norms[2 * i + 2]
+            hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
+        return x
+
+    def _sdpa(self, q, k, v, **kw) -> torch.Tensor:
+        gqa = {"enable_gqa": True} if self.kv_heads != self.heads else {}
+        return F.scaled_dot_product_attention(q, k, v, **kw, **gqa)
+
+    # --------------------------------------------------------------------------------------------- prefill
+    @torch.no_grad()
+    def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], slots: Sequence[int]) -> torch.Tensor:
+        """Write each prompt's keys and values into its cache row; return the logits of each prompt's last token
+        ``[len(rows), vocab]``. The prompts' next position is their length (the first :meth:`decode` position)."""
+        if not len(rows) == len(prompts) == len(slots) or not rows:
+            raise ValueError("prefill needs one prompt and one slot per row, and at least one row")
+        if len(set(rows)) != len(rows) or not all(0 <= r < self.max_batch for r in rows):
+            raise ValueError(f"prefill rows must be distinct and in 0..{self.max_batch - 1}: {list(rows)}")
+        lengths = [len(p) for p in prompts]
+        if min(lengths) < 1 or max(lengths) >= self.max_len:
+            raise ValueError(
+                f"prompt lengths {lengths} must be in 1..{self.max_len - 1} (the cache holds {self.max_len})"
+            )
+        width = max(lengths)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, prompt in enumerate(prompts):  # right-padded: padding only ever follows a row's real tokens
+            ids[j, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
+        ids = ids.to(self.device)
+        positions = torch.arange(width, device=self.device).expand(len(rows), -1)
+        cache_rows = torch.as_tensor(list(rows), device=self.device)
+
+        def write(i, k, v):
+            self.keys[i, cache_rows, :, :width] = k
+            self.values[i, cache_rows, :, :width] = v
+
+        def attend(i, q, k, v):
+            return self._sdpa(q, k, v, is_causal=True)
+
+        self._route(torch.as_tensor(list(slots), device=self.device), any(slots))
+        try:
+            hidden = self._forward(ids, positions, write, attend)
+        finally:
+            self._route(None, False)
+        last = hidden[torch.arange(len(rows), device=self.device), torch.as_tensor(lengths, device=self.device) - 1]
+        return self.model.lm_head(last)
+
+    # ---------------------------------------------------------------------------------------------- decode
+    def _step(self, batch: int, window: int) -> torch.Tensor:
+        """The captured step: rows ``0 .. batch-1`` of the static buffers, attending over ``window`` positions."""
+        positions = self.positions[:batch]
+        idle = positions < 0
+        where = positions.clamp(min=0)
+        write_rows = torch.where(idle, self.max_batch, torch.arange(batch, device=self.device))
+        visible = torch.arange(window, device=self.device)[None, :] <= where[:, None]  # [B, W]
+        mask = visible[:, None, None, :]
+
+        def write(i, k, v):
+            self.keys[i, write_rows, :, where] = k[:, :, 0]
+            self.values[i, write_rows, :, where] = v[:, :, 0]
+
+        def attend(i, q, k, v):
+            return self._sdpa(q, self.keys[i, :batch, :, :window], self.values[i, :batch, :, :window], attn_mask=mask)
+
+        hidden = self._forward(self.tokens[:batch, None], where[:, None], write, attend)
+        return self.model.lm_head(hidden[:, 0])
+
+    def _route(self, rows: torch.Tensor | None, active: bool) -> None:
+        self.routing.rows, self.routing.active = rows, active
+
+    @torch.no_grad()
+    def decode(self, tokens, positions, slots) -> torch.Tensor:
+        """One step for rows ``0 .. n-1`` (``n = len(tokens)``): feed ``tokens[i]`` at ``positions[i]`` (``-1``: the
+        row is idle) with adapter slot ``slots[i]``; returns the logits ``[n, vocab]``. On CUDA the result is a view
+        of the graph's output buffer, valid until the next call."""
+        n = len(tokens)
+        if not 1 <= n <= self.max_batch or len(positions) != n or len(slots) != n:
+            raise ValueError(f"decode takes 1..{self.max_batch} rows with one token, position and slot each")
+        tokens, positions, slots = (torch.as_tensor(t, dtype=torch.long) for t in (tokens, positions, slots))
+        top = int(positions.max()) if positions.device.type == "cpu" else None
+        if top is not None and top >= self.max_len:
+            raise ValueError(f"position {top} is past the cache ({self.max_len} positions)")
+        batch = next(b for b in self.batch_buckets if b >= n)
+        self.tokens[:n].copy_(tokens, non_blocking=True)
+        self.positions[:n].copy_(positions, non_blocking=True)
+        self.slots[:n].copy_(slots, non_blocking=True)
+        self.positions[n:batch].fill_(-1)
+        self.slots[n:batch].fill_(0)
+        if top is None:
+            top = int(self.positions[:n].max())
+        window = next(w for w in self.window_buckets if w > top)
+        lora = bool(slots.any()) and self.routing.version > 0
+        self._route(self.slots[:batch], lora)
+        try:
+            if not self.graphs_on:
+                return self._step(batch, window)[:n]
+            return self._replay(batch, window, lora)[:n]
+        finally:
+            self._route(None, False)
+
+    def _replay(self, batch: int, window: int, lora: bool) -> torch.Tensor:
+        if self.routing.version != self.captured_version:  # adapted layers changed: old graphs hold stale tensors
+            self.captured.clear()
+            self.pool = torch.cuda.graph_pool_handle()  # the old pool is released with its graphs
+            self.captured_version = self.routing.version
+        key = (batch, window, lora)
+        if key not in self.captured:
+            self.captured[key] = self._capture(batch, window)
+        graph, out = self.captured[key]
+        graph.replay()
+        return out
+
+    def _capture(self, batch: int, window: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the step for these buckets. The warm-up run computes the very step about to be replayed (same
+        buffers), so it writes only what the replay writes again."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step(batch, window)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self._step(batch, window)
+        return graph, out
+
+    def warm_up(self, batches: Sequence[int] | None = None, windows: Sequence[int] | None = None) -> int:
+        """Capture the graphs ahead of traffic (all rows idle, so nothing owned is written); returns how many."""
+        if not self.graphs_on:
+            return 0
+        count = 0
+        for batch in batches or self.batch_buckets:
+            for window in windows or self.window_buckets:
+                for lora in (False, True) if self.routing.version > 0 else (False,):
+                    self.positions[:batch].fill_(-1)
+                    self.slots[:batch].fill_(1 if lora else 0)
+                    self._route(self.slots[:batch], lora)
+                    try:
+                        self._replay(batch, window, lora)
+                    finally:
+                        self._route(None, False)
+                    count += 1
+        self.slots.zero_()
+        return count
