@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> Path:
             report.tree = loraops(aws, environment, "models", "tree")
             loraops(aws, environment, "storage", "report")
             report.storage = json.loads(loraops(aws, environment, "storage", "report", "--json", show=False))
-        with step("serve base + adapter and the merged model from their S3 prefixes; answer held-back prompts"):
+        with step("serve the base, base + adapter and the merged model from their S3 prefixes; ask held-back prompts"):
             calls = S3Calls()
             s3 = calls.watch(aws.client("s3"))
             sagemaker = aws.client("sagemaker")
