@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.s3_folders import download_prefix
+from demo.scores import rouge_l
 from loraops import s3_layout
 
 #: S3 operations that would write, copy or re-upload a model.
@@ -40,14 +41,22 @@ class S3Calls:
 
 @dataclass(frozen=True)
 class Answer:
+    """One held-back prompt: dolly's reference answer and the base's, base + adapter's and the merged model's."""
+
     prompt: str
     reference: str
+    base: str
     adapter: str
     merged: str
 
     @property
     def agree(self) -> bool:
+        """Base + adapter answered as the merged model did."""
         return self.adapter == self.merged
+
+    def rouge_l(self, model: str) -> float:
+        """ROUGE-L F1 of ``model``'s answer (base, adapter or merged) against the reference."""
+        return rouge_l(self.reference, getattr(self, model))
 
 
 def mount(s3: Any, bucket: str, prefix: str, folder: Path) -> Path:
@@ -73,8 +82,8 @@ def ask(url: str, prompt: str, max_new_tokens: int, adapter: str | None = None) 
 def serve_and_compare(
     base_dir: Path, adapter_dir: Path, merged_dir: Path, prompts: list[tuple[str, str]], max_new_tokens: int
 ) -> list[Answer]:
-    """Base + adapter (one front, the adapter chosen per request) and the merged model (another front) answer
-    the same prompts greedily."""
+    """The base alone and base + adapter (one front, the adapter chosen per request) and the merged model (another
+    front) answer the same prompts greedily."""
     from loraops_serving.app import LocalFront
     from loraops_serving.engine import Engine
     from loraops_serving.service import Service
@@ -88,7 +97,11 @@ def serve_and_compare(
     ):
         return [
             Answer(
-                prompt, reference, ask(separate, prompt, max_new_tokens, adapter), ask(merged, prompt, max_new_tokens)
+                prompt,
+                reference,
+                base=ask(separate, prompt, max_new_tokens),
+                adapter=ask(separate, prompt, max_new_tokens, adapter),
+                merged=ask(merged, prompt, max_new_tokens),
             )
             for prompt, reference in prompts
         ]

@@ -1,7 +1,11 @@
 """The demo's stand-in base model: a small Llama-architecture model (``loraops_trainer.synthetic_base``) with a BPE
-tokenizer trained on the dolly sample, then briefly pre-trained on the sample's text so that it writes English-like
-words (a random base would only repeat one token, and no fine-tune could show anything). It is not Llama-2: it
-stands in for one so the lifecycle runs on a laptop CPU. Built once per size and kept in the work directory.
+tokenizer trained on the dolly sample, then briefly pre-trained on plain text: the instructions and contexts of the
+sample, never its answers nor the prompt template. So it writes English-like words (a random base would only
+repeat one token, and no fine-tune could show anything) but has never seen an answer follow a question: that, the
+``### Response:`` template and stopping after an answer are what the fine-tune teaches. The sample's last
+:data:`HELD_OUT` records are left out of everything, so the held-out loss is measured on text no model saw. It is
+not Llama-2: it stands in for one so the lifecycle runs on a laptop CPU. Built once per recipe and kept in the work
+directory.
 """
 
 from __future__ import annotations
@@ -13,21 +17,41 @@ from pathlib import Path
 import torch
 
 SHAPES = ("tiny", "small")
+#: The sample's last records: never pre-trained or fine-tuned on; the held-out loss and the answers use them.
+HELD_OUT = 40
+#: Pre-training steps of the stand-in (8 rows of 128 tokens each).
+PRETRAIN_STEPS = 200
+#: What the stand-in is pre-trained on: the records' questions and passages, not their answers.
+CORPUS = ("instruction", "context")
 
 
-def build_stand_in(folder: Path, size: str, dolly: Path, steps: int = 300, seed: int = 0) -> Path:
+def split_dolly(dolly: Path) -> tuple[bytes, list[dict]]:
+    """The sample without its held-out records (the fine-tunes' training data), and those records."""
+    lines = dolly.read_text().splitlines()
+    return ("\n".join(lines[:-HELD_OUT]) + "\n").encode(), [json.loads(line) for line in lines[-HELD_OUT:]]
+
+
+def build_stand_in(folder: Path, size: str, dolly: Path, steps: int = PRETRAIN_STEPS, seed: int = 0) -> Path:
     """Write the stand-in to ``folder`` (kept if already there: its ``stand-in.json`` says how it was made)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from loraops_trainer.synthetic_base import SMALL, TINY, build_base_model, dolly_texts
 
-    recipe = {"size": size, "steps": steps, "seed": seed, "corpus": dolly.name}
+    recipe = {
+        "size": size,
+        "steps": steps,
+        "seed": seed,
+        "corpus": dolly.name,
+        "held_out": HELD_OUT,
+        "end_of_text": False,
+    }
     marker = folder / "stand-in.json"
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    texts = dolly_texts(dolly)
-    build_base_model(folder, texts, {"tiny": TINY, "small": SMALL}[size], seed=seed)
+    vocabulary = dolly_texts(dolly, leave_out_last=HELD_OUT)  # the tokenizer knows the answers' words
+    build_base_model(folder, vocabulary, {"tiny": TINY, "small": SMALL}[size], seed=seed)
+    texts = dolly_texts(dolly, leave_out_last=HELD_OUT, fields=CORPUS)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     pretrain(model, tokenizer, texts, steps, seed)
@@ -37,8 +61,8 @@ def build_stand_in(folder: Path, size: str, dolly: Path, steps: int = 300, seed:
 
 
 def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, rows: int = 8, length: int = 128) -> float:
-    """Full-parameter next-token training on the texts, packed into ``rows`` x ``length`` blocks; returns the
-    last loss. (A plain loop: the trainer fine-tunes LoRA adapters, not whole models.)"""
+    """Full-parameter next-token training on the texts (each ended by EOS), packed into ``rows`` x ``length``
+    blocks; returns the last loss. (A plain loop: the trainer fine-tunes LoRA adapters, not whole models.)"""
     ids = torch.tensor([t for text in texts for t in tokenizer(text + tokenizer.eos_token)["input_ids"]])
     blocks = ids[: len(ids) // length * length].view(-1, length)
     generator = torch.Generator().manual_seed(seed)
@@ -55,4 +79,4 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, rows: in
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
-    return float(loss)
+    return float(loss.detach())

@@ -110,9 +110,15 @@ def build_base_model(
     return folder
 
 
-def dolly_texts(path: Path) -> list[str]:
-    """The text fields of a dolly JSONL file (tokenizer training corpus)."""
+#: The fields of a dolly record, in the order its text runs.
+DOLLY_FIELDS = ("instruction", "context", "response")
+
+
+def dolly_texts(path: Path, leave_out_last: int = 0, fields: tuple[str, ...] = DOLLY_FIELDS) -> list[str]:
+    """The ``fields`` of each record of a dolly JSONL file joined by spaces (a tokenizer or pre-training corpus),
+    without the file's last ``leave_out_last`` records (held out)."""
     import json
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [" ".join(str(r.get(k, "")) for k in ("instruction", "context", "response")) for r in rows]
+    rows = rows[: len(rows) - leave_out_last]
+    return [" ".join(str(r.get(k, "")) for k in fields) for r in rows]
