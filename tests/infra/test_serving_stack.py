@@ -165,7 +165,7 @@ def test_endpoint_mode_serves_one_model_with_the_loraops_image(endpoint_mode):
     assert not serving.find_resources("AWS::SageMaker::InferenceComponent")
     container = _one(serving, "AWS::SageMaker::Model")["PrimaryContainer"]
     assert container["Environment"]["OPTION_ENTRYPOINT"] == DJL_ENTRY_MODULE
-    assert container["Environment"]["SERVING_BATCH_SIZE"] == "16"  # from serving.properties
+    assert container["Environment"]["SERVING_BATCH_SIZE"] == "1"  # serving.properties: one request per call
     assert "Fn::Sub" in container["Image"] or "cdk-hnb659fds-container-assets" in json.dumps(container["Image"])
     target = _one(serving, "AWS::ApplicationAutoScaling::ScalableTarget")
     assert target["ResourceId"] == f"endpoint/{endpoints.endpoint_name('loraops-dev')}/variant/{endpoints.VARIANT}"
