@@ -362,8 +362,8 @@ def main() -> int:
     print(f"base and adapters ready in {time.time() - start:.0f}s", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a smoke run of the tiny shape only
-    ours = Loraops(base, adapters, max_batch=32, max_len=640, device=device)
     record_digest(base)
+    ours = Loraops(base, adapters, max_batch=32, max_len=640, device=device)
 
     # the bandwidth floor: every weight read once per step
     weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.model.named_parameters() if "lora" not in n)

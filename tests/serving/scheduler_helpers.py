@@ -19,8 +19,8 @@ LATER = [Row(PROMPTS[2], "alpha", 6), SEEDED]
 def run_scenario(engine: Engine, join_at: int = 4) -> tuple[list[str], list[list[int] | None]]:
     """``FIRST`` as one request (its rows leave after 3, 11 and 14 tokens); at decode step ``join_at`` each row
     of ``LATER`` arrives as a request of its own (joining the running batch at the next step boundary). Returns
-    every row's text (``FIRST`` then ``LATER``) and, per decode step, the cache rows it ran (``None`` on a backend
-    without cache rows)."""
+    every row's text (``FIRST`` then ``LATER``) and, per decode step, the cache rows it ran (``None`` on a
+    backend without cache rows). The waits are generous: the first CUDA forwards compile."""
     scheduler, real = engine.scheduler, engine.decode_step
     assert scheduler.wait_for(scheduler.idle, 60)
     steps: list[list[int] | None] = []
@@ -35,9 +35,9 @@ def run_scenario(engine: Engine, join_at: int = 4) -> tuple[list[str], list[list
     engine.decode_step = observed
     try:
         first = scheduler.submit(FIRST)
-        outcomes = [first.wait(120)]
-        assert scheduler.wait_for(lambda: len(later) == len(LATER), 120), "the later requests were never sent"
-        outcomes += [ticket.wait(120) for ticket in later]
+        outcomes = [first.wait(300)]
+        assert scheduler.wait_for(lambda: len(later) == len(LATER), 300), "the later requests were never sent"
+        outcomes += [ticket.wait(300) for ticket in later]
     finally:
         del engine.decode_step
     texts = []
