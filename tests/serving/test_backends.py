@@ -23,7 +23,9 @@ def graph_engine(tiny_base, adapters):
     return Engine(tiny_base, settings, list(adapters.values()))
 
 
-def test_graph_backend_through_the_scheduler_answers_as_the_eager_one(graph_engine, engine):
+def test_graph_backend_through_the_scheduler_answers_as_the_eager_one(graph_engine, tiny_base, adapters):
+    settings = ServingSettings(max_resident_adapters=2, decode_backend="eager")
+    engine = Engine(tiny_base, settings, list(adapters.values()))
     assert isinstance(graph_engine.backend, GraphBackend) and isinstance(engine.backend, EagerBackend)
     texts, steps = run_scenario(graph_engine)
     eager_texts, _ = run_scenario(engine)
