@@ -239,13 +239,21 @@ def make_backend(choice: str, model, routing: Routing, lock, pad_token_id: int, 
     eager = EagerBackend(model, routing, pad_token_id, device.type)
     if choice == "eager" or (choice == "auto" and device.type != "cuda"):
         return eager
+    return graph_or_eager(lambda: GraphBackend(model, routing, lock, max_batch, max_len), eager, choice == "graph")
+
+
+def graph_or_eager(build, eager: EagerBackend, strict: bool):
+    """The graph backend ``build()`` returns, warmed up; when the model is one it does not implement
+    (``ValueError``) or its cache does not fit (out of memory), ``eager`` with the reason logged, or, ``strict``,
+    the error."""
     try:
-        backend = GraphBackend(model, routing, lock, max_batch, max_len)
+        backend = build()
         backend.warm_up()
     except (ValueError, torch.OutOfMemoryError) as failure:
-        if choice == "graph":
+        if strict:
             raise
         log.warning("decode backend: eager, since the graph step cannot serve this model: %s", failure)
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the failed cache took
         return eager
     return backend

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraops_serving.backends import EagerBackend, GraphBackend, make_backend
+from loraops_serving.backends import EagerBackend, GraphBackend, graph_or_eager, make_backend
 from loraops_serving.engine import Engine, Row
 from loraops_serving.schema import BadRequest
 from loraops_serving.settings import ServingSettings
@@ -91,6 +91,16 @@ def test_the_backend_is_chosen_as_configured(tiny_base, engine):
     model.config.model_type = "gpt2"  # a model the graph step does not implement
     with pytest.raises(ValueError, match="graph decode supports"):
         make_backend("graph", model, Routing(), lock, 0, 2, 32)
+    # "auto" on CUDA: such a model, or a cache that does not fit, is served by the eager backend instead
+    eager = make_backend("eager", model, Routing(), lock, 0, 2, 32)
+    assert graph_or_eager(lambda: GraphBackend(model, Routing(), lock, 2, 32), eager, strict=False) is eager
+
+    def too_big():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.00 GiB")
+
+    assert graph_or_eager(too_big, eager, strict=False) is eager
+    with pytest.raises(torch.OutOfMemoryError):
+        graph_or_eager(too_big, eager, strict=True)
 
 
 def test_the_engine_sizes_the_cache_for_its_largest_request(tiny_base):
