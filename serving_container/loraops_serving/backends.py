@@ -188,7 +188,7 @@ class GraphBackend:
         self.pool = RowPool(max_batch)
 
     def warm_up(self) -> int:
-        """Capture the smallest step now (on CUDA this compiles the fused pieces: ~30 s, not on a request)."""
+        """Capture the smallest step now: on CUDA this compiles the fused pieces at start-up, not on a request."""
         with self.lock:
             return self.decoder.warm_up(batches=[1], windows=[self.decoder.window_buckets[0]])
 
