@@ -12,7 +12,12 @@ Llama-2-7B shape, random bf16 weights, 8 random LoRA adapters (r=64, all linear 
    join the running batch at step boundaries (at most 4 prefills per step) and leave when done; per rate:
    generated tokens/s, time to first token and inter-token latency p50/p95.
 
+3. The served path: the same closed batches (plain, 8 mixed; batch 1 and 16) sent as requests through the
+   engine's scheduler (``Engine.generate``: tokenizing, per-row sampling, stop checks, text decoding per token),
+   over whichever backend the engine picks (the graph backend on CUDA), beside ``GraphDecoder`` driven directly.
+
     python bench/serve_throughput.py --runs 2   # writes bench/results/serve_throughput.json, prints both tables
+    python bench/serve_throughput.py --quick    # closed batches only, loraops direct and scheduled, one run each
 """
 
 from __future__ import annotations
@@ -75,6 +80,15 @@ def write_adapters(base: Path, root: Path, count: int, rank: int) -> list[Path]:
     return folders
 
 
+def record_digest(base: Path) -> None:
+    """Write the base's weights digest beside it (as an import does), so the engine does not hash 13 GB again."""
+    from loraops.registry import BASE_MANIFEST
+    from loraops_serving.layouts import base_digest
+
+    if not (base / BASE_MANIFEST).is_file():
+        (base / BASE_MANIFEST).write_text(json.dumps({"weights_digest": base_digest(base)}))
+
+
 def closed_prompts(tokenizer, count: int, length: int) -> list[list[int]]:
     """Dolly instructions and contexts, joined and cut into ``count`` prompts of exactly ``length`` tokens."""
     records = [json.loads(line) for line in DOLLY.read_text().splitlines()]
@@ -134,7 +148,7 @@ class Loraops:
         self.routing, layers = Routing(), {}
         digest = base_digest(base)
         for slot, folder in enumerate(adapters, start=1):
-            adapter = read_adapter(folder.name, folder, digest)
+            adapter = read_adapter(folder.name, folder, digest, allow_unverified=True)  # no manifests here
             attach_adapter(self.model, layers, self.routing, adapter, slot, len(adapters) + 1)
         self.decoder = GraphDecoder(self.model, self.routing, max_batch=max_batch, max_len=max_len)
 
@@ -159,6 +173,42 @@ class Loraops:
         return n * new, ids, decode_s
 
 
+def scheduled_batches(args, base: Path, adapters: list[Path], tokenizer, results: list) -> None:
+    """The closed batches as requests through the engine's scheduler (the product's path), greedy, one request
+    of ``batch`` inputs; counts the tokens the requests produced (an EOS ends a row early)."""
+    from loraops_serving.engine import Engine, Row
+    from loraops_serving.settings import ServingSettings
+
+    settings = ServingSettings(
+        max_batch_size=16,
+        max_resident_adapters=8,
+        max_new_tokens=args.new_tokens,
+        max_total_tokens=2 * args.prompt_tokens + args.new_tokens,  # room for re-tokenized prompts
+        allow_unverified_adapters=True,  # the bench's adapters carry no manifest
+    )
+    engine = Engine(base, settings, adapters)
+    texts = [tokenizer.decode(ids) for ids in closed_prompts(tokenizer, 16, args.prompt_tokens)]
+    names = [folder.name for folder in adapters]
+    layouts = {"a_plain": lambda k: None, "c_eight_mixed": lambda k: names[k % 8]}
+    for batch in (1, 16):
+        for layout, adapter in layouts.items():
+            rows = [Row(texts[k], adapter(k), args.new_tokens) for k in range(batch)]
+            steps = []
+
+            def run(rows=rows, steps=steps, engine=engine) -> int:
+                before = engine.scheduler.steps
+                generations = engine.generate(rows)
+                steps.append(engine.scheduler.steps - before)
+                return sum(g.tokens for g in generations)
+
+            result = timed(run, args.runs, 1)
+            result |= {"backend": engine.backend.name, "decode_steps_last_run": steps[-1]}
+            result["step_ms"] = 1000 * result["p50_s"] / max(steps[-1], 1)  # prefill included
+            results.append({"impl": "loraops_scheduler", "layout": layout, "batch": batch, **result})
+            print(results[-1], flush=True)
+    engine.scheduler.shutdown()
+
+
 def closed_batches(args, ours: Loraops, base: Path, tokenizer, results: list) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -168,7 +218,7 @@ def closed_batches(args, ours: Loraops, base: Path, tokenizer, results: list) ->
     ours.decoder.warm_up(windows=[w for w in ours.decoder.window_buckets if w <= 2 * args.prompt_tokens + 128])
     reference_ids = {}
     for batch in (1, 16):
-        for layout in LAYOUTS:
+        for layout in ("a_plain", "c_eight_mixed") if args.quick else LAYOUTS:
             decode_times = []
 
             def run(batch=batch, layout=layout, decode_times=decode_times) -> int:
@@ -181,6 +231,8 @@ def closed_batches(args, ours: Loraops, base: Path, tokenizer, results: list) ->
             step_ms = 1000 * statistics.median(decode_times[1:]) / (args.new_tokens - 1)
             results.append({"impl": "loraops", "layout": layout, "batch": batch, **result, "decode_step_ms": step_ms})
             print(results[-1], flush=True)
+    if args.quick:
+        return
 
     device = ours.decoder.device
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device).eval()
@@ -293,8 +345,13 @@ def main() -> int:
     parser.add_argument("--rates", type=float, nargs="*", default=[4, 8, 16, 32, 0], help="req/s; 0: all at once")
     parser.add_argument("--open-requests", type=int, default=64)
     parser.add_argument("--skip-closed", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="closed batches only (plain, 8 mixed), loraops direct and scheduled"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_throughput.json"))
     args = parser.parse_args()
+    if args.quick:
+        args.rates, args.runs = [], min(args.runs, 1)
 
     from transformers import AutoTokenizer
 
@@ -305,6 +362,7 @@ def main() -> int:
     print(f"base and adapters ready in {time.time() - start:.0f}s", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a smoke run of the tiny shape only
+    record_digest(base)
     ours = Loraops(base, adapters, max_batch=32, max_len=640, device=device)
 
     # the bandwidth floor: every weight read once per step
@@ -325,8 +383,13 @@ def main() -> int:
     results: list[dict] = []
     if not args.skip_closed:
         closed_batches(args, ours, base, tokenizer, results)
-    ours.decoder.warm_up()
+    if args.rates:
+        ours.decoder.warm_up()
     load = open_loop(args, ours, tokenizer) if args.rates else []
+    if not args.skip_closed:
+        del ours.decoder
+        torch.cuda.empty_cache()
+        scheduled_batches(args, base, adapters, tokenizer, results)
 
     def speed(impl: str, layout: str, batch: int) -> float:
         hits = [r["tokens_per_s"] for r in results if (r["impl"], r["layout"], r["batch"]) == (impl, layout, batch)]
@@ -335,11 +398,14 @@ def main() -> int:
     print(f"\n{'impl':<20} {'layout':<14} {'batch':>5} {'tok/s':>8} {'p50 s':>7} {'step ms':>8} {'x plain':>8}")
     for r in results:
         r["x_plain_same_impl"] = r["tokens_per_s"] / speed(r["impl"], "a_plain", r["batch"])
-        step = f"{r['decode_step_ms']:.2f}" if "decode_step_ms" in r else "-"
+        step = (
+            f"{r['decode_step_ms']:.2f}" if "decode_step_ms" in r else f"{r['step_ms']:.2f}*" if "step_ms" in r else "-"
+        )
         print(
             f"{r['impl']:<20} {r['layout']:<14} {r['batch']:>5} {r['tokens_per_s']:>8.0f} {r['p50_s']:>7.2f} "
             f"{step:>8} {r['x_plain_same_impl']:>8.2f}"
         )
+    print("* loraops_scheduler: the request's whole time over its decode steps (prefill included)")
     print(f"floor: {json.dumps(floor)}")
     print(f"\n{'rate/s':>11} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8} {'ITL p95':>8} (ms)")
     for r in load:
@@ -351,12 +417,19 @@ def main() -> int:
     targets = {
         "plain_b16_over_static_generate": speed("loraops", "a_plain", 16) / speed("transformers_static", "a_plain", 16),
         "plain_b1_tokens_per_s": speed("loraops", "a_plain", 1),
+        "scheduled_plain_b16_over_direct": speed("loraops_scheduler", "a_plain", 16) / speed("loraops", "a_plain", 16),
         "mixed_over_plain_b16": speed("loraops", "c_eight_mixed", 16) / speed("loraops", "a_plain", 16),
         "saturation_tokens_per_s": saturated["tokens_per_s"] if saturated else None,
         "saturation_itl_p95_ms": saturated["itl_p95_ms"] if saturated else None,
     }
     print(json.dumps(targets, indent=2))
-    setup = {"shape": args.shape, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs}
+    setup = {
+        "quick": args.quick,
+        "shape": args.shape,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "runs": args.runs,
+    }
     setup |= {"adapters": "8 x r=64, all linear layers", "open_requests": args.open_requests, "dtype": "bfloat16"}
     payload = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

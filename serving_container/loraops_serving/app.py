@@ -106,7 +106,8 @@ def create_app(service: Service) -> Starlette:
 
     async def ping(_: HttpRequest) -> Response:
         engine = service.engine
-        return JSONResponse({"status": "healthy", "adapters": sorted(engine.available), "refused": engine.refused})
+        health = {"status": "healthy", "adapters": sorted(engine.available), "refused": engine.refused}
+        return JSONResponse({**health, "decode_backend": engine.backend.name})  # "graph" on CUDA, else "eager"
 
     async def invocations(http: HttpRequest) -> Response:
         try:

@@ -1,9 +1,13 @@
 """The model behind the endpoint: a merged model or a base with adapters in slots, and the two forwards a
 step-level scheduler needs (``scheduler.py`` runs them).
 
-* :meth:`Engine.prefill` runs new rows' prompts (left-padded) and returns a :class:`Batch` holding their KV cache;
+* :meth:`Engine.prefill` runs new rows' prompts and returns a running batch holding their KV cache;
 * :meth:`Engine.decode_step` is one forward over the running batch: one new token per row, against the cache;
-* :meth:`Engine.merge` lets rows join a running batch and :meth:`Batch.select` lets them leave, between steps.
+* :meth:`Engine.merge` lets rows join a running batch and its ``select`` lets them leave, between steps.
+
+The forwards are the backend's (``backends.py``, ``LORAOPS_DECODE_BACKEND``): on CUDA the static-cache step
+captured as CUDA graphs (``GraphBackend``), on the CPU, or for a model that step does not implement, transformers'
+eager forward (``EagerBackend``).
 
 Each row names its adapter; the adapted layers apply each row's adapter (``multi_lora``). Every adapter is read
 and checked at start-up (an adapter the engine cannot serve exactly is refused with the reason and the others
@@ -16,12 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loraops_serving.backends import Batch, make_backend
 from loraops_serving.layouts import LayoutError, base_digest, find_adapters, read_adapter
 from loraops_serving.multi_lora import AdapterWeights, MultiLoRALinear, Routing
 from loraops_serving.schema import BadRequest, RequestError, Sampling, UnknownAdapter
@@ -31,32 +35,6 @@ from loraops_serving.settings import ServingSettings
 log = logging.getLogger("loraops_serving")
 
 __all__ = ["Batch", "Engine", "Generation", "Row", "Sequence"]
-
-
-@dataclass
-class Batch:
-    """The running rows between decode steps: their KV cache, attention mask ``[rows, time]`` (0 = left padding),
-    adapter slots ``[rows]`` and the logits of their next token ``[rows, vocab]`` (float32, CPU)."""
-
-    seqs: list[Sequence]
-    cache: DynamicCache
-    mask: torch.Tensor
-    slots: torch.Tensor
-    logits: torch.Tensor
-
-    def select(self, keep: list[int]) -> Batch:
-        """Only rows ``keep`` (rows leave between steps); columns that are padding in every kept row go."""
-        index = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask[index]
-        start = int((mask.sum(0) > 0).nonzero()[0]) if mask.any() else 0
-        layers = [(k[index, :, start:], v[index, :, start:]) for k, v in _kv(self.cache)]
-        return Batch(
-            [self.seqs[i] for i in keep], DynamicCache(layers), mask[:, start:], self.slots[index], self.logits[keep]
-        )
-
-
-def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 class Engine:
@@ -92,6 +70,17 @@ class Engine:
                 self.refused[name] = str(failure)
             else:
                 self.available[name] = folder
+        # after the model is on its device; adapter layers added later are picked up (the graphs recaptured)
+        self.backend = make_backend(
+            settings.decode_backend,
+            self.model,
+            self.routing,
+            self.lock,
+            self.tokenizer.pad_token_id,
+            max(settings.max_batch_size, settings.max_inputs),  # one request of max_inputs rows always fits
+            min(settings.max_total_tokens, self.context or settings.max_total_tokens),
+        )
+        log.info("decode backend: %s", self.backend.name)
         self._scheduler = None
 
     # ------------------------------------------------------------------------------------------ adapters
@@ -188,67 +177,25 @@ class Engine:
         ids = self.tokenizer(row.prompt)["input_ids"]
         if self.context and len(ids) + row.max_new_tokens > self.context:
             raise BadRequest(f"{len(ids)} prompt tokens + {row.max_new_tokens} new exceed the {self.context} context")
+        cache = self.backend.max_len
+        if cache is not None and len(ids) + row.max_new_tokens > cache:
+            raise BadRequest(
+                f"{len(ids)} prompt tokens + {row.max_new_tokens} new exceed the {cache} tokens a request may hold "
+                "in the static KV cache (LORAOPS_MAX_TOTAL_TOKENS)"
+            )
         return ids
 
-    @torch.no_grad()  # not inference_mode: adapter slots loaded here are updated in place later
-    def prefill(self, seqs: list[Sequence]) -> Batch:
-        """One forward over the new rows' prompts (left-padded); their cache and next-token logits."""
-        width = max(len(s.prompt_ids) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in seqs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in seqs])
-        mask = mask.to(self.device)
-        slots = torch.tensor([s.slot for s in seqs], device=self.device)
-        logits, cache = self._forward(ids, mask, slots, DynamicCache())
-        return Batch(seqs, cache, mask, slots, logits)
+    def prefill(self, seqs: list[Sequence]):
+        """One forward over the new rows' prompts: a running batch of them with their next-token logits."""
+        return self.backend.prefill(seqs)
 
-    @torch.no_grad()
-    def decode_step(self, batch: Batch, tokens: list[int]) -> Batch:
-        """One forward over the running batch: each row's newest token against the KV cache."""
-        mask = torch.cat([batch.mask, batch.mask.new_ones(len(tokens), 1)], dim=1)
-        ids = torch.tensor(tokens, device=self.device).unsqueeze(1)
-        logits, cache = self._forward(ids, mask, batch.slots, batch.cache)
-        return Batch(batch.seqs, cache, mask, batch.slots, logits)
+    def decode_step(self, batch, tokens: list[int]):
+        """One forward over the running batch: each row's newest token (``tokens[i]`` for ``batch.seqs[i]``)."""
+        return self.backend.decode_step(batch, tokens)
 
-    def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, cache: DynamicCache
-    ) -> tuple[torch.Tensor, DynamicCache]:
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        self.routing.rows, self.routing.active = slots, bool(slots.any())
-        try:
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-            )
-        finally:
-            self.routing.rows, self.routing.active = None, False
-        return out.logits[:, -1].float().cpu(), out.past_key_values
-
-    @staticmethod
-    def merge(running: Batch | None, joining: Batch) -> Batch:
-        """One batch of ``running`` and ``joining`` rows (the shorter cache left-padded in time)."""
-        if running is None:
-            return joining
-        width = max(running.mask.shape[1], joining.mask.shape[1])
-
-        def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = width - t.shape[dim]
-            if not missing:
-                return t
-            shape = list(t.shape)
-            shape[dim] = missing
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-        layers = [
-            (torch.cat([widen(k1, 2), widen(k2, 2)]), torch.cat([widen(v1, 2), widen(v2, 2)]))
-            for (k1, v1), (k2, v2) in zip(_kv(running.cache), _kv(joining.cache))
-        ]
-        return Batch(
-            running.seqs + joining.seqs,
-            DynamicCache(layers),
-            torch.cat([widen(running.mask, 1), widen(joining.mask, 1)]),
-            torch.cat([running.slots, joining.slots]),
-            torch.cat([running.logits, joining.logits]),
-        )
+    def merge(self, running, joining):
+        """One running batch of ``running`` (or ``None``) and ``joining`` rows."""
+        return self.backend.merge(running, joining)
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -3,10 +3,11 @@ decode-step boundaries.
 
 Each loop: admit waiting requests (tokenize, check the context, take adapter slots) and prefill them, merge them
 into the running batch, pick every row's next token with its own sampling and generator, let finished, failed and
-cancelled rows leave, and run one :meth:`Engine.decode_step` over the rest. Every request ends with exactly one
-``done`` or ``error`` event; a failing forward fails the requests in it (500) and the loop goes on; a cancelled
-request (its client left) leaves at the next step; :meth:`Scheduler.shutdown` fails everything in flight (503)
-at once, even while a forward is stuck.
+cancelled rows leave, and run one :meth:`Engine.decode_step` over the rest. The same loop drives either backend
+(``backends.py``: eager, or the CUDA-graph step over a static cache whose rows are free the moment their request
+leaves). Every request ends with exactly one ``done`` or ``error`` event; a failing forward fails the requests in
+it (500) and the loop goes on; a cancelled request (its client left) leaves at the next step;
+:meth:`Scheduler.shutdown` fails everything in flight (503) at once, even while a forward is stuck.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.waiting: deque[Ticket] = deque()
         self.live: set[Ticket] = set()  # admitted, not finished
-        self.running = None  # Batch | None, the worker's only
+        self.running = None  # the backend's running batch | None, the worker's only
         self.rows_running = 0
         self.steps = 0  # decode steps run
         self.closed = False
@@ -211,7 +212,11 @@ class Scheduler:
                 if all(r is not None for r in ticket.results):
                     ticket.finish(list(ticket.results))
             engine.release(seq.row.adapter)
-        self.running = batch.select(keep) if keep else None
+        if keep:
+            self.running = batch.select(keep)  # the others leave now (on the graph backend: their rows are free)
+        else:
+            batch.close()
+            self.running = None
         if self.running is not None:
             self.running = engine.decode_step(self.running, tokens)
             self.steps += 1
@@ -221,4 +226,5 @@ class Scheduler:
             for seq in self.running.seqs:
                 self.engine.release(seq.row.adapter)
                 seq.ticket.finish(failure)
+            self.running.close()
         self.running = None

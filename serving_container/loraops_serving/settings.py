@@ -17,6 +17,8 @@ class ServingSettings:
     max_body_bytes: int = 1_048_576  # larger bodies are refused (413) unread
     max_resident_adapters: int = 8  # adapters held in the layers' slots at once (LRU beyond)
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    decode_backend: str = "auto"  # auto: graph on CUDA (eager for a model it does not implement), eager on CPU
+    max_total_tokens: int = 1024  # prompt + new tokens of one request on the graph backend (its static KV cache)
     allow_unverified_adapters: bool = False  # serve adapters without a manifest naming the base's weights
     drain_seconds: float = 20.0  # after SIGTERM, requests in flight get this long, then fail (503) and it exits
 
@@ -35,6 +37,10 @@ class ServingSettings:
         settings = cls(**values)
         if settings.max_resident_adapters < 1 or settings.max_batch_size < 1:
             raise ValueError("LORAOPS_MAX_RESIDENT_ADAPTERS and LORAOPS_MAX_BATCH_SIZE must be at least 1")
+        if settings.decode_backend not in ("auto", "eager", "graph"):
+            raise ValueError(f"LORAOPS_DECODE_BACKEND={settings.decode_backend!r} is none of auto, eager, graph")
+        if settings.max_total_tokens < 2:
+            raise ValueError("LORAOPS_MAX_TOTAL_TOKENS must be at least 2")
         return settings
 
 

@@ -40,7 +40,8 @@ PROMPT = "### Instruction:\nWhat is a llama?\n\n### Response:\n"
 
 def test_ping_and_routing_by_body_or_header(server, engine):
     with urllib.request.urlopen(server + "/ping") as response:
-        assert json.loads(response.read()) == {"status": "healthy", "adapters": ["alpha", "beta"], "refused": {}}
+        health = {"status": "healthy", "adapters": ["alpha", "beta"], "refused": {}}
+        assert json.loads(response.read()) == {**health, "decode_backend": engine.backend.name}
     expected = engine.generate([Row(PROMPT, "beta", 6)], Sampling())[0].text
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}
     status, by_body = post(server, {**body, "adapter": "beta"})
