@@ -88,8 +88,11 @@ class Deployer:
                 "deployed as inference components (serving mode inference-components)"
             )
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
-        served = self._model_digest(base["Specification"]["ModelName"])
         wanted = package.metadata.get("baseWeightsDigest", "")
+        try:
+            served = self._model_digest(base["Specification"]["ModelName"])
+        except DeploymentError as error:
+            raise DeploymentError(f"adapter {package.arn} was trained on base weights {wanted}; {error}") from None
         if wanted != served:
             raise DeploymentError(
                 f"adapter {package.arn} was trained on base weights {wanted or '(unrecorded)'}; "
@@ -209,12 +212,17 @@ class Deployer:
         return _source_uri(self.sagemaker.describe_model(ModelName=model_name))
 
     def _model_digest(self, model_name: str) -> str:
-        """``sha256:<hex>`` of the base a model serves: its prefix is ``base/<group>/<weights hex>/``."""
+        """``sha256:<hex>`` weights digest of the base a model serves: its prefix is ``base/<group>/<content hex>/``,
+        the content digest of a registered base package, whose metadata records the weights digest (read from the
+        registry: no byte of the base is read)."""
         uri = self._model_uri(model_name)
         parts = s3_layout.split_s3_uri(uri)[1].rstrip("/").split("/") if uri else []
         if len(parts) != 3 or parts[0] != s3_layout.BASE.rstrip("/"):
             raise DeploymentError(f"model {model_name} serves {uri or 'no S3 prefix'}, not a base/<group>/<hex>/")
-        return f"sha256:{parts[2]}"
+        base = self.registry.find(parts[1], "contentDigest", f"sha256:{parts[2]}")
+        if base is None:
+            raise DeploymentError(f"model {model_name} serves base content sha256:{parts[2]}, no registered base")
+        return base.metadata.get("weightsDigest", "")
 
     def _endpoint_config(self) -> dict[str, Any]:
         """The endpoint config the endpoint runs now."""

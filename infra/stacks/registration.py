@@ -389,8 +389,8 @@ class RegistrationStack(cdk.Stack):
             statements.append(
                 iam.PolicyStatement(
                     sid="ReadPackages",
-                    actions=["sagemaker:DescribeModelPackage"],
-                    resources=[arn("sagemaker", "model-package")],
+                    actions=["sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages"],
+                    resources=[arn("sagemaker", "model-package"), arn("sagemaker", "model-package-group")],
                 )
             )
         else:

@@ -20,12 +20,8 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         help="AWS region ($AWS_REGION)",
     )
-    parser.add_argument(
-        "--approval",
-        choices=["auto", "manual"],
-        default=os.environ.get("LORAOPS_APPROVAL", "manual"),
-        help="the environment's approval policy ($LORAOPS_APPROVAL)",
-    )
+    # Accepted for older scripts and ignored: a new package's approval comes from the environment's group tags.
+    parser.add_argument("--approval", choices=["auto", "manual"], help=argparse.SUPPRESS)
     parser.add_argument(
         "--endpoint-url",
         default=os.environ.get("AWS_ENDPOINT_URL"),
@@ -65,7 +61,7 @@ def open_registry(args: argparse.Namespace, role_arn: str | None = None):
     sagemaker = client(args, "sagemaker", role_arn)
     s3 = client(args, "s3", role_arn)
     try:
-        return Registry(sagemaker, s3, args.bucket, args.region, args.approval)
+        return Registry(sagemaker, s3, args.bucket, args.region)
     except RegistryError as error:
         raise CLIError(str(error)) from None
 

@@ -165,6 +165,8 @@ def test_approved_adapter_becomes_a_component_without_reading_the_base_inference
         "DescribeModelPackage",
         "DescribeInferenceComponent",
         "DescribeModel",
+        "ListModelPackages",  # the served base's package, found by the content digest its prefix is named by
+        "DescribeModelPackage",
         "DescribeInferenceComponent",
         "CreateInferenceComponent",
     ]
