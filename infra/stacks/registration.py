@@ -44,7 +44,7 @@ WILDCARD_REASONS = {
     "ListJobOutputs": "ListBucket is limited by an s3:prefix condition to adapters/ and merged/.",
     "ReadBaseModels": "Base models lie under base/<group>/<weights digest>/, named by their bytes at run time.",
     "ListBaseModels": "ListBucket is limited by an s3:prefix condition to base/.",
-    "WriteBaseModels": "An import writes base/<group>/<weights digest>/ (known only once the bytes are read) and "
+    "WriteBaseModels": "An import writes base/<group>/<content digest>/ (known only once the bytes are read) and "
     "stages the bytes under staging/base/<run>/ first.",
     "ListImportPrefixes": "ListBucket is limited by an s3:prefix condition to base/ and staging/.",
     "ReadImportSources": "The import sources cdk.json lists are prefixes; the models under them are named later.",
@@ -55,6 +55,9 @@ WILDCARD_REASONS = {
     "run time; limited by an ec2:Vpc condition).",
     "DescribeNetwork": "EC2 Describe* calls support no resource-level permissions; they only accept '*'.",
     "WriteLogs": "Log streams are named at run time inside the function's own log group.",
+    "RemoveStagedBytes": "Staged bytes lie under staging/base/<run>/, named per import at run time.",
+    "RegistrationClaims": "One claim object per registration in progress, named by the group and the digest at "
+    "run time, under registrations/ only.",
     "ReadPackages": "Package versions are numbered at run time; limited to this account and region.",
     "DeployModels": "Models, endpoint configs and components a deployment creates are named per package at run "
     "time; limited to this environment's name prefix.",
@@ -246,10 +249,17 @@ class RegistrationStack(cdk.Stack):
         config = self.config
         prefixes = (s3_layout.BASE, s3_layout.STAGING)
         statements = [
+            # Writes under base/ are conditional (write-once, enforced by the bucket policy) and never deleted;
+            # staged bytes are removed once written.
             iam.PolicyStatement(
                 sid="WriteBaseModels",
-                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                 resources=[f"{self.bucket_arn}/{s3_layout.BASE}*", f"{self.bucket_arn}/{s3_layout.STAGING}base/*"],
+            ),
+            iam.PolicyStatement(
+                sid="RemoveStagedBytes",
+                actions=["s3:DeleteObject"],
+                resources=[f"{self.bucket_arn}/{s3_layout.STAGING}base/*"],
             ),
             iam.PolicyStatement(
                 sid="ListImportPrefixes",
@@ -428,6 +438,16 @@ class RegistrationStack(cdk.Stack):
                 resources=[arn("sagemaker", "model-package"), arn("sagemaker", "model-package-group")],
             ),
             *execution_role.approval_statements(manual_approval=not self.config.auto_approve),
+            iam.PolicyStatement(
+                sid="RegistrationClaims",
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                resources=[f"{self.bucket_arn}/{s3_layout.REGISTRATIONS}*"],
+            ),
+            iam.PolicyStatement(
+                sid="ReadEnvironmentTag",  # the registry checks a group's environment against the bucket's tag
+                actions=["s3:GetBucketTagging"],
+                resources=[self.bucket_arn],
+            ),
             iam.PolicyStatement(
                 sid="IdempotencyRecords",
                 actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],

@@ -123,6 +123,12 @@ def test_finetune_of_an_unapproved_base_is_refused(registry, aws, tiny_base, ada
             lambda p: p.joinpath("adapter_model.safetensors").unlink(),
             r"files the manifest lists are missing: \['adapter_model.safetensors'\]",
         ),
+        (
+            lambda p: p.joinpath("adapter_model.safetensors").write_bytes(
+                p.joinpath("adapter_model.safetensors").read_bytes()[:-64]
+            ),
+            r"adapter_model.safetensors: the header describes \d+ bytes, the file has \d+",
+        ),
     ],
 )
 def test_a_missing_or_corrupt_output_registers_nothing(
@@ -135,6 +141,20 @@ def test_a_missing_or_corrupt_output_registers_nothing(
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
     _upload(aws, broken, prefix)
     with pytest.raises(RegistryError, match=message):
+        registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
+    assert _versions(aws, ADAPTER_GROUP) == []
+
+
+def test_a_finetune_of_another_base_is_refused_by_this_bases_group(registry, aws, tiny_base, adapter_output, tmp_path):
+    _approved_base(registry, tiny_base)
+    other = tmp_path / "model"
+    shutil.copytree(adapter_output, other)
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    manifest["base_model_id"] = "other-org/other-model"
+    (other / MANIFEST_FILE).write_text(json.dumps(manifest))
+    prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
+    _upload(aws, other, prefix)
+    with pytest.raises(RegistryError, match="the job's manifest names base other-org/other-model"):
         registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     assert _versions(aws, ADAPTER_GROUP) == []
 
