@@ -12,6 +12,8 @@
   serves is kept (an endpoint cannot serve nothing) and the reply says so.
 
 The package's state is read from the registry, not from the event, so late or repeated events do the right thing.
+Before anything is served, the objects at the package's prefix are checked against the digests it was registered
+with (:meth:`loraops.registry.Registry.verify_content`): a changed, added or missing file is refused.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ class Deployer:
         if kind not in (ADAPTER, MERGED):
             return _reply(package, "none", "base packages are served by pinning them: loraops serve pin")
         if package.status == APPROVED and not package.deleting:
+            try:
+                self.registry.verify_content(package)  # what is served is what was registered, byte for byte
+            except RegistryError as error:
+                raise DeploymentError(f"not served: {error}") from None
             return self._serve_adapter(package) if kind == ADAPTER else self._serve_merged(package)
         return self._withdraw(package, kind)
 
@@ -278,6 +284,8 @@ def pin_served_model(registry: Registry, ssm: Any, prefix: str, package_arn: str
         raise DeploymentError(
             f"{package_arn} is an adapter: pin its base, and approving the adapter adds its inference component"
         )
+    registry.check_in_environment(package)
+    registry.verify_content(package)
     ssm.put_parameter(
         Name=endpoints.served_model_parameter(prefix), Value=package.model_data_prefix, Type="String", Overwrite=True
     )

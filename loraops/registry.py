@@ -20,6 +20,7 @@ functions) and the group's ``loraops:approvalPolicy`` tag: auto-approved only wh
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -29,7 +30,7 @@ from typing import Any
 from botocore.exceptions import ParamValidationError
 
 from loraops import s3_layout
-from loraops.artifacts import ArtifactError, check_safetensors, stored_digest
+from loraops.artifacts import DIGEST_METADATA, ArtifactError, check_safetensors, stored_digest
 from loraops.collections import PATH_TAG_PREFIX
 from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
 from loraops.naming import (
@@ -314,6 +315,46 @@ class Registry:
             raise RegistryError(f"model package {package_arn}: {message}") from None
         except ParamValidationError as error:
             raise RegistryError(f"model package {package_arn!r}: {error}") from None
+
+    def verify_content(self, package: Package) -> None:
+        """Before a package is served: the objects at its prefix are exactly the files it was registered with, byte
+        for byte. The manifest's files must give the package's recorded ``contentDigest``; every file's SHA-256 is
+        S3's own full-object checksum where S3 holds one, else read and hashed here (job outputs), or, under the
+        write-once ``base/`` prefix, the digest recorded when the object was written. Raises :class:`RegistryError`
+        naming the first difference."""
+        recorded = package.metadata.get("contentDigest", "")
+        if not recorded:
+            raise RegistryError(f"{package.arn} records no content digest: register its artifact again to serve it")
+        if package.model_data_uri and not package.model_data_uri.startswith(f"s3://{self.bucket}/"):
+            raise RegistryError(f"{package.arn} serves {package.model_data_uri}, outside the bucket {self.bucket}")
+        prefix = package.model_data_prefix
+        is_base = prefix.startswith(s3_layout.BASE)
+        manifest_file = BASE_MANIFEST if is_base else MANIFEST_FILE
+        files = self.read_json(prefix + manifest_file, "manifest").get("files") or {}
+        if content_digest(files, prefix) != recorded:
+            raise RegistryError(f"s3://{self.bucket}/{prefix}{manifest_file} no longer lists the registered files")
+        present = {o["Key"][len(prefix) :] for o in self.objects(prefix)}
+        if present != set(files) | {manifest_file}:
+            extra, missing = sorted(present - set(files) - {manifest_file}), sorted(set(files) - present)
+            raise RegistryError(
+                f"s3://{self.bucket}/{prefix}: files added {extra} or missing {missing} since registered"
+            )
+        for name, digest in sorted(files.items()):
+            if self._object_digest(prefix + name, trust_recorded=is_base) != digest:
+                raise RegistryError(f"s3://{self.bucket}/{prefix}{name} changed since it was registered ({digest})")
+
+    def _object_digest(self, key: str, trust_recorded: bool) -> str:
+        head = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        checksum = head.get("ChecksumSHA256", "")
+        if checksum and "-" not in checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            return "sha256:" + base64.b64decode(checksum).hex()
+        if trust_recorded and head.get("Metadata", {}).get(DIGEST_METADATA):
+            return head["Metadata"][DIGEST_METADATA]
+        sha = hashlib.sha256()
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        while chunk := body.read(8 * 1024 * 1024):
+            sha.update(chunk)
+        return f"sha256:{sha.hexdigest()}"
 
     def check_in_environment(self, package: Package) -> None:
         """Raise unless ``package`` is this environment's: its group carries this environment's tag and its

@@ -306,6 +306,8 @@ class RegistrationStack(cdk.Stack):
             FunctionSpec(
                 "deploy-on-approval",
                 [
+                    # reads the package's files to verify them against its registered digests before serving
+                    *self._read("JobOutputs", (s3_layout.ADAPTERS, s3_layout.MERGED)),
                     iam.PolicyStatement(
                         sid="DeployModels",
                         actions=[
@@ -357,6 +359,9 @@ class RegistrationStack(cdk.Stack):
                     ),
                 ],
                 concurrency=1,  # one deployment at a time: an endpoint takes one update at once
+                # hashing a merged 7B model (~13.5 GB) before serving it: Lambda's network bandwidth grows with memory
+                timeout=cdk.Duration.minutes(15),
+                memory_mb=3008,
                 registers=False,
                 environment={
                     "NAME_PREFIX": prefix,
