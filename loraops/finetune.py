@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,7 +128,19 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, str]:
 def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
     """Check ``hyperparameters`` with the trainer's own settings parser (``loraops_trainer.config.load_settings``:
     names, types, ranges, the same code the job runs), before anything starts. It imports transformers and torch
-    (about 10 s and 450 MB on a laptop CPU); where the trainer's dependencies are absent, say so."""
+    (about 10 s and 450 MB on a laptop CPU); where the trainer's dependencies are absent, say so. The libraries'
+    import-time notes and deprecation warnings are the job's to print, not the CLI's: silenced here."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _validate(hyperparameters)
+    finally:
+        logging.disable(previous)
+
+
+def _validate(hyperparameters: dict[str, str]) -> None:
     try:
         from loraops_trainer.config import ENVIRONMENT_DEFAULTS, REQUIRED, ConfigError, load_settings
     except ImportError as error:
