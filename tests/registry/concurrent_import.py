@@ -1,18 +1,19 @@
-"""A process that imports a base model into the emulator's registry after every other such process is ready
-(a barrier), for the test that four imports of the same bytes at once register one version."""
+"""A process that imports a base model into the emulator's registry, in step with the other such processes: all
+upload at once (one barrier), then all register at once (a second barrier), for the test that four imports of the
+same bytes at once register one version."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def import_after_barrier(
-    barrier: Any, results: Any, url: str, bucket: str, region: str, folder: str, model: str
+def import_in_step(
+    barriers: tuple[Any, Any], results: Any, url: str, bucket: str, region: str, folder: str, model: str
 ) -> None:
     import boto3
     from botocore.config import Config
 
-    from loraops.base_import import LocalFolder, import_base
+    from loraops.base_import import LocalFolder, upload_base
     from loraops.registry import Registry
 
     config = Config(retries={"max_attempts": 1})
@@ -28,8 +29,10 @@ def import_after_barrier(
         for name in ("sagemaker", "s3")
     }
     registry = Registry(clients["sagemaker"], clients["s3"], bucket, region)
-    barrier.wait(timeout=600)
     try:
-        results.put(import_base(registry, LocalFolder(folder), model).arn)
+        barriers[0].wait(timeout=120)
+        digest = upload_base(registry, LocalFolder(folder), model)
+        barriers[1].wait(timeout=120)
+        results.put(registry.register_base(model, digest).arn)
     except Exception as error:  # reported to the test, which fails with it
         results.put(f"error: {type(error).__name__}: {error}")

@@ -20,7 +20,7 @@ from loraops.collections import Hierarchy, migrate_member_tags, path_id
 from loraops.manifest import folder_content_digest
 from loraops.naming import TAG_ENVIRONMENT
 from loraops.registry import APPROVED, BASE_MANIFEST, PENDING, Registry, RegistryError
-from tests.registry.concurrent_import import import_after_barrier
+from tests.registry.concurrent_import import import_in_step
 from tests.registry.conftest import BUCKET, MODEL_ID, REGION, create_environment
 
 GROUP = "meta-llama--Llama-2-7b-hf"
@@ -148,9 +148,9 @@ def test_junk_beside_a_local_model_is_not_stored_and_does_not_change_its_digest(
 
 def test_four_processes_importing_the_same_bytes_at_once_make_one_version(registry, aws, emulator, tiny_base):
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(4), context.Queue()
-    args = (barrier, results, emulator, BUCKET, REGION, str(tiny_base), MODEL_ID)
-    processes = [context.Process(target=import_after_barrier, args=args) for _ in range(4)]
+    barriers, results = (context.Barrier(4), context.Barrier(4)), context.Queue()
+    args = (barriers, results, emulator, BUCKET, REGION, str(tiny_base), MODEL_ID)
+    processes = [context.Process(target=import_in_step, args=args) for _ in range(4)]
     for process in processes:
         process.start()
     arns = [results.get(timeout=120) for _ in processes]
