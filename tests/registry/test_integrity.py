@@ -251,3 +251,19 @@ def test_migration_moves_groups_tagged_with_an_earlier_child_path_into_the_sdk_f
     (child,) = [c for c in hierarchy.children.values() if c.name == f"{GROUP}-adapters"]
     assert tags == child.member_tag() and child.path == f"{GROUP}/{GROUP}-adapters"
     assert migrate_member_tags(aws["sagemaker"], GROUP) == []
+
+
+def test_create_model_package_carries_a_client_token_of_the_content(registry, aws, tiny_base):
+    """SageMaker's own idempotency (the emulator ignores ClientToken, so the request is what is checked: botocore
+    validates it against the real API model before sending)."""
+    from loraops.registry import client_token
+
+    requests = []
+    registry.sagemaker.meta.events.register(
+        "before-parameter-build.sagemaker.CreateModelPackage", lambda params, **_: requests.append(dict(params))
+    )
+    package = import_base(registry, LocalFolder(tiny_base), MODEL_ID)
+    (request,) = requests
+    digest = package.metadata["contentDigest"]
+    assert request["ClientToken"] == client_token(GROUP, digest) and len(request["ClientToken"]) == 36
+    assert client_token(GROUP, digest) != client_token(GROUP, "sha256:" + "0" * 64)
