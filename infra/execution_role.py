@@ -24,6 +24,8 @@ WILDCARD_REASONS: dict[str, str] = {
     "reading every version under those two prefixes is the job's purpose.",
     "ReadWriteFineTuneOutputs": "Training jobs write under adapters/, merged/, evaluation/ and checkpoints/ "
     "with job names chosen at run time; access is confined to those prefixes of the one bucket.",
+    "DeleteScratchObjects": "Checkpoints, evaluation reports and captured data are named per job or endpoint at "
+    "run time; no registered package points under these prefixes.",
     "CollectionsCreate": "resource-groups:CreateGroup takes no resource ARN (only '*'); the request must tag the "
     "new group sagemaker:collection=true, with collection tag keys only (conditions).",
     "CollectionsTagAndDelete": "Only groups tagged sagemaker:collection=true may be tagged or deleted (condition).",
@@ -94,10 +96,21 @@ def bucket_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
             conditions={"StringLike": {"s3:prefix": all_prefixes}},
         ),
         iam.PolicyStatement(sid="ReadBaseModelsAndDatasets", actions=["s3:GetObject"], resources=read_only),
+        # No DeleteObject under adapters/ and merged/: registered packages point there (the bucket policy also
+        # refuses every principal's deletes under the registered prefixes).
         iam.PolicyStatement(
             sid="ReadWriteFineTuneOutputs",
-            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
             resources=read_write,
+        ),
+        iam.PolicyStatement(
+            sid="DeleteScratchObjects",
+            actions=["s3:DeleteObject"],
+            resources=[
+                bucket.arn_for_objects(f"{p}*")
+                for p in s3_layout.READ_WRITE_PREFIXES
+                if p not in s3_layout.REGISTERED_PREFIXES
+            ],
         ),
     ]
 
@@ -189,6 +202,33 @@ def approval_statements(manual_approval: bool) -> list[iam.PolicyStatement]:
             )
         )
     return statements
+
+
+#: What changes what an endpoint serves; only the deploy-on-approval function (and CloudFormation) may do it.
+SERVING_CHANGES = (
+    "sagemaker:CreateModel",
+    "sagemaker:DeleteModel",
+    "sagemaker:CreateEndpointConfig",
+    "sagemaker:DeleteEndpointConfig",
+    "sagemaker:CreateEndpoint",
+    "sagemaker:UpdateEndpoint",
+    "sagemaker:UpdateEndpointWeightsAndCapacities",
+    "sagemaker:DeleteEndpoint",
+    "sagemaker:CreateInferenceComponent",
+    "sagemaker:UpdateInferenceComponent",
+    "sagemaker:UpdateInferenceComponentRuntimeConfig",
+    "sagemaker:DeleteInferenceComponent",
+)
+
+
+def serving_guard_statements() -> list[iam.PolicyStatement]:
+    """Studio users and jobs (the execution role) never change what an endpoint serves, whatever else grants it:
+    an unapproved package reaches the endpoint only through the approval, which invokes deploy-on-approval."""
+    return [
+        iam.PolicyStatement(
+            sid="DenyServingChanges", effect=iam.Effect.DENY, actions=list(SERVING_CHANGES), resources=["*"]
+        )
+    ]
 
 
 def job_statements(
@@ -294,18 +334,9 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
                 "sagemaker:StopTrainingJob",
                 "sagemaker:CreateModelPackage",
                 "sagemaker:UpdateModelPackage",
-                "sagemaker:CreateModel",
-                "sagemaker:CreateEndpointConfig",
-                "sagemaker:CreateEndpoint",
-                "sagemaker:UpdateEndpoint",
-                "sagemaker:CreateInferenceComponent",
-                "sagemaker:UpdateInferenceComponent",
+                # No serving changes (models, endpoint configs, endpoints, inference components): only the
+                # deploy-on-approval function puts an approved package behind the environment's endpoint.
                 "sagemaker:InvokeEndpoint",
-                # whoever may create serving resources may remove them
-                "sagemaker:DeleteModel",
-                "sagemaker:DeleteEndpointConfig",
-                "sagemaker:DeleteEndpoint",
-                "sagemaker:DeleteInferenceComponent",
                 "sagemaker:CreateExperiment",
                 "sagemaker:CreateTrial",
                 "sagemaker:CreateTrialComponent",
@@ -324,8 +355,6 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
                     "training-job",
                     "model-package",
                     "model-package-group",
-                    "model",
-                    "endpoint-config",
                     "endpoint",
                     "inference-component",
                     "experiment",

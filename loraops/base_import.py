@@ -1,20 +1,23 @@
-"""Import a base model into ``base/<group>/<weights hex>/`` uncompressed and register it, from a local folder,
+"""Import a base model into ``base/<group>/<content hex>/`` uncompressed and register it, from a local folder,
 another S3 location or the Hugging Face Hub.
 
-Every source goes through the same three steps, so the Hub shares the code after its download:
+Every source goes through the same steps, so the Hub shares the code after its download:
 
-1. **digest**: read each file once, streaming, and compute its SHA-256 (the Hub source stages the bytes under
-   ``staging/`` as it reads them, because the final key depends on the digest of all weight files);
-2. **place**: put each file at its final key, skipping files already there with the same size (a local file is
-   uploaded; an S3 or staged object is copied inside S3, never through this process);
-3. **record**: write ``loraops-base.json`` (per-file digests, sizes, source, licence) last, then register.
+1. **select**: one exclusion list for every source (:func:`loraops.artifacts.served_files`: no ``.git/``, caches,
+   ``original/``, ``*.pth``, nor ``*.bin`` beside ``*.safetensors``);
+2. **digest and check**: read each file once, streaming, for its SHA-256 (the Hub source stages the bytes under
+   ``staging/`` as it reads them, because the final key depends on the digest of every file), and check each
+   ``.safetensors`` header against the file's size;
+3. **write once**: put each file at ``base/<group>/<content hex>/<name>`` with a conditional write (never replacing
+   an object; a key already holding the same digest is kept). The content digest covers every served file
+   (weights, config, tokenizer, generation config): other bytes make another prefix and another version;
+4. **record**: write ``loraops-base.json`` (per-file digests, sizes, source, licence) once, last, then register.
 
 An import cut short leaves no ``loraops-base.json``, so nothing registers it; running it again finishes it.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -28,20 +31,20 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from loraops import s3_layout
-from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, combined_weights_digest, file_digest
+from loraops.artifacts import ArtifactError, check_safetensors, served_files, write_once
+from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, combined_weights_digest, content_digest
 from loraops.naming import base_group_name
 from loraops.registry import BASE_MANIFEST, Package, Registry, RegistryError
 
 Progress = Callable[[str, int], None]
 CHUNK = 8 * 1024 * 1024
 HUB_ENDPOINT = "https://huggingface.co"
-#: Not imported from the Hub: git metadata, Meta's raw checkpoints beside the HF weights.
-HUB_EXCLUDE = (".gitattributes", "original/*", "*.pth")
 
 
 @dataclass
 class Target:
-    """Where an import writes: the registry's bucket, a staging prefix for bytes in transit, progress."""
+    """Where an import writes: the registry's bucket, a staging prefix for bytes in transit, progress (``name`` is
+    ``"hash <file>"`` while a file is read for its digest, ``"store <file>"`` while it is written)."""
 
     s3: Any
     bucket: str
@@ -57,16 +60,27 @@ class Source(Protocol):
     description: str
 
     def list(self) -> dict[str, int]:
-        """Relative file name -> size in bytes."""
+        """Relative file name -> size in bytes (every file; :func:`loraops.artifacts.served_files` filters)."""
 
     def digest(self, name: str, target: Target) -> str:
         """``sha256:<hex>`` of one file, read once (reporting progress)."""
 
-    def place(self, name: str, key: str, target: Target) -> None:
-        """Put one file at ``key`` in the target bucket."""
+    def read(self, name: str, offset: int, length: int, target: Target) -> bytes:
+        """``length`` bytes of one file from ``offset`` (after :meth:`digest`)."""
+
+    def open(self, name: str, target: Target) -> BinaryIO:
+        """The file's bytes as a stream (after :meth:`digest`), to be written once at its final key."""
 
     def cleanup(self, target: Target) -> None:
         """Remove anything the import staged."""
+
+
+def _hash_stream(stream: BinaryIO, name: str, target: Target) -> str:
+    sha = hashlib.sha256()
+    while chunk := stream.read(CHUNK):
+        sha.update(chunk)
+        target.advance(f"hash {name}", len(chunk))
+    return f"sha256:{sha.hexdigest()}"
 
 
 @dataclass
@@ -84,13 +98,19 @@ class LocalFolder:
         if not self.path.is_dir():
             raise RegistryError(f"{self.path} is not a folder")
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
-        return {str(p.relative_to(self.path)): p.stat().st_size for p in files}
+        return {p.relative_to(self.path).as_posix(): p.stat().st_size for p in files}
 
     def digest(self, name: str, target: Target) -> str:
-        return file_digest(self.path / name)
+        with open(self.path / name, "rb") as handle:
+            return _hash_stream(handle, name, target)
 
-    def place(self, name: str, key: str, target: Target) -> None:
-        target.s3.upload_file(str(self.path / name), target.bucket, key, Callback=lambda n: target.advance(name, n))
+    def read(self, name: str, offset: int, length: int, target: Target) -> bytes:
+        with open(self.path / name, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+
+    def open(self, name: str, target: Target) -> BinaryIO:
+        return open(self.path / name, "rb")
 
     def cleanup(self, target: Target) -> None:
         pass
@@ -105,7 +125,10 @@ class S3Folder:
     description: str = ""
 
     def __post_init__(self) -> None:
-        self.bucket, self.prefix = s3_layout.split_s3_uri(self.uri if self.uri.endswith("/") else self.uri + "/")
+        try:
+            self.bucket, self.prefix = s3_layout.split_s3_uri(self.uri if self.uri.endswith("/") else self.uri + "/")
+        except ValueError as error:
+            raise RegistryError(str(error)) from None
         self.description = self.description or f"s3://{self.bucket}/{self.prefix}"
 
     def list(self) -> dict[str, int]:
@@ -118,20 +141,24 @@ class S3Folder:
         }
 
     def digest(self, name: str, target: Target) -> str:
-        result: dict[str, str] = {}
-        reader = _HashingReader(
-            self.s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"], name, target, result
-        )
-        while reader.read(CHUNK):
-            pass
-        return result["value"]
+        return _hash_stream(self.open(name, target), name, target)
 
-    def place(self, name: str, key: str, target: Target) -> None:
-        # boto3's managed copy: server-side, multipart above its threshold (objects over 5 GB included)
-        target.s3.copy({"Bucket": self.bucket, "Key": self.prefix + name}, target.bucket, key)
+    def read(self, name: str, offset: int, length: int, target: Target) -> bytes:
+        return _ranged(self.s3, self.bucket, self.prefix + name, offset, length)
+
+    def open(self, name: str, target: Target) -> BinaryIO:
+        # Streamed through this process rather than copied inside S3: CopyObject cannot carry the conditional
+        # write that the bucket policy requires under base/.
+        return self.s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
 
     def cleanup(self, target: Target) -> None:
         pass
+
+
+def _ranged(s3: Any, bucket: str, key: str, offset: int, length: int) -> bytes:
+    if length <= 0:
+        return b""
+    return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")["Body"].read()
 
 
 class _NoCredentialsAcrossHosts(urllib.request.HTTPRedirectHandler):
@@ -155,7 +182,6 @@ class HubRepo:
     revision: str = "main"
     token: str = ""
     endpoint: str = ""
-    exclude: tuple[str, ...] = HUB_EXCLUDE
     description: str = ""
     _staged: list[str] = field(default_factory=list)
 
@@ -189,11 +215,7 @@ class HubRepo:
             info = json.load(response)
         self.commit = info.get("sha") or self.revision  # every file comes from this one commit
         self.description = f"hf://{self.repo_id}@{self.commit}"
-        files = {s["rfilename"]: int(s.get("size") or 0) for s in info.get("siblings", [])}
-        keep = {n: size for n, size in files.items() if not any(fnmatch.fnmatch(n, p) for p in self.exclude)}
-        if any(n.endswith(".safetensors") and "/" not in n for n in keep):  # the same weights twice otherwise
-            keep = {n: size for n, size in keep.items() if not (n.endswith(".bin") and "/" not in n)}
-        return keep
+        return {s["rfilename"]: int(s.get("size") or 0) for s in info.get("siblings", [])}
 
     def digest(self, name: str, target: Target) -> str:
         key = target.staging + name
@@ -204,8 +226,11 @@ class HubRepo:
         self._staged.append(key)
         return digest["value"]
 
-    def place(self, name: str, key: str, target: Target) -> None:
-        target.s3.copy({"Bucket": target.bucket, "Key": target.staging + name}, target.bucket, key)
+    def read(self, name: str, offset: int, length: int, target: Target) -> bytes:
+        return _ranged(target.s3, target.bucket, target.staging + name, offset, length)
+
+    def open(self, name: str, target: Target) -> BinaryIO:
+        return target.s3.get_object(Bucket=target.bucket, Key=target.staging + name)["Body"]
 
     def cleanup(self, target: Target) -> None:
         for key in self._staged:
@@ -224,7 +249,7 @@ class _HashingReader:
         chunk = self.stream.read(size if size and size > 0 else CHUNK)
         if chunk:
             self.sha.update(chunk)
-            self.target.advance(self.name, len(chunk))
+            self.target.advance(f"hash {self.name}", len(chunk))
         else:
             self.result["value"] = f"sha256:{self.sha.hexdigest()}"
         return chunk
@@ -243,7 +268,7 @@ def _checked(files: dict[str, int], source: Source) -> dict[str, int]:
     bad = sorted(n for n in files if n.startswith("/") or ".." in n.split("/"))
     if bad:
         raise RegistryError(f"{source.description}: file names that leave the folder: {bad}")
-    files = {n: size for n, size in files.items() if n not in (BASE_MANIFEST, MANIFEST_FILE)}
+    files = {n: size for n, size in served_files(files).items() if n not in (BASE_MANIFEST, MANIFEST_FILE)}
     if "config.json" not in files:
         raise RegistryError(f"{source.description}: not a Hugging Face model folder (no config.json)")
     if not any(n.endswith(WEIGHT_SUFFIXES) and "/" not in n for n in files):
@@ -252,36 +277,70 @@ def _checked(files: dict[str, int], source: Source) -> dict[str, int]:
 
 
 def upload_base(
-    registry: Registry, source: Source, model_id: str, licence: str = "", progress: Progress | None = None
+    registry: Registry,
+    source: Source,
+    model_id: str,
+    licence: str = "",
+    progress: Progress | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> str:
-    """Steps 1-3 of the module docstring, without registering. Returns the weights digest."""
+    """Steps 1-3 of the module docstring, without registering. Returns the content digest (the version's name).
+    ``total`` is told the bytes the import will read and write (each file is read once and written once)."""
     group = base_group_name(model_id)
     target = Target(registry.s3, registry.bucket, s3_layout.staging_prefix("base", uuid.uuid4().hex), progress)
     try:
         files = _checked(source.list(), source)
+        if total:
+            total(2 * sum(files.values()))
         digests = {name: source.digest(name, target) for name in files}
-        weights = combined_weights_digest(digests, source.description)
-        prefix = s3_layout.base_model_prefix(group, weights)
-        present = {o["Key"][len(prefix) :]: o["Size"] for o in registry.objects(prefix)}
         for name in files:
-            if present.get(name) != files[name]:
-                source.place(name, prefix + name, target)
+            if name.endswith(".safetensors"):
+                check_safetensors(
+                    f"{source.description}/{name}",
+                    files[name],
+                    lambda offset, length, name=name: source.read(name, offset, length, target),
+                )
+        content = content_digest(digests, source.description)
+        weights = combined_weights_digest(digests, source.description)
+        prefix = s3_layout.base_model_prefix(group, content)
+        for name in files:
+            body = source.open(name, target)
+            try:
+                write_once(
+                    registry.s3,
+                    registry.bucket,
+                    prefix + name,
+                    body,
+                    files[name],
+                    digests[name],
+                    lambda n, name=name: target.advance(f"store {name}", n),
+                )
+            finally:
+                body.close()
+    except ArtifactError as error:
+        raise RegistryError(str(error)) from None
     finally:
         source.cleanup(target)
     manifest = {
         "model_id": model_id,
+        "content_digest": content,
         "weights_digest": weights,
         "files": digests,
         "sizes": files,
         "source": source.description,
         "licence": licence,
     }
-    registry.s3.put_object(Bucket=registry.bucket, Key=prefix + BASE_MANIFEST, Body=json.dumps(manifest, indent=2))
-    return weights
+    registry.write_base_manifest(prefix, manifest)
+    return content
 
 
 def import_base(
-    registry: Registry, source: Source, model_id: str, licence: str = "", progress: Progress | None = None
+    registry: Registry,
+    source: Source,
+    model_id: str,
+    licence: str = "",
+    progress: Progress | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> Package:
     """Import ``source`` under ``base/`` and register it (the same bytes again -> the package already there)."""
     if isinstance(source, HubRepo) and not licence:
@@ -289,4 +348,4 @@ def import_base(
             f"importing {source.repo_id} from the Hub records the licence you accepted for it: name it "
             "(e.g. --licence llama2)"
         )
-    return registry.register_base(model_id, upload_base(registry, source, model_id, licence, progress))
+    return registry.register_base(model_id, upload_base(registry, source, model_id, licence, progress, total))

@@ -14,8 +14,12 @@ so loraops derives it from the path: a 13-digit number, like the SDK's, that nev
 loraops' hierarchy, per base model::
 
     <base-group>                       root: the base model's package group
-    ├── <base-group>-adapters          child: the adapter lines (<base>-finetuned-<task>)
-    └── <base-group>-merged            child: the merged lines (<base>-<dataset>)
+    ├── <base-group>-adapters          child (path <base-group>/<base-group>-adapters): the adapter lines
+    └── <base-group>-merged            child (path <base-group>/<base-group>-merged): the merged lines
+
+Earlier loraops versions gave the children the paths ``<base-group>/adapters`` and ``<base-group>/merged`` (not
+the SDK's form): :func:`migrate_member_tags` moves model package groups tagged that way into the SDK-form
+collections (the registry stack's own groups and collections are updated by the next ``cdk deploy``).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class Hierarchy:
     def for_base(cls, base_group: str) -> Hierarchy:
         root = Collection(name=base_group, path=base_group)
         children = {
-            mode: Collection(name=f"{base_group}-{label}", path=f"{base_group}/{label}", parent=root)
+            mode: Collection(name=f"{base_group}-{label}", path=f"{base_group}/{base_group}-{label}", parent=root)
             for mode, label in ((OutputMode.ADAPTER, "adapters"), (OutputMode.MERGED, "merged"))
         }
         return cls(root=root, children=children)
@@ -93,3 +97,31 @@ class Hierarchy:
     @property
     def all(self) -> list[Collection]:
         return [self.root, *self.children.values()]
+
+
+def legacy_paths(base_group: str) -> dict[str, Collection]:
+    """The child paths earlier loraops versions wrote (``<base>/adapters``, ``<base>/merged``) -> the collection
+    that replaces each."""
+    hierarchy = Hierarchy.for_base(base_group)
+    return {f"{base_group}/{label}": hierarchy.children[mode] for mode, label in LEGACY_LABELS}
+
+
+LEGACY_LABELS = ((OutputMode.ADAPTER, "adapters"), (OutputMode.MERGED, "merged"))
+
+
+def migrate_member_tags(sagemaker, base_group: str) -> list[str]:
+    """Re-tag the model package groups that carry an earlier version's child path tag with the SDK-form path tag
+    of the same collection (and remove the old tag). Returns the groups moved; running it again moves none."""
+    moved = []
+    legacy = {f"{PATH_TAG_PREFIX}{path_id(path)}": (path, new) for path, new in legacy_paths(base_group).items()}
+    for page in sagemaker.get_paginator("list_model_package_groups").paginate():
+        for summary in page["ModelPackageGroupSummaryList"]:
+            arn = summary["ModelPackageGroupArn"]
+            tags = {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=arn).get("Tags", [])}
+            for key, (path, collection) in legacy.items():
+                if tags.get(key) == path:
+                    ((new_key, new_value),) = collection.member_tag().items()
+                    sagemaker.add_tags(ResourceArn=arn, Tags=[{"Key": new_key, "Value": new_value}])
+                    sagemaker.delete_tags(ResourceArn=arn, TagKeys=[key])
+                    moved.append(summary["ModelPackageGroupName"])
+    return moved

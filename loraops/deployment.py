@@ -12,6 +12,8 @@
   serves is kept (an endpoint cannot serve nothing) and the reply says so.
 
 The package's state is read from the registry, not from the event, so late or repeated events do the right thing.
+Before anything is served, the objects at the package's prefix are checked against the digests it was registered
+with (:meth:`loraops.registry.Registry.verify_content`): a changed, added or missing file is refused.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ class Deployer:
         if kind not in (ADAPTER, MERGED):
             return _reply(package, "none", "base packages are served by pinning them: loraops serve pin")
         if package.status == APPROVED and not package.deleting:
+            try:
+                self.registry.verify_content(package)  # what is served is what was registered, byte for byte
+            except RegistryError as error:
+                raise DeploymentError(f"not served: {error}") from None
             return self._serve_adapter(package) if kind == ADAPTER else self._serve_merged(package)
         return self._withdraw(package, kind)
 
@@ -88,8 +94,11 @@ class Deployer:
                 "deployed as inference components (serving mode inference-components)"
             )
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
-        served = self._model_digest(base["Specification"]["ModelName"])
         wanted = package.metadata.get("baseWeightsDigest", "")
+        try:
+            served = self._model_digest(base["Specification"]["ModelName"])
+        except DeploymentError as error:
+            raise DeploymentError(f"adapter {package.arn} was trained on base weights {wanted}; {error}") from None
         if wanted != served:
             raise DeploymentError(
                 f"adapter {package.arn} was trained on base weights {wanted or '(unrecorded)'}; "
@@ -209,12 +218,17 @@ class Deployer:
         return _source_uri(self.sagemaker.describe_model(ModelName=model_name))
 
     def _model_digest(self, model_name: str) -> str:
-        """``sha256:<hex>`` of the base a model serves: its prefix is ``base/<group>/<weights hex>/``."""
+        """``sha256:<hex>`` weights digest of the base a model serves: its prefix is ``base/<group>/<content hex>/``,
+        the content digest of a registered base package, whose metadata records the weights digest (read from the
+        registry: no byte of the base is read)."""
         uri = self._model_uri(model_name)
         parts = s3_layout.split_s3_uri(uri)[1].rstrip("/").split("/") if uri else []
         if len(parts) != 3 or parts[0] != s3_layout.BASE.rstrip("/"):
             raise DeploymentError(f"model {model_name} serves {uri or 'no S3 prefix'}, not a base/<group>/<hex>/")
-        return f"sha256:{parts[2]}"
+        base = self.registry.find(parts[1], "contentDigest", f"sha256:{parts[2]}")
+        if base is None:
+            raise DeploymentError(f"model {model_name} serves base content sha256:{parts[2]}, no registered base")
+        return base.metadata.get("weightsDigest", "")
 
     def _endpoint_config(self) -> dict[str, Any]:
         """The endpoint config the endpoint runs now."""
@@ -270,6 +284,8 @@ def pin_served_model(registry: Registry, ssm: Any, prefix: str, package_arn: str
         raise DeploymentError(
             f"{package_arn} is an adapter: pin its base, and approving the adapter adds its inference component"
         )
+    registry.check_in_environment(package)
+    registry.verify_content(package)
     ssm.put_parameter(
         Name=endpoints.served_model_parameter(prefix), Value=package.model_data_prefix, Type="String", Overwrite=True
     )

@@ -56,6 +56,28 @@ def combined_weights_digest(file_digests: dict[str, str], where: str = "the mode
     return f"sha256:{combined.hexdigest()}"
 
 
+def content_digest(file_digests: dict[str, str], where: str = "the model") -> str:
+    """One digest over every file a model serves (``file_digests``: relative name -> ``sha256:<hex>``): names and
+    digests, in name order. A base version's identity: weights, config, tokenizer and generation config alike, so
+    different bytes in any of them make a different version."""
+    if not file_digests:
+        raise ManifestError(f"no files in {where}")
+    combined = hashlib.sha256()
+    for name in sorted(file_digests):
+        combined.update(f"{name}\0{file_digests[name]}\n".encode())
+    return f"sha256:{combined.hexdigest()}"
+
+
+def folder_content_digest(folder: Path) -> str:
+    """:func:`content_digest` of the files a local model folder serves (what an import of it names its version)."""
+    from loraops.artifacts import served_files
+
+    root = Path(folder)
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    names = served_files({n: s for n, s in sizes.items() if n not in (MANIFEST_FILE, "loraops-base.json")})
+    return content_digest({n: file_digest(root / n) for n in names}, str(folder))
+
+
 def folder_file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILE,)) -> dict[str, str]:
     """Relative path -> digest for every file under ``folder`` except ``exclude``."""
     root = Path(folder)

@@ -24,6 +24,8 @@ TAG_OUTPUT_MODE = "loraops:outputMode"
 TAG_PACKAGE_GROUP = "loraops:modelPackageGroup"
 #: ``auto`` or ``manual``: whether new packages in the group are approved on registration.
 TAG_APPROVAL_POLICY = "loraops:approvalPolicy"
+#: On every resource the stacks create (groups, the bucket): the environment's name.
+TAG_ENVIRONMENT = "loraops:environment"
 
 
 class NamingError(ValueError):

@@ -3,23 +3,40 @@
 -> group -> version tree, and what the storage costs.
 
 Every registration checks before it writes: a bad input raises :class:`RegistryError` and registers nothing.
-Registrations are idempotent: the same base bytes (weights digest) or the same training job give back the package
-already registered. (Concurrent deliveries of one event are serialised by the registration function's idempotency
-table, not here.)
+What is checked: the files the manifest lists lie at the prefix with their sizes and digests, every
+``.safetensors`` header parses and matches its file's size, a fine-tune's base is the target group's base, and the
+group belongs to this environment (its ``loraops:environment`` tag is the artifact bucket's).
+
+One version per content, also when registrations race: the same base bytes (content digest) or the same training
+job give back the package already registered. Three mechanisms, none depending on timing: a lookup of a package
+with the same digest; a registration claim, an S3 object under ``registrations/`` written with a conditional write
+(``If-None-Match``), so one registration at a time creates the package while the others wait for it and return it;
+and ``ClientToken`` on ``CreateModelPackage`` derived from the digest (SageMaker's own idempotency; the emulator
+ignores it).
+
+The approval status of a new package comes from the environment's policy (``APPROVAL`` of the registration
+functions) and the group's ``loraops:approvalPolicy`` tag: auto-approved only when both say ``auto``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ParamValidationError
+
 from loraops import s3_layout
+from loraops.artifacts import DIGEST_METADATA, ArtifactError, check_safetensors, stored_digest
 from loraops.collections import PATH_TAG_PREFIX
-from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES
+from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_BASE_GROUP,
+    TAG_ENVIRONMENT,
     TAG_MODEL_TYPE,
     TAG_OUTPUT_MODE,
     ModelType,
@@ -44,8 +61,19 @@ KEY_HYPERPARAMETERS = (
 )
 
 
+#: A registration claim older than this is left by a registration that died: it may be taken over.
+CLAIM_LEASE_SECONDS = 600
+#: How long a registration waits for another one's package of the same content.
+CLAIM_WAIT_SECONDS = CLAIM_LEASE_SECONDS + 60
+
+
 class RegistryError(ValueError):
     """The registration or approval cannot proceed; nothing was written."""
+
+
+def client_token(group: str, identity: str) -> str:
+    """``CreateModelPackage``'s ``ClientToken`` (1-36 of ``[a-zA-Z0-9-]``) for one content in one group."""
+    return hashlib.sha256(f"{group}\0{identity}".encode()).hexdigest()[:36]
 
 
 @dataclass(frozen=True)
@@ -56,6 +84,7 @@ class Package:
     status: str
     metadata: dict[str, str] = field(default_factory=dict)
     model_data_prefix: str = ""
+    model_data_uri: str = ""
     deleting: bool = False  # ModelPackageStatus Deleting: on its way out of the registry
 
     @classmethod
@@ -70,23 +99,30 @@ class Package:
             status=description.get("ModelApprovalStatus", ""),
             metadata=dict(description.get("CustomerMetadataProperties", {})),
             model_data_prefix=uri.split("/", 3)[3] if uri.count("/") >= 3 else "",  # s3://bucket/<prefix>
+            model_data_uri=uri,
             deleting=description.get("ModelPackageStatus") == "Deleting",
         )
 
 
 @dataclass
 class Registry:
-    """The registry of one environment: its SageMaker and S3 clients, artifact bucket and approval policy."""
+    """The registry of one environment: its SageMaker and S3 clients, artifact bucket and approval policy.
+
+    ``approval``: the environment's configured policy (the registration functions' ``APPROVAL``); ``None`` where
+    the caller does not know it (the CLI): then the group's tag alone decides. Never a caller's choice: it can only
+    make a group's ``auto`` stricter, never a ``manual`` group's looser."""
 
     sagemaker: Any
     s3: Any
     bucket: str
     region: str
-    approval: str = "manual"
+    approval: str | None = None
     image: str = ""  # the serving image packages name; from loraops.images when empty
+    _environment: str | None = field(default=None, init=False, repr=False)
+    _environment_read: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.approval not in ("auto", "manual"):
+        if self.approval not in (None, "auto", "manual"):
             raise RegistryError(f"approval must be auto or manual, got {self.approval!r}")
         if not self.image:
             from loraops.images import image_uri
@@ -106,29 +142,84 @@ class Registry:
             boto3.client("s3", region_name=region),
             os.environ["ARTIFACT_BUCKET"],
             region,
-            os.environ.get("APPROVAL", "manual"),
+            os.environ.get("APPROVAL") or None,
         )
 
     # ----------------------------------------------------------------------------------------------- base
-    def register_base(self, model_id: str, weights_digest: str) -> Package:
-        """Register the base model that lies under ``base/<group>/<weights hex>/`` with its digests (put there by
-        :mod:`loraops.base_import`); the same digest again gives the package already registered."""
+    def register_base(self, model_id: str, digest: str) -> Package:
+        """Register the base model that lies under ``base/<group>/<content hex>/`` with its digests (put there by
+        :mod:`loraops.base_import`); the same content digest again gives the package already registered."""
         group = base_group_name(model_id)
-        prefix = s3_layout.base_model_prefix(group, weights_digest)
-        manifest = self._json(prefix + BASE_MANIFEST, "base manifest")
-        if manifest.get("weights_digest") != weights_digest or manifest.get("model_id") != model_id:
+        prefix = s3_layout.base_model_prefix(group, digest)
+        manifest = self.read_json(prefix + BASE_MANIFEST, "base manifest")
+        if manifest.get("content_digest") != digest or manifest.get("model_id") != model_id:
             raise RegistryError(
                 f"s3://{self.bucket}/{prefix}{BASE_MANIFEST} describes {manifest.get('model_id')} "
-                f"{manifest.get('weights_digest')}, not {model_id} {weights_digest}"
+                f"{manifest.get('content_digest')}, not {model_id} {digest}"
             )
-        sizes = {o["Key"][len(prefix) :]: o["Size"] for o in self.objects(prefix)}
-        wrong = sorted(n for n, size in manifest["sizes"].items() if sizes.get(n) != size)
-        if wrong or not any(n.endswith(WEIGHT_SUFFIXES) for n in manifest["files"]):
-            raise RegistryError(f"s3://{self.bucket}/{prefix}: files missing or of another size: {wrong}")
-        if found := self._find(group, "weightsDigest", weights_digest):
+        files, sizes = manifest.get("files") or {}, manifest.get("sizes") or {}
+        if content_digest(files, prefix) != digest or set(files) != set(sizes):
+            raise RegistryError(f"s3://{self.bucket}/{prefix}{BASE_MANIFEST}: its files do not make {digest}")
+        if not any(n.endswith(WEIGHT_SUFFIXES) and "/" not in n for n in files):
+            raise RegistryError(f"s3://{self.bucket}/{prefix}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+        self._check_objects(prefix, sizes, files)
+        tags = self._group_tags(group)
+        if found := self._find(group, "contentDigest", digest):
             return found
-        metadata = {"modelId": model_id, "weightsDigest": weights_digest, "licence": manifest.get("licence", "")}
-        return self._create(group, prefix, metadata, f"{model_id} ({weights_digest[:19]})")
+        metadata = {
+            "modelId": model_id,
+            "contentDigest": digest,
+            "weightsDigest": manifest.get("weights_digest", ""),
+            "licence": manifest.get("licence", ""),
+        }
+        description = f"{model_id} ({digest[:19]})"
+        return self._register_once(
+            group, "contentDigest", digest, lambda: self._create(group, tags, prefix, metadata, description)
+        )
+
+    def write_base_manifest(self, prefix: str, manifest: dict[str, Any]) -> None:
+        """Write ``loraops-base.json`` once. An import of the same bytes finds it there and keeps it (the first
+        import's source and licence stay); one that describes other files under that prefix is refused."""
+        body = json.dumps(manifest, indent=2).encode()
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=prefix + BASE_MANIFEST, Body=body, IfNoneMatch="*")
+            return
+        except self.s3.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                raise
+        existing = self.read_json(prefix + BASE_MANIFEST, "base manifest")
+        same = ("model_id", "content_digest", "files", "sizes")
+        if any(existing.get(k) != manifest.get(k) for k in same):
+            raise RegistryError(f"s3://{self.bucket}/{prefix}{BASE_MANIFEST} already describes other files")
+
+    def _check_objects(self, prefix: str, sizes: dict[str, int], digests: dict[str, str] | None = None) -> None:
+        """Every listed file lies at ``prefix`` with its size (and, where given, its stored digest), and every
+        ``.safetensors`` file's header matches its size."""
+        present = {o["Key"][len(prefix) :]: o["Size"] for o in self.objects(prefix)}
+        wrong = sorted(n for n, size in sizes.items() if present.get(n) != size)
+        if wrong:
+            raise RegistryError(f"s3://{self.bucket}/{prefix}: files missing or of another size: {wrong}")
+        for name, digest in (digests or {}).items():
+            stored = stored_digest(self.s3, self.bucket, prefix + name)
+            if stored and stored != digest:
+                raise RegistryError(f"s3://{self.bucket}/{prefix}{name}: holds {stored}, the manifest says {digest}")
+        try:
+            for name, size in sizes.items():
+                if name.endswith(".safetensors"):
+                    check_safetensors(
+                        f"s3://{self.bucket}/{prefix}{name}",
+                        size,
+                        lambda offset, length, key=prefix + name: self._read(key, offset, length),
+                    )
+        except ArtifactError as error:
+            raise RegistryError(str(error)) from None
+
+    def _read(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")[
+            "Body"
+        ].read()
 
     # ------------------------------------------------------------------------------------------ fine-tune
     def register_finetune(self, group: str, model_prefix: str, training_job: str) -> Package:
@@ -136,20 +227,27 @@ class Registry:
         with its lineage; refused unless its base digest is an approved base package."""
         if not model_prefix.endswith("/"):
             raise RegistryError(f"model prefix {model_prefix!r} must end with '/' (an S3Prefix model data source)")
-        manifest = self._json(model_prefix + MANIFEST_FILE, "training manifest")
-        evaluation = self._json(model_prefix + EVALUATION_FILE, "evaluation report")
+        manifest = self.read_json(model_prefix + MANIFEST_FILE, "training manifest")
+        evaluation = self.read_json(model_prefix + EVALUATION_FILE, "evaluation report")
         for key in ("output_mode", "base_model_id", "base_weights_digest", "dataset_digest", "files"):
             if key not in manifest:
                 raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: no '{key}'")
         if "language_modeling_metrics" not in evaluation:
             raise RegistryError(f"{model_prefix}{EVALUATION_FILE}: not a ModelMetrics statistics report")
-        listed = {o["Key"][len(model_prefix) :] for o in self.objects(model_prefix)}
-        if missing := sorted(set(manifest["files"]) - listed):
+        listed = {o["Key"][len(model_prefix) :]: o["Size"] for o in self.objects(model_prefix)}
+        if missing := sorted(set(manifest["files"]) - set(listed)):
             raise RegistryError(f"{model_prefix}: files the manifest lists are missing: {missing}")
         tags = self._group_tags(group)
         mode = OutputMode(manifest["output_mode"])
         if tags.get(TAG_OUTPUT_MODE) != mode.value:
             raise RegistryError(f"group {group} holds {tags.get(TAG_OUTPUT_MODE)} models, the job wrote {mode.value}")
+        manifest_base = base_group_name(manifest["base_model_id"])
+        if tags.get(TAG_BASE_GROUP) != manifest_base:
+            raise RegistryError(
+                f"group {group} holds fine-tunes of {tags.get(TAG_BASE_GROUP)}; the job's manifest names base "
+                f"{manifest['base_model_id']} ({manifest_base})"
+            )
+        self._check_objects(model_prefix, {n: listed[n] for n in manifest["files"]})
         base = self._find(
             base_group_name(manifest["base_model_id"]),
             "weightsDigest",
@@ -161,6 +259,7 @@ class Registry:
                 f"base weights {manifest['base_weights_digest']} of {manifest['base_model_id']} match "
                 "no approved base package; register and approve the base first"
             )
+        self._check_environment(base_group_name(manifest["base_model_id"]), self._group_tags(manifest_base))
         if found := self._find(group, "trainingJob", training_job):
             return found
         hyperparameters = manifest.get("hyperparameters", {})
@@ -173,6 +272,7 @@ class Registry:
             "outputMode": mode.value,
             "codeVersion": manifest.get("code_version", ""),
             "image": self.image,
+            "contentDigest": content_digest(manifest["files"], model_prefix),
             "manifest": s3_layout.s3_uri(self.bucket, model_prefix + MANIFEST_FILE),
             "evalLoss": str(manifest.get("metrics", {}).get("validation_loss", "")),
             **{f"hp.{k}": str(hyperparameters[k]) for k in KEY_HYPERPARAMETERS if k in hyperparameters},
@@ -185,7 +285,12 @@ class Registry:
                 }
             }
         }
-        return self._create(group, model_prefix, metadata, f"{training_job}: {mode.value}", metrics)
+        return self._register_once(
+            group,
+            "trainingJob",
+            training_job,
+            lambda: self._create(group, tags, model_prefix, metadata, f"{training_job}: {mode.value}", metrics),
+        )
 
     def check_finetune_target(self, group: str, mode: OutputMode, model_id: str) -> Package:
         """Before a fine-tune starts: ``group`` exists and keeps ``mode`` models of ``model_id``, and the base has
@@ -206,13 +311,85 @@ class Registry:
         try:
             return self._package(self.sagemaker.describe_model_package(ModelPackageName=package_arn))
         except self.sagemaker.exceptions.ClientError as error:
-            raise RegistryError(f"model package {package_arn}: {error}") from None
+            message = error.response.get("Error", {}).get("Message", str(error))
+            raise RegistryError(f"model package {package_arn}: {message}") from None
+        except ParamValidationError as error:
+            raise RegistryError(f"model package {package_arn!r}: {error}") from None
+
+    def verify_content(self, package: Package) -> None:
+        """Before a package is served: the objects at its prefix are exactly the files it was registered with, byte
+        for byte. The manifest's files must give the package's recorded ``contentDigest``; every file's SHA-256 is
+        S3's own full-object checksum where S3 holds one, else read and hashed here (job outputs), or, under the
+        write-once ``base/`` prefix, the digest recorded when the object was written. Raises :class:`RegistryError`
+        naming the first difference."""
+        recorded = package.metadata.get("contentDigest", "")
+        if not recorded:
+            raise RegistryError(f"{package.arn} records no content digest: register its artifact again to serve it")
+        if package.model_data_uri and not package.model_data_uri.startswith(f"s3://{self.bucket}/"):
+            raise RegistryError(f"{package.arn} serves {package.model_data_uri}, outside the bucket {self.bucket}")
+        prefix = package.model_data_prefix
+        is_base = prefix.startswith(s3_layout.BASE)
+        manifest_file = BASE_MANIFEST if is_base else MANIFEST_FILE
+        files = self.read_json(prefix + manifest_file, "manifest").get("files") or {}
+        if content_digest(files, prefix) != recorded:
+            raise RegistryError(f"s3://{self.bucket}/{prefix}{manifest_file} no longer lists the registered files")
+        present = {o["Key"][len(prefix) :] for o in self.objects(prefix)}
+        if present != set(files) | {manifest_file}:
+            extra, missing = sorted(present - set(files) - {manifest_file}), sorted(set(files) - present)
+            raise RegistryError(
+                f"s3://{self.bucket}/{prefix}: files added {extra} or missing {missing} since registered"
+            )
+        for name, digest in sorted(files.items()):
+            if self._object_digest(prefix + name, trust_recorded=is_base) != digest:
+                raise RegistryError(f"s3://{self.bucket}/{prefix}{name} changed since it was registered ({digest})")
+
+    def _object_digest(self, key: str, trust_recorded: bool) -> str:
+        head = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        checksum = head.get("ChecksumSHA256", "")
+        if checksum and "-" not in checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            return "sha256:" + base64.b64decode(checksum).hex()
+        if trust_recorded and head.get("Metadata", {}).get(DIGEST_METADATA):
+            return head["Metadata"][DIGEST_METADATA]
+        sha = hashlib.sha256()
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        while chunk := body.read(8 * 1024 * 1024):
+            sha.update(chunk)
+        return f"sha256:{sha.hexdigest()}"
+
+    def check_in_environment(self, package: Package) -> None:
+        """Raise unless ``package`` is this environment's: its group carries this environment's tag and its
+        artifacts lie in this environment's bucket."""
+        self._check_environment(package.group, self._group_tags(package.group))
+        uri = package.model_data_uri
+        if uri and not uri.startswith(f"s3://{self.bucket}/"):
+            raise RegistryError(f"{package.arn} serves {uri}, outside this environment's bucket {self.bucket}")
+
+    @property
+    def environment(self) -> str | None:
+        """The environment this registry serves: the artifact bucket's ``loraops:environment`` tag (the stacks tag
+        every resource with it); ``None`` for an untagged bucket."""
+        if not self._environment_read:
+            try:
+                tags = self.s3.get_bucket_tagging(Bucket=self.bucket).get("TagSet", [])
+            except self.s3.exceptions.ClientError:
+                tags = []
+            self._environment = next((t["Value"] for t in tags if t["Key"] == TAG_ENVIRONMENT), None)
+            self._environment_read = True
+        return self._environment
+
+    def _check_environment(self, group: str, tags: dict[str, str]) -> None:
+        if self.environment is not None and tags.get(TAG_ENVIRONMENT) != self.environment:
+            raise RegistryError(
+                f"group {group} belongs to environment {tags.get(TAG_ENVIRONMENT) or '(none)'}, not to "
+                f"{self.environment} (bucket {self.bucket})"
+            )
 
     # ----------------------------------------------------------------------------------------- decisions
     def decide(self, package_arn: str, approve: bool, reason: str = "") -> Package:
         """Approve or reject one package version (in manual environments only the approver role may)."""
         status = APPROVED if approve else REJECTED
         current = self.describe(package_arn)
+        self.check_in_environment(current)
         request = {
             "ModelPackageArn": package_arn,
             "ModelApprovalStatus": status,
@@ -232,7 +409,9 @@ class Registry:
         groups = {}
         for page in self.sagemaker.get_paginator("list_model_package_groups").paginate():
             for group in page["ModelPackageGroupSummaryList"]:
-                groups[group["ModelPackageGroupName"]] = self._group_tags(group["ModelPackageGroupName"])
+                tags = self._group_tags(group["ModelPackageGroupName"])
+                if self.environment is None or tags.get(TAG_ENVIRONMENT) == self.environment:
+                    groups[group["ModelPackageGroupName"]] = tags  # other environments' groups are not ours
         bases = sorted(name for name, tags in groups.items() if tags.get(TAG_MODEL_TYPE) == ModelType.BASE.value)
         result = []
         for base in bases:
@@ -262,6 +441,10 @@ class Registry:
             }
             adapters = sum(v["bytes"] for v in variants["adapter"])
             merged = sum(v["bytes"] for v in variants["merged"])
+            # one merged variant's size: measured where the registry holds one, else the base's (a merged model has
+            # the base's tensors)
+            merged_size = merged // len(variants["merged"]) if variants["merged"] else base_bytes
+            if_merged = len(variants["adapter"]) * merged_size
             report.append(
                 {
                     "base": base["base"],
@@ -270,9 +453,9 @@ class Registry:
                     "adapter_bytes": adapters,
                     "merged_variants": len(variants["merged"]),
                     "merged_bytes": merged,
-                    # had every adapter been kept merged, each would repeat the base
-                    "adapters_if_merged_bytes": len(variants["adapter"]) * base_bytes + adapters,
-                    "saved_by_separate_adapters_bytes": len(variants["adapter"]) * base_bytes,
+                    # had every adapter been kept merged, each would be a merged model of the size measured above
+                    "adapters_if_merged_bytes": if_merged,
+                    "saved_by_separate_adapters_bytes": if_merged - adapters,
                 }
             )
         return {"bases": report}
@@ -287,25 +470,40 @@ class Registry:
                     "version": package.version,
                     "status": package.status,
                     "arn": package.arn,
-                    "dataset": package.metadata.get("datasetName", ""),
-                    "eval_loss": package.metadata.get("evalLoss", ""),
-                    "training_job": package.metadata.get("trainingJob", ""),
+                    "dataset": package.metadata.get("datasetName") or None,
+                    "eval_loss": _number(package.metadata.get("evalLoss")),
+                    "training_job": package.metadata.get("trainingJob") or None,
+                    "content_digest": package.metadata.get("contentDigest") or None,
                     "bytes": sum(o["Size"] for o in self.objects(package.model_data_prefix)),
                 }
             )
         return {
             "group": name,
-            "type": tags.get(TAG_MODEL_TYPE, ""),
-            "mode": tags.get(TAG_OUTPUT_MODE, ""),
-            "approval_policy": tags.get(TAG_APPROVAL_POLICY, ""),
+            "type": tags.get(TAG_MODEL_TYPE) or None,
+            "mode": tags.get(TAG_OUTPUT_MODE) or None,
+            "approval_policy": tags.get(TAG_APPROVAL_POLICY) or None,
             "versions": versions,
         }
 
+    def approval_status(self, tags: dict[str, str]) -> str:
+        """A new package's status: Approved only where the environment and the group's tag both say auto."""
+        auto = tags.get(TAG_APPROVAL_POLICY) == "auto" and self.approval in (None, "auto")
+        return APPROVED if auto else PENDING
+
     def _create(
-        self, group: str, prefix: str, metadata: dict[str, str], description: str, metrics: dict | None = None
+        self,
+        group: str,
+        tags: dict[str, str],
+        prefix: str,
+        metadata: dict[str, str],
+        description: str,
+        metrics: dict | None = None,
     ) -> Package:
+        self._check_environment(group, tags)
+        identity = metadata.get("contentDigest", "") + metadata.get("trainingJob", "")
         request: dict[str, Any] = {
             "ModelPackageGroupName": group,
+            "ClientToken": client_token(group, identity),
             "ModelPackageDescription": description[:1024],
             "InferenceSpecification": {
                 "Containers": [
@@ -323,13 +521,61 @@ class Registry:
                 "SupportedContentTypes": ["application/json"],
                 "SupportedResponseMIMETypes": ["application/json"],
             },
-            "ModelApprovalStatus": APPROVED if self.approval == "auto" else PENDING,
+            "ModelApprovalStatus": self.approval_status(tags),
             "CustomerMetadataProperties": {k: v[:1024] for k, v in metadata.items() if v},  # no empty values
         }
         if metrics:
             request["ModelMetrics"] = metrics
         arn = self.sagemaker.create_model_package(**request)["ModelPackageArn"]
         return self._package(self.sagemaker.describe_model_package(ModelPackageName=arn))
+
+    def _register_once(self, group: str, key: str, value: str, create) -> Package:
+        """``create()`` unless a package of ``group`` has metadata ``key`` = ``value``; one registration at a time
+        per content through a claim object (conditional write), the others wait for its package and return it."""
+        claim = s3_layout.registration_claim(group, hashlib.sha256(f"{key}={value}".encode()).hexdigest())
+        deadline, delay = time.monotonic() + CLAIM_WAIT_SECONDS, 0.05
+        while True:
+            if self._claim(claim):
+                try:
+                    # a registration that held the claim before ours may have finished: look again under the claim
+                    return self._find(group, key, value) or create()
+                finally:
+                    self.s3.delete_object(Bucket=self.bucket, Key=claim)
+            if found := self._find(group, key, value):
+                return found
+            if time.monotonic() > deadline:
+                raise RegistryError(
+                    f"another registration of {value} in {group} holds s3://{self.bucket}/{claim} and has not "
+                    "finished; run again later"
+                )
+            time.sleep(delay)  # waiting for the other registration's package (bounded by the claim's lease)
+            delay = min(delay * 2, 2.0)
+
+    def _claim(self, key: str) -> bool:
+        """Write the claim object if it is absent (or stale: older than the lease); True when this call holds it."""
+        body = json.dumps({"claimed_at": time.time()}).encode()
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            return True
+        except self.s3.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                raise
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        except self.s3.exceptions.ClientError:
+            return False  # released in between: the next round claims it
+        age = time.time() - head["LastModified"].timestamp()
+        if age < CLAIM_LEASE_SECONDS:
+            return False
+        try:  # take over a stale claim, only if it is still the one seen (compare-and-swap on its ETag)
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfMatch=head["ETag"])
+            return True
+        except self.s3.exceptions.ClientError:
+            return False
+
+    def find(self, group: str, key: str, value: str, status: str | None = None) -> Package | None:
+        """The first package of ``group`` whose metadata ``key`` is ``value`` (and status ``status``), or None."""
+        return self._find(group, key, value, status)
 
     def _find(self, group: str, key: str, value: str, status: str | None = None) -> Package | None:
         for summary in self._summaries(group):
@@ -360,7 +606,8 @@ class Registry:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return [o for page in pages for o in page.get("Contents", [])]
 
-    def _json(self, key: str, what: str) -> dict[str, Any]:
+    def read_json(self, key: str, what: str) -> dict[str, Any]:
+        """A JSON object in the artifact bucket, or a :class:`RegistryError` naming ``what`` is wrong."""
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.s3.exceptions.ClientError:
@@ -376,6 +623,13 @@ class Registry:
     @staticmethod
     def _package(description: dict[str, Any]) -> Package:
         return Package.from_description(description)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _refuse(name: str) -> Any:

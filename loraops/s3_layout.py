@@ -8,6 +8,7 @@ merged/<merged-group>/<job>/output/model/      merged model written by a trainin
 evaluation/<group>/<job>/                      evaluation reports
 checkpoints/<job>/                             spot / resume checkpoints
 staging/<purpose>/<token>/                     bytes in transit (a Hub import), removed when placed
+registrations/<group>/<hex>.json              a registration in progress (claim), removed when it ends
 capture/<endpoint>/                            the endpoint's data capture
 ```
 
@@ -31,6 +32,11 @@ EVALUATION = "evaluation/"
 CHECKPOINTS = "checkpoints/"
 STAGING = "staging/"
 CAPTURE = "capture/"
+REGISTRATIONS = "registrations/"
+#: Prefixes whose objects are written once (conditional writes) and never deleted (the bucket policy).
+WRITE_ONCE_PREFIXES = (BASE,)
+#: Prefixes registered packages point at: their objects are never deleted (the bucket policy).
+REGISTERED_PREFIXES = (BASE, ADAPTERS, MERGED)
 
 #: Prefixes the SageMaker execution role may only read.
 READ_ONLY_PREFIXES = (BASE, DATASETS)
@@ -85,6 +91,11 @@ def checkpoint_prefix(job_name: str) -> str:
 def staging_prefix(purpose: str, token: str) -> str:
     """Where bytes wait before their final key is known (e.g. a download whose digest is not known yet)."""
     return f"{STAGING}{_segment(purpose, 'purpose')}/{_segment(token, 'token')}/"
+
+
+def registration_claim(group: str, token: str) -> str:
+    """The claim object of one registration in progress (see :meth:`loraops.registry.Registry._register_once`)."""
+    return f"{REGISTRATIONS}{_segment(group, 'group')}/{_segment(token, 'token')}.json"
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

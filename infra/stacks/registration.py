@@ -44,7 +44,7 @@ WILDCARD_REASONS = {
     "ListJobOutputs": "ListBucket is limited by an s3:prefix condition to adapters/ and merged/.",
     "ReadBaseModels": "Base models lie under base/<group>/<weights digest>/, named by their bytes at run time.",
     "ListBaseModels": "ListBucket is limited by an s3:prefix condition to base/.",
-    "WriteBaseModels": "An import writes base/<group>/<weights digest>/ (known only once the bytes are read) and "
+    "WriteBaseModels": "An import writes base/<group>/<content digest>/ (known only once the bytes are read) and "
     "stages the bytes under staging/base/<run>/ first.",
     "ListImportPrefixes": "ListBucket is limited by an s3:prefix condition to base/ and staging/.",
     "ReadImportSources": "The import sources cdk.json lists are prefixes; the models under them are named later.",
@@ -55,6 +55,9 @@ WILDCARD_REASONS = {
     "run time; limited by an ec2:Vpc condition).",
     "DescribeNetwork": "EC2 Describe* calls support no resource-level permissions; they only accept '*'.",
     "WriteLogs": "Log streams are named at run time inside the function's own log group.",
+    "RemoveStagedBytes": "Staged bytes lie under staging/base/<run>/, named per import at run time.",
+    "RegistrationClaims": "One claim object per registration in progress, named by the group and the digest at "
+    "run time, under registrations/ only.",
     "ReadPackages": "Package versions are numbered at run time; limited to this account and region.",
     "DeployModels": "Models, endpoint configs and components a deployment creates are named per package at run "
     "time; limited to this environment's name prefix.",
@@ -246,10 +249,17 @@ class RegistrationStack(cdk.Stack):
         config = self.config
         prefixes = (s3_layout.BASE, s3_layout.STAGING)
         statements = [
+            # Writes under base/ are conditional (write-once, enforced by the bucket policy) and never deleted;
+            # staged bytes are removed once written.
             iam.PolicyStatement(
                 sid="WriteBaseModels",
-                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"],
+                actions=["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                 resources=[f"{self.bucket_arn}/{s3_layout.BASE}*", f"{self.bucket_arn}/{s3_layout.STAGING}base/*"],
+            ),
+            iam.PolicyStatement(
+                sid="RemoveStagedBytes",
+                actions=["s3:DeleteObject"],
+                resources=[f"{self.bucket_arn}/{s3_layout.STAGING}base/*"],
             ),
             iam.PolicyStatement(
                 sid="ListImportPrefixes",
@@ -296,6 +306,8 @@ class RegistrationStack(cdk.Stack):
             FunctionSpec(
                 "deploy-on-approval",
                 [
+                    # reads the package's files to verify them against its registered digests before serving
+                    *self._read("JobOutputs", (s3_layout.ADAPTERS, s3_layout.MERGED)),
                     iam.PolicyStatement(
                         sid="DeployModels",
                         actions=[
@@ -347,6 +359,9 @@ class RegistrationStack(cdk.Stack):
                     ),
                 ],
                 concurrency=1,  # one deployment at a time: an endpoint takes one update at once
+                # hashing a merged 7B model (~13.5 GB) before serving it: Lambda's network bandwidth grows with memory
+                timeout=cdk.Duration.minutes(15),
+                memory_mb=3008,
                 registers=False,
                 environment={
                     "NAME_PREFIX": prefix,
@@ -389,8 +404,8 @@ class RegistrationStack(cdk.Stack):
             statements.append(
                 iam.PolicyStatement(
                     sid="ReadPackages",
-                    actions=["sagemaker:DescribeModelPackage"],
-                    resources=[arn("sagemaker", "model-package")],
+                    actions=["sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages"],
+                    resources=[arn("sagemaker", "model-package"), arn("sagemaker", "model-package-group")],
                 )
             )
         else:
@@ -428,6 +443,16 @@ class RegistrationStack(cdk.Stack):
                 resources=[arn("sagemaker", "model-package"), arn("sagemaker", "model-package-group")],
             ),
             *execution_role.approval_statements(manual_approval=not self.config.auto_approve),
+            iam.PolicyStatement(
+                sid="RegistrationClaims",
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                resources=[f"{self.bucket_arn}/{s3_layout.REGISTRATIONS}*"],
+            ),
+            iam.PolicyStatement(
+                sid="ReadEnvironmentTag",  # the registry checks a group's environment against the bucket's tag
+                actions=["s3:GetBucketTagging"],
+                resources=[self.bucket_arn],
+            ),
             iam.PolicyStatement(
                 sid="IdempotencyRecords",
                 actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],

@@ -11,6 +11,7 @@ from constructs import Construct
 
 from infra.config import EnvironmentConfig
 from infra.nag import acknowledge, acknowledge_cdk_provider, skip_checkov
+from loraops import s3_layout
 
 INCOMPLETE_UPLOAD_DAYS = 7
 
@@ -107,12 +108,54 @@ class StorageStack(cdk.Stack):
             removal_policy=policy,
             auto_delete_objects=destroy,
         )
+        self._write_once_registered_artifacts(config)
         if config.vpc_endpoint_only_bucket_access:
             self._confine_objects_to_the_vpc(config, s3_endpoint)
         if destroy:
             self._acknowledge_auto_delete_provider()
         cdk.CfnOutput(self, "ArtifactBucketName", value=self.bucket.bucket_name)
         cdk.CfnOutput(self, "ArtifactKeyArn", value=self.key.key_arn)
+
+    def _write_once_registered_artifacts(self, config: EnvironmentConfig) -> None:
+        """What registered packages point at cannot change, whoever asks (the bucket policy binds every role the
+        stacks create, and any other):
+
+        - under ``base/`` (content-addressed versions) an object is only created with a conditional write
+          (``If-None-Match: *``): S3 refuses to replace an existing key, so a version's bytes never change;
+        - under ``base/``, ``adapters/`` and ``merged/`` no object or object version is ever deleted. Job outputs
+          are written by SageMaker without conditional writes, so a job's role could still put a new current
+          version over one; the deploy path verifies the registered digests before it serves (and the old version
+          stays, undeletable).
+
+        In ``destroy`` environments CDK's auto-delete provider may still empty the bucket on teardown."""
+        write_once = [self.bucket.arn_for_objects(f"{p}*") for p in s3_layout.WRITE_ONCE_PREFIXES]
+        registered = [self.bucket.arn_for_objects(f"{p}*") for p in s3_layout.REGISTERED_PREFIXES]
+        self.bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="WriteOnceVersions",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:PutObject"],
+                resources=write_once,
+                # PutObject, CopyObject and CompleteMultipartUpload create objects (ObjectCreationOperation true);
+                # CreateMultipartUpload and UploadPart do not, and carry no If-None-Match.
+                conditions={"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}},
+            )
+        )
+        conditions = {}
+        if config.removal_policy == "destroy":
+            teardown = f"arn:{self.partition}:iam::{config.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
+            conditions = {"ArnNotLike": {"aws:PrincipalArn": teardown}}
+        self.bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="NeverDeleteRegisteredArtifacts",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                resources=registered,
+                conditions=conditions or None,
+            )
+        )
 
     def _confine_objects_to_the_vpc(self, config: EnvironmentConfig, s3_endpoint: ec2.IGatewayVpcEndpoint) -> None:
         """Objects are reached only through the VPC's S3 endpoint, except by the SageMaker execution role, which

@@ -55,6 +55,7 @@ class StudioStack(cdk.Stack):
                 dlc_account=training_base_image(config.region).split(".", 1)[0],
             ),
             *execution_role.sagemaker_statements(self),
+            *execution_role.serving_guard_statements(),
         ]
         policy = iam.Policy(self, "ExecutionPolicy", statements=statements)
         policy.attach_to_role(self.role)

@@ -1,5 +1,6 @@
 """The ``loraops`` command: one module per noun (``base``, ``finetune``, ``models``, ``serve``, ``storage``), each a
-thin layer over :mod:`loraops.registry`. Errors print one line and exit 1; ``--json`` prints machine-readable output."""
+thin layer over :mod:`loraops.registry`. Errors print one line (exit 1; 2 for a usage error; 130 on Ctrl-C);
+``--json`` prints one JSON object with a ``schema_version`` (:mod:`loraops.cli.common`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ EPILOG = """examples:
   loraops finetune start --model-id meta-llama/Llama-2-7b-hf --training-uri s3://B/datasets/dolly/<hex>/ \
       --mode adapter --hp lora_r=16 --workflow-arn arn:aws:states:...:stateMachine:loraops-dev-finetune --bucket B
   loraops models tree --bucket B --json
+  loraops models describe arn:aws:sagemaker:...:model-package/g/3 --bucket B --json
   loraops models approve arn:aws:sagemaker:...:model-package/g/3 --bucket B
   loraops storage report --bucket B
   loraops serve pin arn:aws:sagemaker:...:model-package/<base-group>/1 --prefix loraops-dev --bucket B
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"loraops {loraops.__version__}")
-    nouns = parser.add_subparsers(dest="noun", metavar="{base,finetune,models,serve,storage}")
+    nouns = parser.add_subparsers(dest="noun", metavar="{base,finetune,models,serve,storage}", help="what to act on")
     for module in (base, finetune, models, serve, storage):
         module.add_commands(nouns)
     return parser
@@ -47,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except CLIError as error:
-        return fail(str(error))
+        return fail(str(error), error.code)
+    except KeyboardInterrupt:
+        print("loraops: interrupted", file=sys.stderr)
+        return 130
     except ImportError as error:
         return fail(f"{error}: the loraops command needs its extras: pip install 'loraops[cli]'")
 

@@ -1,4 +1,10 @@
-"""Options every command shares, the registry they open, and the one place output is formatted."""
+"""Options every command shares, the registry they open, and the one place output and errors are formatted.
+
+Conventions (those of ``hf`` and the AWS CLI): an error is one line on stderr, exit status 1 for a failure and 2
+for a usage error (an argument that cannot be right: a malformed URI or digest, an unknown region); Ctrl-C exits
+130 with one line; progress bars go to stderr; ``--json`` prints one JSON object with ``schema_version``, numbers
+as numbers and ``null`` for missing values; human output is full width, unwrapped, when stdout is not a terminal.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,20 @@ import os
 import sys
 from typing import Any
 
+#: Version of every ``--json`` document's shape; raised when a field changes meaning or is removed.
+JSON_SCHEMA_VERSION = 1
+
 
 class CLIError(Exception):
-    """Printed as one line, exit status 1."""
+    """Printed as one line; exit status ``code`` (1: the command failed)."""
+
+    code = 1
+
+
+class UsageError(CLIError):
+    """An argument that cannot be right; exit status 2, as argparse's own usage errors."""
+
+    code = 2
 
 
 def add_registry_options(parser: argparse.ArgumentParser) -> None:
@@ -21,17 +38,34 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
         help="AWS region ($AWS_REGION)",
     )
     parser.add_argument(
-        "--approval",
-        choices=["auto", "manual"],
-        default=os.environ.get("LORAOPS_APPROVAL", "manual"),
-        help="the environment's approval policy ($LORAOPS_APPROVAL)",
+        "--profile", default=os.environ.get("AWS_PROFILE"), help="named AWS profile for credentials ($AWS_PROFILE)"
     )
+    # Accepted for older scripts and ignored: a new package's approval comes from the environment's group tags.
+    parser.add_argument("--approval", choices=["auto", "manual"], help=argparse.SUPPRESS)
     parser.add_argument(
         "--endpoint-url",
         default=os.environ.get("AWS_ENDPOINT_URL"),
         help="talk to this endpoint instead of AWS (a local emulator)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
+
+
+def _session(args: argparse.Namespace):
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    if not args.bucket or not args.region:
+        raise CLIError(
+            "name the environment's artifact bucket and region (--bucket, --region or LORAOPS_BUCKET, AWS_REGION)"
+        )
+    try:
+        session = boto3.Session(region_name=args.region, profile_name=getattr(args, "profile", None) or None)
+    except ProfileNotFound as error:
+        raise UsageError(str(error)) from None
+    known = {r for p in session.get_available_partitions() for r in session.get_available_regions("sagemaker", p)}
+    if args.region not in known:
+        raise UsageError(f"unknown region {args.region!r} (SageMaker regions: e.g. us-east-1, eu-west-1)")
+    return session
 
 
 def client(args: argparse.Namespace, service: str, role_arn: str | None = None):
@@ -39,11 +73,7 @@ def client(args: argparse.Namespace, service: str, role_arn: str | None = None):
     import boto3
     from botocore.config import Config
 
-    if not args.bucket or not args.region:
-        raise CLIError(
-            "name the environment's artifact bucket and region (--bucket, --region or LORAOPS_BUCKET, AWS_REGION)"
-        )
-    session = boto3.Session(region_name=args.region)
+    session = _session(args)
     config = Config(retries={"max_attempts": 2})
     if role_arn:
         credentials = session.client("sts", endpoint_url=args.endpoint_url, config=config).assume_role(
@@ -65,24 +95,48 @@ def open_registry(args: argparse.Namespace, role_arn: str | None = None):
     sagemaker = client(args, "sagemaker", role_arn)
     s3 = client(args, "s3", role_arn)
     try:
-        return Registry(sagemaker, s3, args.bucket, args.region, args.approval)
+        return Registry(sagemaker, s3, args.bucket, args.region)
     except RegistryError as error:
         raise CLIError(str(error)) from None
 
 
-def emit(args: argparse.Namespace, data: Any, human) -> None:
-    """``--json``: the data; otherwise ``human(data)`` renders it with rich."""
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-        return
+def plain(value: Any) -> Any:
+    """JSON values: empty strings become null, numeric strings stay strings (ids), nested values recurse."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return None if value == "" else value
+
+
+def console(stderr: bool = False):
+    """A rich console: the terminal's width on a terminal; otherwise never wrapped (ARNs stay whole)."""
     from rich.console import Console
 
-    Console().print(human(data))
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(file=stream, stderr=stderr)
+    return Console(file=stream, width=100_000, soft_wrap=True, no_color=True, highlight=False)
 
 
-def fail(message: str) -> int:
+def emit(args: argparse.Namespace, data: dict[str, Any], human) -> None:
+    """``--json``: ``data`` with ``schema_version``; otherwise ``human(data)`` rendered with rich."""
+    if args.json:
+        print(json.dumps({"schema_version": JSON_SCHEMA_VERSION, **plain(data)}, indent=2, default=str))
+        return
+    console().print(human(data))
+
+
+def package_json(package) -> dict[str, Any]:
+    """One package as ``--json`` prints it."""
+    from dataclasses import asdict
+
+    return asdict(package)
+
+
+def fail(message: str, code: int = 1) -> int:
     print(f"loraops: error: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 def size(n: int) -> str:
@@ -106,7 +160,9 @@ def registry_errors(function):
 
         try:
             return function(args, *rest)
-        except (RegistryError, FineTuneError, ManifestError, NamingError) as error:
+        except NamingError as error:
+            raise UsageError(str(error)) from None
+        except (RegistryError, FineTuneError, ManifestError) as error:
             raise CLIError(str(error)) from None
         except ClientError as error:
             raise CLIError(f"{error.operation_name}: {error.response['Error'].get('Message', error)}") from None

@@ -6,29 +6,55 @@ import argparse
 import json
 import os
 
-from loraops.cli.common import CLIError, add_registry_options, client, emit, open_registry, registry_errors
+from loraops.cli.common import (
+    CLIError,
+    UsageError,
+    add_registry_options,
+    client,
+    emit,
+    open_registry,
+    registry_errors,
+)
 from loraops.naming import OutputMode
 
 
 def add_commands(nouns) -> None:
-    finetune = nouns.add_parser("finetune", help="fine-tune jobs").add_subparsers(dest="verb", metavar="{start,status}")
+    finetune = nouns.add_parser("finetune", help="fine-tune jobs").add_subparsers(
+        dest="verb", metavar="{start,status}", help="what to do"
+    )
     start = finetune.add_parser("start", help="fine-tune the newest approved base through the workflow")
     start.add_argument("--model-id", required=True, help="the base model, e.g. meta-llama/Llama-2-7b-hf")
     start.add_argument("--training-uri", required=True, help="s3:// JSONL file or prefix (dolly format)")
     start.add_argument("--validation-uri", default="", help="optional; else the trainer splits the training data")
-    start.add_argument("--mode", choices=[m.value for m in OutputMode], default=OutputMode.ADAPTER.value)
+    start.add_argument(
+        "--mode",
+        choices=[m.value for m in OutputMode],
+        default=OutputMode.ADAPTER.value,
+        help="keep the fine-tune as a separate adapter or merged into the base",
+    )
     start.add_argument("--dataset", default="databricks-dolly-15k", help="dataset slug (sourceDataset, group name)")
     start.add_argument("--task", default="instruction-following", help="task slug (adapter group name)")
-    start.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a trainer setting; repeat")
-    start.add_argument("--instance-type", default="ml.g5.2xlarge")
-    start.add_argument("--instance-count", type=int, default=1)
+    start.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a trainer setting (loraops-train --help lists them), checked before the job starts; repeat",
+    )
+    start.add_argument(
+        "--no-hp-check",
+        action="store_true",
+        help="skip checking --hp here (the job checks them; use where the trainer's dependencies are absent)",
+    )
+    start.add_argument("--instance-type", default="ml.g5.2xlarge", help="training instance type")
+    start.add_argument("--instance-count", type=int, default=1, help="training instances (data parallel)")
     start.add_argument("--spot", action="store_true", help="managed spot training (resumes from checkpoints)")
-    start.add_argument("--max-runtime-hours", type=float, default=24.0)
+    start.add_argument("--max-runtime-hours", type=float, default=24.0, help="the job's stopping condition")
     _workflow_option(start)
     add_registry_options(start)
     start.set_defaults(run=start_finetune)
     status = finetune.add_parser("status", help="the workflow execution's state and its training job's")
-    status.add_argument("execution_arn")
+    status.add_argument("execution_arn", help="the workflow execution's ARN (finetune start prints it)")
     add_registry_options(status)
     status.set_defaults(run=finetune_status)
 
@@ -44,10 +70,25 @@ def _workflow_option(parser: argparse.ArgumentParser) -> None:
 
 @registry_errors
 def start_finetune(args: argparse.Namespace) -> int:
-    from loraops.finetune import FineTuneRequest, parse_hyperparameters
+    from loraops.finetune import (
+        FineTuneError,
+        FineTuneRequest,
+        HyperparameterError,
+        parse_hyperparameters,
+        validate_hyperparameters,
+    )
 
     if not args.workflow_arn:
         raise CLIError("name the fine-tune workflow (--workflow-arn or LORAOPS_WORKFLOW_ARN)")
+    try:
+        hyperparameters = parse_hyperparameters(args.hp)
+    except FineTuneError as error:
+        raise UsageError(str(error)) from None
+    if not args.no_hp_check:
+        try:
+            validate_hyperparameters(hyperparameters)
+        except HyperparameterError as error:
+            raise UsageError(str(error)) from None
     request = FineTuneRequest(
         model_id=args.model_id,
         training_uri=args.training_uri,
@@ -55,7 +96,7 @@ def start_finetune(args: argparse.Namespace) -> int:
         output_mode=OutputMode(args.mode),
         dataset=args.dataset,
         task=args.task,
-        hyperparameters=parse_hyperparameters(args.hp),
+        hyperparameters=hyperparameters,
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         spot=args.spot,

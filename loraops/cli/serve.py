@@ -9,9 +9,11 @@ from loraops.cli.common import CLIError, add_registry_options, client, emit, ope
 
 
 def add_commands(nouns) -> None:
-    serve = nouns.add_parser("serve", help="the environment's endpoint").add_subparsers(dest="verb", metavar="{pin}")
+    serve = nouns.add_parser("serve", help="the environment's endpoint").add_subparsers(
+        dest="verb", metavar="{pin}", help="what to do"
+    )
     pin = serve.add_parser("pin", help="serve this approved base or merged package (then `cdk deploy` the stack)")
-    pin.add_argument("package_arn")
+    pin.add_argument("package_arn", help="an approved base or merged package version's ARN")
     pin.add_argument(
         "--prefix",
         default=os.environ.get("LORAOPS_PREFIX"),

@@ -8,7 +8,9 @@ from loraops.cli.common import add_registry_options, emit, open_registry, regist
 
 
 def add_commands(nouns) -> None:
-    storage = nouns.add_parser("storage", help="storage costs").add_subparsers(dest="verb", metavar="{report}")
+    storage = nouns.add_parser("storage", help="storage costs").add_subparsers(
+        dest="verb", metavar="{report}", help="what to do"
+    )
     report = storage.add_parser("report", help="bytes held for merged vs adapter variants, and what adapters saved")
     add_registry_options(report)
     report.set_defaults(run=show_report)
@@ -47,6 +49,7 @@ def render_report(report):
     from rich.table import Table
 
     table = Table(*COLUMNS)
+    table.columns[0].overflow = "fold"  # a base's name is shown whole, folded if the terminal is narrow
     for row in report_rows(report):
         table.add_row(*row)
     return table

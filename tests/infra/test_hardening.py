@@ -180,3 +180,53 @@ def test_every_stack_carries_its_environment_tag(env, synthesized):
     for stack in synthesized[env].stacks:
         assert stack.tags.tag_values()["loraops:environment"] == env
     assert len(synthesized[env].stacks) == len(CONCERNS)
+
+
+def _bucket_statements(templates, env) -> dict[str, dict]:
+    policies = templates[(env, "storage")].find_resources("AWS::S3::BucketPolicy").values()
+    return {s["Sid"]: s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"] if "Sid" in s}
+
+
+def _resources(statement) -> list[str]:
+    resources = statement["Resource"]
+    return [json.dumps(r) for r in (resources if isinstance(resources, list) else [resources])]
+
+
+def test_base_versions_are_written_once_whoever_writes(env, templates):
+    """Every principal: an object under base/ is only created with If-None-Match (S3 refuses to replace a key)."""
+    deny = _bucket_statements(templates, env)["WriteOnceVersions"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": "*"} and deny["Action"] == "s3:PutObject"
+    assert deny["Condition"] == {"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}}
+    assert all("/base/*" in r for r in _resources(deny))
+
+
+def test_what_registered_packages_point_at_is_never_deleted(env, templates, synthesized):
+    deny = _bucket_statements(templates, env)["NeverDeleteRegisteredArtifacts"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == {"AWS": "*"}
+    assert sorted(deny["Action"]) == ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+    assert sorted(r.split("/")[-2] for r in _resources(deny)) == ["adapters", "base", "merged"]
+    if synthesized[env].config.removal_policy == "destroy":  # only CDK's teardown provider empties the bucket
+        assert "CustomS3AutoDeleteObjects" in json.dumps(deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"])
+    else:
+        assert "Condition" not in deny
+
+
+def test_the_execution_role_cannot_delete_registered_outputs_nor_change_serving(env, templates):
+    statements = _statements(templates, env)
+    allowed = [
+        (a, r) for s in statements.values() if s["Effect"] == "Allow" for a in _actions(s) for r in _resources(s)
+    ]
+    assert not [
+        r for a, r in allowed if a == "s3:DeleteObject" and any(f"/{p}" in r for p in s3_layout.REGISTERED_PREFIXES)
+    ]
+    serving = {
+        "sagemaker:CreateEndpoint",
+        "sagemaker:UpdateEndpoint",
+        "sagemaker:CreateInferenceComponent",
+        "sagemaker:UpdateInferenceComponent",
+        "sagemaker:CreateEndpointConfig",
+        "sagemaker:CreateModel",
+    }
+    assert not serving & {a for a, _ in allowed}
+    deny = statements["DenyServingChanges"]
+    assert deny["Effect"] == "Deny" and deny["Resource"] == "*" and serving <= set(_actions(deny))

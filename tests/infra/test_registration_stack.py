@@ -137,3 +137,14 @@ def test_the_staged_asset_imports_on_its_own(env, synthesized, function):
 def test_rule_patterns_are_valid_json(env, templates):
     for rule in _rules(templates[(env, "registration")]).values():
         json.dumps(rule["EventPattern"])
+
+
+def test_registering_functions_claim_registrations_and_read_the_environment_tag(env, templates, synthesized):
+    bucket = f"arn:aws:s3:::{synthesized[env].config.artifact_bucket_name}"
+    for function in ("RegisterFinetunePolicy", "RegisterBasePolicy", "ImportBasePolicy"):
+        statements = _statements(env, templates, function)
+        assert statements["RegistrationClaims"]["Resource"] == f"{bucket}/registrations/*"
+        assert statements["ReadEnvironmentTag"]["Action"] == "s3:GetBucketTagging"
+    imports = _statements(env, templates, "ImportBasePolicy")
+    assert "s3:DeleteObject" not in imports["WriteBaseModels"]["Action"]  # base/ is write-once, never deleted
+    assert imports["RemoveStagedBytes"]["Resource"] == f"{bucket}/staging/base/*"

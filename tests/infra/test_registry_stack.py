@@ -43,8 +43,8 @@ def test_collections_are_resource_groups_in_the_sdks_format(env, templates, synt
             tag_filter["Key"].startswith("sagemaker:collection-path:") and len(tag_filter["Key"].split(":")[-1]) == 13
         )
         if name != base:
-            label = name.removeprefix(f"{base}-")
-            assert tag_filter["Values"] == [f"{base}/{label}"]
+            # the SDK's Collection.create: a child's path is "<parent path>/<child collection name>"
+            assert tag_filter["Values"] == [f"{base}/{name}"]
             assert _tags(group)[root_key] == base and _tags(group)["sagemaker:collection"] == "true"
             assert "sagemaker:collection-path:root" not in _tags(group)
 

@@ -14,6 +14,7 @@ from demo.functions import LambdaContext, load_handler  # noqa: F401 - shared wi
 from loraops.collections import Hierarchy
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
+    TAG_ENVIRONMENT,
     OutputMode,
     adapter_group_name,
     base_group_name,
@@ -26,6 +27,7 @@ from loraops.registry import Registry
 MODEL_ID = "meta-llama/Llama-2-7b-hf"
 BUCKET = "loraops-test-artifacts"
 REGION = "us-east-1"
+ENVIRONMENT = "test"
 ADAPTER_GROUP = adapter_group_name(MODEL_ID, "instruction-following")
 MERGED_GROUP = merged_group_name(MODEL_ID, "databricks-dolly-15k")
 
@@ -54,9 +56,10 @@ def aws(emulator, monkeypatch):
     }
 
 
-def create_environment(aws, approval: str) -> None:
-    """The bucket and the package groups with the tags the registry stack gives them."""
-    aws["s3"].create_bucket(Bucket=BUCKET)
+def create_environment(aws, approval: str, environment: str = ENVIRONMENT, bucket: str = BUCKET) -> None:
+    """The bucket and the package groups with the tags the stacks give them (the environment's on all)."""
+    aws["s3"].create_bucket(Bucket=bucket)
+    aws["s3"].put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": TAG_ENVIRONMENT, "Value": environment}]})
     hierarchy = Hierarchy.for_base(base_group_name(MODEL_ID))
     groups = {
         base_group_name(MODEL_ID): {**base_group_tags(MODEL_ID), **hierarchy.root.member_tag()},
@@ -70,7 +73,7 @@ def create_environment(aws, approval: str) -> None:
         },
     }
     for name, tags in groups.items():
-        tags = {**tags, TAG_APPROVAL_POLICY: approval}
+        tags = {**tags, TAG_APPROVAL_POLICY: approval, TAG_ENVIRONMENT: environment}
         aws["sagemaker"].create_model_package_group(
             ModelPackageGroupName=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
         )

@@ -3,8 +3,12 @@ invoke Lambda without Docker), against the emulator over HTTP."""
 
 from __future__ import annotations
 
+import threading
+
+import boto3
 import pytest
 
+from loraops import s3_layout
 from loraops.base_import import LocalFolder, upload_base
 from loraops.manifest import folder_weights_digest
 from tests.registry.conftest import MODEL_ID, LambdaContext, invoke_concurrently, load_handler
@@ -17,12 +21,51 @@ def _packages(aws) -> list[dict]:
     return aws["sagemaker"].list_model_packages(ModelPackageGroupName=GROUP)["ModelPackageSummaryList"]
 
 
+class LapsedContext(LambdaContext):
+    """A Lambda context whose remaining time has run out: Powertools' "in progress" mark on the idempotency record
+    expires at once, as it does on Lambda when a registration outlives the invocation's remaining time."""
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return -1
+
+
 def test_register_base_registers_once_even_when_invoked_concurrently(registry, aws, function_environment, tiny_base):
+    """The overlap Powertools cannot stop, forced with events: invocation A is stopped as it claims the
+    registration (after its first lookup found nothing); B, whose idempotency check passes because A's in-progress
+    mark has lapsed, registers in full; then A goes on. A registers nothing new: it returns B's version."""
+    digest = upload_base(registry, LocalFolder(tiny_base), MODEL_ID)
+    function = load_handler("register_base")
+    event = {"model_id": MODEL_ID, "weights_digest": digest}
+    a_at_claim, b_done, results = threading.Event(), threading.Event(), {}
+
+    def stop_a_at_its_claim(params, **_):
+        if threading.current_thread().name == "A" and params.get("Key", "").startswith(s3_layout.REGISTRATIONS):
+            a_at_claim.set()
+            assert b_done.wait(timeout=120)
+
+    session = boto3.DEFAULT_SESSION or boto3.setup_default_session() or boto3.DEFAULT_SESSION
+    session.events.register("before-parameter-build.s3.PutObject", stop_a_at_its_claim)
+    try:
+        a = threading.Thread(
+            name="A", target=lambda: results.__setitem__("a", function.handler(dict(event), LapsedContext()))
+        )
+        a.start()
+        assert a_at_claim.wait(timeout=120)
+        results["b"] = function.handler(dict(event), LapsedContext())
+        b_done.set()
+        a.join(timeout=120)
+    finally:
+        session.events.unregister("before-parameter-build.s3.PutObject", stop_a_at_its_claim)
+    assert results["a"] == results["b"] and results["b"]["registered"] and results["b"]["version"] == 1
+    assert results["b"]["status"] == "PendingManualApproval" and len(_packages(aws)) == 1
+
+
+def test_register_base_invoked_four_times_at_once_registers_once(registry, aws, function_environment, tiny_base):
     digest = upload_base(registry, LocalFolder(tiny_base), MODEL_ID)
     function = load_handler("register_base")
     done = invoke_concurrently(function, lambda: {"model_id": MODEL_ID, "weights_digest": digest})
-    assert done[0]["registered"] and done[0]["version"] == 1
-    assert done[0]["status"] == "PendingManualApproval" and len(_packages(aws)) == 1
+    assert done[0]["registered"] and done[0]["version"] == 1 and len(_packages(aws)) == 1
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from loraops import s3_layout
 from loraops.base_import import HubRepo, LocalFolder, S3Folder, import_base, source_from
-from loraops.manifest import folder_weights_digest
+from loraops.manifest import folder_content_digest, folder_weights_digest
 from loraops.registry import BASE_MANIFEST, RegistryError
 from tests.registry.conftest import BUCKET, MODEL_ID
 
@@ -33,7 +33,7 @@ def _upload_folder(aws, folder: Path, bucket: str, prefix: str) -> None:
             aws["s3"].upload_file(str(path), bucket, prefix + str(path.relative_to(folder)))
 
 
-def test_s3_source_is_copied_inside_s3_with_the_local_digest(registry, aws, tiny_base):
+def test_s3_source_is_streamed_with_the_local_digest(registry, aws, tiny_base):
     aws["s3"].create_bucket(Bucket=SOURCE_BUCKET)
     _upload_folder(aws, tiny_base, SOURCE_BUCKET, "models/llama/")
     aws["s3"].put_object(Bucket=SOURCE_BUCKET, Key="models/llama/sub/", Body=b"")  # a console "folder" object
@@ -45,12 +45,14 @@ def test_s3_source_is_copied_inside_s3_with_the_local_digest(registry, aws, tiny
         licence="llama2",
         progress=lambda name, n: seen.__setitem__(name, seen.get(name, 0) + n),
     )
-    digest = folder_weights_digest(tiny_base)
+    digest = folder_content_digest(tiny_base)
     prefix = s3_layout.base_model_prefix(GROUP, digest)
-    assert package.metadata["weightsDigest"] == digest and package.model_data_prefix == prefix
+    assert package.metadata["contentDigest"] == digest and package.model_data_prefix == prefix
+    assert package.metadata["weightsDigest"] == folder_weights_digest(tiny_base)
     local = {str(p.relative_to(tiny_base)) for p in tiny_base.rglob("*") if p.is_file()}
     assert _keys(aws, prefix) == {prefix + n for n in local} | {prefix + BASE_MANIFEST}
-    assert seen == {str(p.relative_to(tiny_base)): p.stat().st_size for p in tiny_base.rglob("*") if p.is_file()}
+    sizes = {str(p.relative_to(tiny_base)): p.stat().st_size for p in tiny_base.rglob("*") if p.is_file()}
+    assert seen == {f"{phase} {n}": size for n, size in sizes.items() for phase in ("hash", "store")}
     manifest = json.loads(aws["s3"].get_object(Bucket=BUCKET, Key=prefix + BASE_MANIFEST)["Body"].read())
     assert manifest["source"] == f"s3://{SOURCE_BUCKET}/models/llama/" and manifest["licence"] == "llama2"
     again = import_base(registry, S3Folder(f"s3://{SOURCE_BUCKET}/models/llama/", aws["s3"]), MODEL_ID)
@@ -70,23 +72,23 @@ def test_a_source_that_is_not_a_model_is_refused_and_nothing_is_written(registry
 
 def test_an_import_cut_short_registers_nothing_and_a_rerun_finishes_it(registry, aws, tiny_base, monkeypatch):
     calls = []
-    original = LocalFolder.place
+    original = LocalFolder.open
 
-    def place_then_die(self, name, key, target):
+    def open_then_die(self, name, target):
         if len(calls) == 1:
             raise ConnectionError("network gone")
         calls.append(name)
-        original(self, name, key, target)
+        return original(self, name, target)
 
-    monkeypatch.setattr(LocalFolder, "place", place_then_die)
+    monkeypatch.setattr(LocalFolder, "open", open_then_die)
     with pytest.raises(ConnectionError):
         import_base(registry, LocalFolder(tiny_base), MODEL_ID)
-    prefix = s3_layout.base_model_prefix(GROUP, folder_weights_digest(tiny_base))
+    prefix = s3_layout.base_model_prefix(GROUP, folder_content_digest(tiny_base))
     assert len(_keys(aws, prefix)) == 1 and prefix + BASE_MANIFEST not in _keys(aws, prefix)
     with pytest.raises(RegistryError, match="no base manifest"):
-        registry.register_base(MODEL_ID, folder_weights_digest(tiny_base))
+        registry.register_base(MODEL_ID, folder_content_digest(tiny_base))
     assert aws["sagemaker"].list_model_packages(ModelPackageGroupName=GROUP)["ModelPackageSummaryList"] == []
-    monkeypatch.setattr(LocalFolder, "place", original)
+    monkeypatch.setattr(LocalFolder, "open", original)
     package = import_base(registry, LocalFolder(tiny_base), MODEL_ID)
     assert package.version == 1 and prefix + BASE_MANIFEST in _keys(aws, prefix)
 
@@ -173,9 +175,9 @@ def hub(tiny_base):
 def test_hub_import_stages_digests_and_places_like_the_other_sources(registry, aws, tiny_base, hub):
     source = HubRepo(MODEL_ID, token=TOKEN, endpoint=hub.url(hub.api))
     package = import_base(registry, source, MODEL_ID, licence="llama2 (accepted on the Hub by platform-team)")
-    digest = folder_weights_digest(tiny_base)
+    digest = folder_content_digest(tiny_base)
     prefix = s3_layout.base_model_prefix(GROUP, digest)
-    assert package.metadata["weightsDigest"] == digest
+    assert package.metadata["contentDigest"] == digest
     assert package.metadata["licence"] == "llama2 (accepted on the Hub by platform-team)"
     local = {str(p.relative_to(tiny_base)) for p in tiny_base.rglob("*") if p.is_file()}
     assert _keys(aws, prefix) == {prefix + n for n in local} | {prefix + BASE_MANIFEST}

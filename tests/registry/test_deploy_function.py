@@ -159,12 +159,18 @@ def test_approved_adapter_becomes_a_component_without_reading_the_base_inference
         "Container": {"ArtifactUrl": f"s3://{BUCKET}/{adapter.model_data_prefix}"},
     }
     assert "ComputeResourceRequirements" not in component["Specification"]  # an adapter takes the base's compute
-    # Not one S3 request: the base (and the adapter) are only named, never read, copied or re-uploaded.
-    assert recorder.of("s3") == []
+    # The base is only named, never read, copied or re-uploaded; the adapter is only read, to verify its digests.
+    s3_calls = recorder.of("s3")
+    assert {op for op, _ in s3_calls} <= {"GetObject", "HeadObject", "ListObjectsV2"}
+    assert s3_calls and all(
+        "loraops-a-1" in str(params) and f"/{s3_layout.BASE}" not in str(params) for _, params in s3_calls
+    )
     assert [op for op, _ in recorder.of("sagemaker")] == [
         "DescribeModelPackage",
         "DescribeInferenceComponent",
         "DescribeModel",
+        "ListModelPackages",  # the served base's package, found by the content digest its prefix is named by
+        "DescribeModelPackage",
         "DescribeInferenceComponent",
         "CreateInferenceComponent",
     ]
@@ -191,6 +197,24 @@ def test_a_newer_adapter_version_updates_its_component_and_rejection_removes_it_
     registry.decide(second.arn, approve=False, reason="regressed")
     assert components.apply(second.arn)["action"] == "removed"
     assert name not in world["sagemaker"].components
+
+
+def test_an_adapter_changed_after_registration_is_not_served_inference_component_calls_checked_against_botocore(  # noqa: E501
+    registry, aws, world, components
+):
+    adapter = registry.decide(world["adapter"].arn, approve=True)
+    key = adapter.model_data_prefix + "adapter_model.safetensors"
+    body = aws["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=body[:-4] + b"\0\0\0\1")  # same size, other bytes
+    function = load_handler("deploy_on_approval")
+
+    result = function.deploy(function.EventBridgeEvent(_event(adapter, "Approved")), components)
+
+    assert (
+        result["action"] == "refused"
+        and "adapter_model.safetensors changed since it was registered" in result["detail"]
+    )
+    assert list(world["sagemaker"].components) == [components.target.base_component]
 
 
 def test_an_adapter_of_other_base_weights_is_refused_and_nothing_changes_inference_component_calls_checked_against_botocore(  # noqa: E501

@@ -10,7 +10,7 @@ import pytest
 
 from loraops import s3_layout
 from loraops.base_import import LocalFolder, import_base, upload_base
-from loraops.manifest import MANIFEST_FILE, folder_weights_digest
+from loraops.manifest import MANIFEST_FILE, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops.registry import APPROVED, BASE_MANIFEST, PENDING, RegistryError
 from tests.helpers import fast_args
@@ -41,11 +41,12 @@ def _versions(aws, group: str) -> list[dict]:
 
 def test_import_base_uploads_uncompressed_and_registers_once(registry, aws, tiny_base):
     package = import_base(registry, LocalFolder(tiny_base), MODEL_ID, licence="llama2")
-    digest = folder_weights_digest(tiny_base)
+    digest = folder_content_digest(tiny_base)
     prefix = s3_layout.base_model_prefix("meta-llama--Llama-2-7b-hf", digest)
     keys = {o["Key"] for o in aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
     assert prefix + "model.safetensors" in keys and prefix + "config.json" in keys and prefix + BASE_MANIFEST in keys
-    assert package.status == PENDING and package.metadata["weightsDigest"] == digest
+    assert package.status == PENDING and package.metadata["contentDigest"] == digest
+    assert package.metadata["weightsDigest"] == folder_weights_digest(tiny_base)
     assert package.metadata["licence"] == "llama2" and package.model_data_prefix == prefix
     described = aws["sagemaker"].describe_model_package(ModelPackageName=package.arn)
     source = described["InferenceSpecification"]["Containers"][0]["ModelDataSource"]["S3DataSource"]
@@ -122,6 +123,12 @@ def test_finetune_of_an_unapproved_base_is_refused(registry, aws, tiny_base, ada
             lambda p: p.joinpath("adapter_model.safetensors").unlink(),
             r"files the manifest lists are missing: \['adapter_model.safetensors'\]",
         ),
+        (
+            lambda p: p.joinpath("adapter_model.safetensors").write_bytes(
+                p.joinpath("adapter_model.safetensors").read_bytes()[:-64]
+            ),
+            r"adapter_model.safetensors: the header describes \d+ bytes, the file has \d+",
+        ),
     ],
 )
 def test_a_missing_or_corrupt_output_registers_nothing(
@@ -134,6 +141,20 @@ def test_a_missing_or_corrupt_output_registers_nothing(
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
     _upload(aws, broken, prefix)
     with pytest.raises(RegistryError, match=message):
+        registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
+    assert _versions(aws, ADAPTER_GROUP) == []
+
+
+def test_a_finetune_of_another_base_is_refused_by_this_bases_group(registry, aws, tiny_base, adapter_output, tmp_path):
+    _approved_base(registry, tiny_base)
+    other = tmp_path / "model"
+    shutil.copytree(adapter_output, other)
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    manifest["base_model_id"] = "other-org/other-model"
+    (other / MANIFEST_FILE).write_text(json.dumps(manifest))
+    prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
+    _upload(aws, other, prefix)
+    with pytest.raises(RegistryError, match="the job's manifest names base other-org/other-model"):
         registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     assert _versions(aws, ADAPTER_GROUP) == []
 
@@ -155,8 +176,8 @@ def test_tree_and_storage_report(registry, aws, tiny_base, adapter_output):
     assert base["base"] == "meta-llama--Llama-2-7b-hf"
     assert base["collections"] == [
         "meta-llama--Llama-2-7b-hf",
-        "meta-llama--Llama-2-7b-hf/adapters",
-        "meta-llama--Llama-2-7b-hf/merged",
+        "meta-llama--Llama-2-7b-hf/meta-llama--Llama-2-7b-hf-adapters",
+        "meta-llama--Llama-2-7b-hf/meta-llama--Llama-2-7b-hf-merged",
     ]
     groups = {g["group"]: g for g in base["groups"]}
     assert groups["meta-llama--Llama-2-7b-hf"]["versions"][0]["status"] == APPROVED
@@ -166,4 +187,6 @@ def test_tree_and_storage_report(registry, aws, tiny_base, adapter_output):
     (report,) = registry.storage_report()["bases"]
     base_bytes = sum(p.stat().st_size for p in tiny_base.iterdir() if p.is_file())
     assert report["base_bytes"] >= base_bytes and report["adapter_variants"] == 1
-    assert report["saved_by_separate_adapters_bytes"] == report["base_bytes"]
+    # no merged variant measured: a merged copy of the adapter would be the base's size
+    assert report["adapters_if_merged_bytes"] == report["base_bytes"]
+    assert report["saved_by_separate_adapters_bytes"] == report["base_bytes"] - report["adapter_bytes"]

@@ -170,6 +170,12 @@ def test_finetune_start_checks_first_then_runs_the_workflow(registry, aws, workf
     _ended(client, started["execution_arn"])
     assert main(["finetune", "status", started["execution_arn"], "--json", *common[:-2]]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status == {"execution": "SUCCEEDED", "job_name": started["job_name"], "job": "Completed", "failure": ""}
+    assert status == {
+        "schema_version": 1,
+        "execution": "SUCCEEDED",
+        "job_name": started["job_name"],
+        "job": "Completed",
+        "failure": None,
+    }
     job = aws["sagemaker"].describe_training_job(TrainingJobName=started["job_name"])
     assert job["HyperParameters"]["lora_r"] == "8"
