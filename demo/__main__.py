@@ -106,7 +106,7 @@ def loraops(aws: LocalAWS, environment: DemoEnvironment, *argv: str, show: bool 
     options = ["--bucket", environment.bucket, "--region", "us-east-1", "--endpoint-url", aws.url]
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main([*argv, *options, "--approval", environment.config.approval])
+        code = main([*argv, *options])
     if code != 0:
         raise SystemExit(f"loraops {' '.join(argv)} failed: {out.getvalue().strip()}")
     if show:

@@ -40,8 +40,6 @@ def add_registry_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default=os.environ.get("AWS_PROFILE"), help="named AWS profile for credentials ($AWS_PROFILE)"
     )
-    # Accepted for older scripts and ignored: a new package's approval comes from the environment's group tags.
-    parser.add_argument("--approval", choices=["auto", "manual"], help=argparse.SUPPRESS)
     parser.add_argument(
         "--endpoint-url",
         default=os.environ.get("AWS_ENDPOINT_URL"),

@@ -203,7 +203,10 @@ def test_approval_comes_from_the_groups_tag_not_the_caller(aws, emulator, tiny_b
 
     create_environment(aws, "manual")
     options = ["--bucket", BUCKET, "--region", REGION, "--endpoint-url", emulator, "--json"]
-    assert main(["base", "import", str(tiny_base), "--model-id", MODEL_ID, "--approval", "auto", *options]) == 0
+    with pytest.raises(SystemExit) as usage:  # no caller's flag chooses the policy
+        main(["base", "import", str(tiny_base), "--model-id", MODEL_ID, "--approval", "auto", *options])
+    assert usage.value.code == 2 and "--approval" in capsys.readouterr().err
+    assert main(["base", "import", str(tiny_base), "--model-id", MODEL_ID, *options]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == PENDING
     # and a function of an auto environment cannot approve into a manual group either
     registry = Registry(aws["sagemaker"], aws["s3"], BUCKET, REGION, approval="auto")
