@@ -82,7 +82,7 @@ def write_adapters(base: Path, root: Path, count: int, rank: int) -> list[Path]:
 
 def record_digest(base: Path) -> None:
     """Write the base's weights digest beside it (as an import does), so the engine does not hash 13 GB again."""
-    from loraops.registry import BASE_MANIFEST
+    from loraops.manifest import BASE_MANIFEST
     from loraops_serving.layouts import base_digest
 
     if not (base / BASE_MANIFEST).is_file():

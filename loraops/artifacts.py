@@ -94,7 +94,7 @@ def _digest_of(head: dict[str, Any]) -> str:
     return head.get("Metadata", {}).get(DIGEST_METADATA, "")
 
 
-def _is_precondition_failure(error: Exception) -> bool:
+def is_precondition_failure(error: Exception) -> bool:
     response = getattr(error, "response", {}) or {}
     return response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
@@ -139,7 +139,7 @@ def write_once(
             _multipart(s3, bucket, key, body, metadata, advance)
         return True
     except Exception as error:  # botocore's ClientError, without importing botocore here
-        if not _is_precondition_failure(error):
+        if not is_precondition_failure(error):
             raise
     existing = stored_digest(s3, bucket, key)
     if existing != digest:

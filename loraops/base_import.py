@@ -32,9 +32,9 @@ from typing import Any, BinaryIO, Protocol
 
 from loraops import s3_layout
 from loraops.artifacts import ArtifactError, check_safetensors, served_files, write_once
-from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, combined_weights_digest, content_digest
+from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, WEIGHT_SUFFIXES, combined_weights_digest, content_digest
 from loraops.naming import base_group_name
-from loraops.registry import BASE_MANIFEST, Package, Registry, RegistryError
+from loraops.registry import Package, Registry, RegistryError
 
 Progress = Callable[[str, int], None]
 CHUNK = 8 * 1024 * 1024

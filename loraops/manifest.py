@@ -17,6 +17,8 @@ from typing import Any
 from loraops.naming import OutputMode
 
 MANIFEST_FILE = "loraops-manifest.json"
+#: What a base import records beside the weights (per-file digests, sizes, source, licence).
+BASE_MANIFEST = "loraops-base.json"
 SCHEMA_VERSION = 2
 #: Files that hold a Hugging Face model's weights (what the base digest covers).
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -74,7 +76,7 @@ def folder_content_digest(folder: Path) -> str:
 
     root = Path(folder)
     sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
-    names = served_files({n: s for n, s in sizes.items() if n not in (MANIFEST_FILE, "loraops-base.json")})
+    names = served_files({n: s for n, s in sizes.items() if n not in (MANIFEST_FILE, BASE_MANIFEST)})
     return content_digest({n: file_digest(root / n) for n in names}, str(folder))
 
 

@@ -27,12 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ParamValidationError
-
 from loraops import s3_layout
-from loraops.artifacts import DIGEST_METADATA, ArtifactError, check_safetensors, stored_digest
+from loraops.artifacts import DIGEST_METADATA, ArtifactError, check_safetensors, is_precondition_failure, stored_digest
 from loraops.collections import PATH_TAG_PREFIX
-from loraops.manifest import MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
+from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_BASE_GROUP,
@@ -45,7 +43,6 @@ from loraops.naming import (
 )
 
 #: Written next to an imported base model's files: their digests and the combined weights digest.
-BASE_MANIFEST = "loraops-base.json"
 EVALUATION_FILE = "evaluation.json"
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 #: Hyperparameters copied into a package's metadata (the manifest, linked from it, holds them all).
@@ -185,7 +182,7 @@ class Registry:
             self.s3.put_object(Bucket=self.bucket, Key=prefix + BASE_MANIFEST, Body=body, IfNoneMatch="*")
             return
         except self.s3.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+            if not is_precondition_failure(error):
                 raise
         existing = self.read_json(prefix + BASE_MANIFEST, "base manifest")
         same = ("model_id", "content_digest", "files", "sizes")
@@ -308,6 +305,8 @@ class Registry:
 
     def describe(self, package_arn: str) -> Package:
         """One package version, with its lineage metadata and model data prefix."""
+        from botocore.exceptions import ParamValidationError  # here: loraops_serving imports this module, boto-free
+
         try:
             return self._package(self.sagemaker.describe_model_package(ModelPackageName=package_arn))
         except self.sagemaker.exceptions.ClientError as error:
@@ -371,7 +370,9 @@ class Registry:
         if not self._environment_read:
             try:
                 tags = self.s3.get_bucket_tagging(Bucket=self.bucket).get("TagSet", [])
-            except self.s3.exceptions.ClientError:
+            except self.s3.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "NoSuchTagSet":
+                    raise  # AccessDenied must not switch the environment check off
                 tags = []
             self._environment = next((t["Value"] for t in tags if t["Key"] == TAG_ENVIRONMENT), None)
             self._environment_read = True
@@ -558,7 +559,7 @@ class Registry:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
             return True
         except self.s3.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+            if not is_precondition_failure(error):
                 raise
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=key)

@@ -118,13 +118,20 @@ class RegistryStack(cdk.Stack):
         )
         listing = iam.PolicyStatement(
             sid="ListPackagesOfTheGroups",
-            actions=["sagemaker:ListModelPackages", "sagemaker:DescribeModelPackageGroup"],
+            # the groups' tags say which environment a package belongs to (checked before every decision)
+            actions=["sagemaker:ListModelPackages", "sagemaker:DescribeModelPackageGroup", "sagemaker:ListTags"],
             resources=[
                 self.format_arn(service="sagemaker", resource="model-package-group", resource_name=g) for g in groups
             ],
         )
-        policy = iam.Policy(self, "ApproverPolicy", statements=[statement, listing])
+        bucket_environment = iam.PolicyStatement(
+            sid="ReadTheBucketsEnvironment",
+            actions=["s3:GetBucketTagging"],
+            resources=[f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"],
+        )
+        statements = [statement, listing, bucket_environment]
+        policy = iam.Policy(self, "ApproverPolicy", statements=statements)
         policy.attach_to_role(role)
-        for finding, reason in execution_role.wildcard_findings([statement, listing], APPROVER_WILDCARD_REASONS):
+        for finding, reason in execution_role.wildcard_findings(statements, APPROVER_WILDCARD_REASONS):
             acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
         return role

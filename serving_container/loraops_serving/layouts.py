@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from loraops.manifest import MANIFEST_FILE, folder_weights_digest
-from loraops.registry import BASE_MANIFEST
+from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, folder_weights_digest
 from loraops_serving.multi_lora import AdapterWeights
 
 MODEL_DIR = Path("/opt/ml/model")

@@ -122,6 +122,16 @@ def test_approver_role_may_approve_only_this_environments_packages(cdk_context):
     assert sorted(update["Resource"]) == sorted(
         f"arn:aws:sagemaker:us-east-1:222222222222:model-package/{g}/*" for g in groups
     )
+    # what Registry.decide reads before it decides: the group's environment tag and the bucket's
+    allowed = {
+        action: statement["Resource"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+    }
+    assert sorted(allowed["sagemaker:ListTags"]) == sorted(
+        f"arn:aws:sagemaker:us-east-1:222222222222:model-package-group/{g}" for g in groups
+    )
+    assert allowed["s3:GetBucketTagging"] == f"arn:aws:s3:::{staging.config.artifact_bucket_name}"
 
 
 def test_no_approver_role_without_approvers(templates):

@@ -17,9 +17,9 @@ from loraops import s3_layout
 from loraops.artifacts import ArtifactError, check_safetensors, write_once
 from loraops.base_import import LocalFolder, import_base
 from loraops.collections import Hierarchy, migrate_member_tags, path_id
-from loraops.manifest import folder_content_digest
+from loraops.manifest import BASE_MANIFEST, folder_content_digest
 from loraops.naming import TAG_ENVIRONMENT
-from loraops.registry import APPROVED, BASE_MANIFEST, PENDING, Registry, RegistryError
+from loraops.registry import APPROVED, PENDING, Registry, RegistryError
 from tests.registry.concurrent_import import import_in_step
 from tests.registry.conftest import BUCKET, MODEL_ID, REGION, create_environment
 

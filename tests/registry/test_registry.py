@@ -10,9 +10,9 @@ import pytest
 
 from loraops import s3_layout
 from loraops.base_import import LocalFolder, import_base, upload_base
-from loraops.manifest import MANIFEST_FILE, folder_content_digest, folder_weights_digest
+from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
-from loraops.registry import APPROVED, BASE_MANIFEST, PENDING, RegistryError
+from loraops.registry import APPROVED, PENDING, RegistryError
 from tests.helpers import fast_args
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID
 
