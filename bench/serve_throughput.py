@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
@@ -431,9 +432,11 @@ def main() -> int:
         "saturation_tokens_per_s": saturated["tokens_per_s"] if saturated else None,
         "saturation_itl_p95_ms": saturated["itl_p95_ms"] if saturated else None,
     }
+    targets = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in targets.items()}  # strict JSON
     print(json.dumps(targets, indent=2))
     setup = {
         "quick": args.quick,
+        "scheduler_only": args.scheduler_only,
         "shape": args.shape,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,

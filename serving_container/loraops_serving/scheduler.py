@@ -6,8 +6,9 @@ into the running batch, pick every row's next token with its own sampling and ge
 argmax over the batch on its device), let finished, failed and cancelled rows leave, and run one
 :meth:`Engine.decode_step` over the rest. The same loop drives either backend (``backends.py``: eager, or the
 CUDA-graph step over a static cache whose rows are free the moment their request leaves). Every request ends
-with exactly one ``done`` or ``error`` event; a failing forward fails the requests in it (500) and the loop goes on; a cancelled request (its client left) leaves at the next step;
-:meth:`Scheduler.shutdown` fails everything in flight (503) at once, even while a forward is stuck.
+with exactly one ``done`` or ``error`` event; a failing forward fails the requests in it (500) and the loop goes
+on; a cancelled request (its client left) leaves at the next step; :meth:`Scheduler.shutdown` fails everything in
+flight (503) at once, even while a forward is stuck.
 """
 
 from __future__ import annotations
