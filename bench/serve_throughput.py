@@ -18,12 +18,14 @@ Llama-2-7B shape, random bf16 weights, 8 random LoRA adapters (r=64, all linear 
 
     python bench/serve_throughput.py --runs 2   # writes bench/results/serve_throughput.json, prints both tables
     python bench/serve_throughput.py --quick    # closed batches only, loraops direct and scheduled, one run each
+    python bench/serve_throughput.py --quick --scheduler-only    # only the scheduled rows of --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
@@ -348,6 +350,9 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="closed batches only (plain, 8 mixed), loraops direct and scheduled"
     )
+    parser.add_argument(
+        "--scheduler-only", action="store_true", help="with --quick: only the scheduler rows (no direct rows, no floor)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_throughput.json"))
     args = parser.parse_args()
     if args.quick:
@@ -363,33 +368,38 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a smoke run of the tiny shape only
     record_digest(base)
-    ours = Loraops(base, adapters, max_batch=32, max_len=640, device=device)
-
-    # the bandwidth floor: every weight read once per step
-    weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.model.named_parameters() if "lora" not in n)
-    src = torch.empty(2**30 if device == "cuda" else 2**24, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    sync()
-    begin = time.perf_counter()
-    for _ in range(20):
-        dst.copy_(src)
-    sync()
-    bandwidth = 2 * 20 * src.numel() / (time.perf_counter() - begin)
-    del src, dst
-    floor = {f"batch_{b}_tokens_per_s": b * bandwidth / weight_bytes for b in (1, 16)}
-    floor |= {"copy_bandwidth_tb_s": bandwidth / 1e12, "weight_gb": weight_bytes / 1e9}
-
     results: list[dict] = []
-    if not args.skip_closed:
-        closed_batches(args, ours, base, tokenizer, results)
-    if args.rates:
-        ours.decoder.warm_up()
-    load = open_loop(args, ours, tokenizer) if args.rates else []
-    if not args.skip_closed:
-        del ours.decoder
-        torch.cuda.empty_cache()
+    floor: dict = {}
+    load: list[dict] = []
+    if args.scheduler_only:  # the product's path alone: no GraphDecoder of its own, no bandwidth floor
         scheduled_batches(args, base, adapters, tokenizer, results)
+    else:
+        ours = Loraops(base, adapters, max_batch=32, max_len=640, device=device)
+
+        # the bandwidth floor: every weight read once per step
+        weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.model.named_parameters() if "lora" not in n)
+        src = torch.empty(2**30 if device == "cuda" else 2**24, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        sync()
+        begin = time.perf_counter()
+        for _ in range(20):
+            dst.copy_(src)
+        sync()
+        bandwidth = 2 * 20 * src.numel() / (time.perf_counter() - begin)
+        del src, dst
+        floor = {f"batch_{b}_tokens_per_s": b * bandwidth / weight_bytes for b in (1, 16)}
+        floor |= {"copy_bandwidth_tb_s": bandwidth / 1e12, "weight_gb": weight_bytes / 1e9}
+
+        if not args.skip_closed:
+            closed_batches(args, ours, base, tokenizer, results)
+        if args.rates:
+            ours.decoder.warm_up()
+        load = open_loop(args, ours, tokenizer) if args.rates else []
+        if not args.skip_closed:
+            del ours.decoder
+            torch.cuda.empty_cache()
+            scheduled_batches(args, base, adapters, tokenizer, results)
 
     def speed(impl: str, layout: str, batch: int) -> float:
         hits = [r["tokens_per_s"] for r in results if (r["impl"], r["layout"], r["batch"]) == (impl, layout, batch)]
@@ -422,9 +432,11 @@ def main() -> int:
         "saturation_tokens_per_s": saturated["tokens_per_s"] if saturated else None,
         "saturation_itl_p95_ms": saturated["itl_p95_ms"] if saturated else None,
     }
+    targets = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in targets.items()}  # strict JSON
     print(json.dumps(targets, indent=2))
     setup = {
         "quick": args.quick,
+        "scheduler_only": args.scheduler_only,
         "shape": args.shape,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,

@@ -9,8 +9,9 @@ sampling and generators, cancellation, failures) is the same over both.
   decode step over rows ``0 .. n-1`` replayed as a CUDA graph. A request must fit the cache's ``max_len``
   positions (``LORAOPS_MAX_TOTAL_TOKENS``); the engine refuses a longer one (400) before it runs.
 
-Both hand the scheduler a running batch with ``seqs``, ``logits`` (``[rows, vocab]``, float32, CPU, row ``i`` the
-next-token scores of ``seqs[i]``), ``select(keep)`` (only those rows stay) and ``close()`` (every row leaves).
+Both hand the scheduler a running batch with ``seqs``, ``logits`` (``[rows, vocab]``, float32, on the model's
+device, row ``i`` the next-token scores of ``seqs[i]``; the scheduler copies to the host only the chosen tokens,
+and the rows that sample), ``select(keep)`` (only those rows stay) and ``close()`` (every row leaves).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ BACKENDS = ("auto", "eager", "graph")
 @dataclass
 class Batch:
     """The running rows between decode steps: their KV cache, attention mask ``[rows, time]`` (0 = left padding),
-    adapter slots ``[rows]`` and the logits of their next token ``[rows, vocab]`` (float32, CPU)."""
+    adapter slots ``[rows]`` and the logits of their next token ``[rows, vocab]`` (float32, the model's device)."""
 
     seqs: list[Sequence]
     cache: DynamicCache
@@ -97,7 +98,7 @@ class EagerBackend:
             )
         finally:
             self.routing.rows, self.routing.active = None, False
-        return out.logits[:, -1].float().cpu(), out.past_key_values
+        return out.logits[:, -1].float(), out.past_key_values
 
     @staticmethod
     def merge(running: Batch | None, joining: Batch) -> Batch:
@@ -198,7 +199,7 @@ class GraphBackend:
         try:
             with self.lock:
                 logits = self.decoder.prefill(rows, [s.prompt_ids for s in seqs], [s.slot for s in seqs])
-                logits = logits.float().cpu()
+                logits = logits.float()
         except BaseException:
             self.pool.give(rows)
             raise
@@ -213,7 +214,7 @@ class GraphBackend:
             fed[row], positions[row], slots[row] = token, position, seq.slot
         with self.lock:
             out = self.decoder.decode(fed, positions, slots)  # a view, valid until the next call: copied now
-            logits = out[torch.tensor(batch.rows, device=out.device)].float().cpu()
+            logits = out[torch.tensor(batch.rows, device=out.device)].float()  # (indexing copies)
         return GraphBatch(batch.seqs, batch.rows, [p + 1 for p in batch.positions], logits, self.pool)
 
     @staticmethod

@@ -2,12 +2,13 @@
 decode-step boundaries.
 
 Each loop: admit waiting requests (tokenize, check the context, take adapter slots) and prefill them, merge them
-into the running batch, pick every row's next token with its own sampling and generator, let finished, failed and
-cancelled rows leave, and run one :meth:`Engine.decode_step` over the rest. The same loop drives either backend
-(``backends.py``: eager, or the CUDA-graph step over a static cache whose rows are free the moment their request
-leaves). Every request ends with exactly one ``done`` or ``error`` event; a failing forward fails the requests in
-it (500) and the loop goes on; a cancelled request (its client left) leaves at the next step;
-:meth:`Scheduler.shutdown` fails everything in flight (503) at once, even while a forward is stuck.
+into the running batch, pick every row's next token with its own sampling and generator (greedy rows by one
+argmax over the batch on its device), let finished, failed and cancelled rows leave, and run one
+:meth:`Engine.decode_step` over the rest. The same loop drives either backend (``backends.py``: eager, or the
+CUDA-graph step over a static cache whose rows are free the moment their request leaves). Every request ends
+with exactly one ``done`` or ``error`` event; a failing forward fails the requests in it (500) and the loop goes
+on; a cancelled request (its client left) leaves at the next step; :meth:`Scheduler.shutdown` fails everything in
+flight (503) at once, even while a forward is stuck.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loraops_serving.schema import BadRequest, RequestError
-from loraops_serving.sequence import Generation, Row, Sequence, pick_token
+from loraops_serving.sequence import Generation, Row, Sequence, pick_tokens
 
 log = logging.getLogger("loraops_serving")
 
@@ -195,12 +196,16 @@ class Scheduler:
             return
         batch, keep, tokens = self.running, [], []
         eos = engine.tokenizer.eos_token_id
+        for seq in batch.seqs:
+            if seq.ticket.cancelled.is_set():
+                seq.ticket.finish(Cancelled("the client left"))
+        going = [i for i, seq in enumerate(batch.seqs) if not seq.ticket.done.is_set()]
+        logits = batch.logits if len(going) == len(batch.seqs) else batch.logits[going]
+        picked = dict(zip(going, pick_tokens(logits, [batch.seqs[i] for i in going]))) if going else {}
         for i, seq in enumerate(batch.seqs):
             ticket = seq.ticket
-            if ticket.cancelled.is_set():
-                ticket.finish(Cancelled("the client left"))
-            if not ticket.done.is_set():
-                token = pick_token(batch.logits[i], seq.row.sampling, seq.prompt_ids + seq.generated, seq.generator)
+            if i in picked:
+                token = picked[i]
                 piece = seq.advance(token, eos, engine.decode)
                 if piece:
                     ticket.emit("token", (seq.index, piece))
@@ -212,11 +217,11 @@ class Scheduler:
                 if all(r is not None for r in ticket.results):
                     ticket.finish(list(ticket.results))
             engine.release(seq.row.adapter)
-        if keep:
-            self.running = batch.select(keep)  # the others leave now (on the graph backend: their rows are free)
-        else:
+        if not keep:
             batch.close()
             self.running = None
+        elif len(keep) < len(batch.seqs):  # the others leave now (on the graph backend: their rows are free)
+            self.running = batch.select(keep)
         if self.running is not None:
             self.running = engine.decode_step(self.running, tokens)
             self.steps += 1
