@@ -353,8 +353,10 @@ def main() -> int:
     parser.add_argument(
         "--scheduler-only", action="store_true", help="with --quick: only the scheduler rows (no direct rows, no floor)"
     )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_throughput.json"))
+    parser.add_argument("--out", help="results file (default: bench/results/serve_throughput[_quick].json)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(ROOT / "bench" / "results" / f"serve_throughput{'_quick' if args.quick else ''}.json")
     if args.quick:
         args.rates, args.runs = [], min(args.runs, 1)
 

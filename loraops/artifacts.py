@@ -99,14 +99,15 @@ def is_precondition_failure(error: Exception) -> bool:
     return response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
-def stored_digest(s3: Any, bucket: str, key: str) -> str:
+def stored_digest(s3: Any, bucket: str, key: str, trust_metadata: bool = True) -> str:
     """The ``sha256:<hex>`` an object was written with: S3's own SHA-256 checksum where the object has a full-object
-    one (single-part uploads), else the digest :func:`write_once` recorded in its metadata; ``""`` when neither."""
+    one (single-part uploads), else (``trust_metadata``: only where :func:`write_once` wrote it) the digest recorded
+    in its metadata; ``""`` when neither."""
     head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     checksum = head.get("ChecksumSHA256", "")
     if checksum and "-" not in checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
         return "sha256:" + base64.b64decode(checksum).hex()
-    return _digest_of(head)
+    return _digest_of(head) if trust_metadata else ""
 
 
 def write_once(

@@ -3,8 +3,9 @@
 -> group -> version tree, and what the storage costs.
 
 Every registration checks before it writes: a bad input raises :class:`RegistryError` and registers nothing.
-What is checked: the files the manifest lists lie at the prefix with their sizes and digests, every
-``.safetensors`` header parses and matches its file's size, a fine-tune's base is the target group's base, and the
+What is checked: the files the manifest lists lie at the prefix (a base's with their recorded sizes), every digest S3
+stores for one of them (its SHA-256 checksum, where it keeps one) equals the manifest's, every ``.safetensors``
+header parses and matches its file's size, a fine-tune's base is the target group's base, and the
 group belongs to this environment (its ``loraops:environment`` tag is the artifact bucket's).
 
 One version per content, also when registrations race: the same base bytes (content digest) or the same training
@@ -20,7 +21,6 @@ functions) and the group's ``loraops:approvalPolicy`` tag: auto-approved only wh
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraops import s3_layout
-from loraops.artifacts import DIGEST_METADATA, ArtifactError, check_safetensors, is_precondition_failure, stored_digest
+from loraops.artifacts import ArtifactError, check_safetensors, is_precondition_failure, stored_digest
 from loraops.collections import PATH_TAG_PREFIX
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
 from loraops.naming import (
@@ -244,7 +244,7 @@ class Registry:
                 f"group {group} holds fine-tunes of {tags.get(TAG_BASE_GROUP)}; the job's manifest names base "
                 f"{manifest['base_model_id']} ({manifest_base})"
             )
-        self._check_objects(model_prefix, {n: listed[n] for n in manifest["files"]})
+        self._check_objects(model_prefix, {n: listed[n] for n in manifest["files"]}, manifest["files"])
         base = self._find(
             base_group_name(manifest["base_model_id"]),
             "weightsDigest",
@@ -343,12 +343,9 @@ class Registry:
                 raise RegistryError(f"s3://{self.bucket}/{prefix}{name} changed since it was registered ({digest})")
 
     def _object_digest(self, key: str, trust_recorded: bool) -> str:
-        head = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        checksum = head.get("ChecksumSHA256", "")
-        if checksum and "-" not in checksum and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
-            return "sha256:" + base64.b64decode(checksum).hex()
-        if trust_recorded and head.get("Metadata", {}).get(DIGEST_METADATA):
-            return head["Metadata"][DIGEST_METADATA]
+        """S3's stored digest where it has one (and the recorded one where ``trust_recorded``), else the bytes'."""
+        if stored := stored_digest(self.s3, self.bucket, key, trust_metadata=trust_recorded):
+            return stored
         sha = hashlib.sha256()
         body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
         while chunk := body.read(8 * 1024 * 1024):

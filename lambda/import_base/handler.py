@@ -1,4 +1,4 @@
-"""import-base: copy a base model into ``base/<group>/<weights hex>/`` uncompressed, from another S3 location or
+"""import-base: copy a base model into ``base/<group>/<content hex>/`` uncompressed, from another S3 location or
 the Hugging Face Hub, and register it (``loraops.base_import``): the samples' first step, made repeatable.
 
 Event: ``{"source": "s3://bucket/prefix/" | "hf://<org>/<model>", "model_id": "<org>/<model>",
@@ -53,6 +53,7 @@ def run_import(event: dict[str, Any], registry: Registry, token: str = "") -> di
         "package_arn": package.arn,
         "version": package.version,
         "status": package.status,
+        "content_digest": package.metadata.get("contentDigest", ""),
         "weights_digest": package.metadata.get("weightsDigest", ""),
     }
 

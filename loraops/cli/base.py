@@ -37,8 +37,6 @@ def add_commands(nouns) -> None:
     reg.add_argument("--model-id", required=True, help="Hugging Face id, e.g. meta-llama/Llama-2-7b-hf")
     reg.add_argument(
         "--digest",
-        "--weights-digest",
-        dest="digest",
         required=True,
         help="sha256:<hex>, the content digest that names the folder under base/<group>/",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import threading
 import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -129,14 +130,17 @@ def run(url: str, requests: int = 320, threads: int = 4, limit_bytes: int = 1_04
     statuses: Counter = Counter()
     kinds: Counter = Counter()
     pings: Counter = Counter()
+    counting = threading.Lock()  # Counter's += is a read and a write: threads would lose counts
 
     def one(i: int) -> None:
         case = plan[i]
         status = send(url, case)
-        statuses[status] += 1
-        kinds[(case.kind, status)] += 1
-        if i % 20 == 0:
-            pings[ping(url)] += 1
+        pinged = ping(url) if i % 20 == 0 else None
+        with counting:
+            statuses[status] += 1
+            kinds[(case.kind, status)] += 1
+            if pinged is not None:
+                pings[pinged] += 1
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(requests)))

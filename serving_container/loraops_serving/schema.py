@@ -32,7 +32,8 @@ class UnknownAdapter(RequestError):
 
 @dataclass(frozen=True)
 class Sampling:
-    """The parameters rows must share to run in one ``generate`` call (``max_new_tokens`` and ``stop`` are per row)."""
+    """How one row samples its next token (each row in flight samples with its own; ``max_new_tokens`` and ``stop``
+    are per row too)."""
 
     do_sample: bool = False
     temperature: float = 1.0

@@ -10,7 +10,7 @@ import pytest
 
 from loraops import s3_layout
 from loraops.base_import import LocalFolder, upload_base
-from loraops.manifest import folder_weights_digest
+from loraops.manifest import folder_content_digest, folder_weights_digest
 from tests.registry.conftest import MODEL_ID, LambdaContext, invoke_concurrently, load_handler
 
 GROUP = "meta-llama--Llama-2-7b-hf"
@@ -36,7 +36,7 @@ def test_register_base_registers_once_even_when_invoked_concurrently(registry, a
     mark has lapsed, registers in full; then A goes on. A registers nothing new: it returns B's version."""
     digest = upload_base(registry, LocalFolder(tiny_base), MODEL_ID)
     function = load_handler("register_base")
-    event = {"model_id": MODEL_ID, "weights_digest": digest}
+    event = {"model_id": MODEL_ID, "content_digest": digest}
     a_at_claim, b_done, results = threading.Event(), threading.Event(), {}
 
     def stop_a_at_its_claim(params, **_):
@@ -64,17 +64,17 @@ def test_register_base_registers_once_even_when_invoked_concurrently(registry, a
 def test_register_base_invoked_four_times_at_once_registers_once(registry, aws, function_environment, tiny_base):
     digest = upload_base(registry, LocalFolder(tiny_base), MODEL_ID)
     function = load_handler("register_base")
-    done = invoke_concurrently(function, lambda: {"model_id": MODEL_ID, "weights_digest": digest})
+    done = invoke_concurrently(function, lambda: {"model_id": MODEL_ID, "content_digest": digest})
     assert done[0]["registered"] and done[0]["version"] == 1 and len(_packages(aws)) == 1
 
 
 @pytest.mark.parametrize(
     ("request_", "reason"),
     [
-        ({"model_id": MODEL_ID}, "needs non-empty string fields ['weights_digest']"),
-        ({"model_id": MODEL_ID, "weights_digest": "sha256:" + "0" * 64}, "no base manifest at s3://"),
-        ({"model_id": MODEL_ID, "weights_digest": "md5:abc"}, "is not of the form sha256:<64 hex digits>"),
-        ({"model_id": "llama", "weights_digest": "sha256:" + "0" * 64}, "must look like '<org>/<model>'"),
+        ({"model_id": MODEL_ID}, "needs non-empty string fields ['content_digest']"),
+        ({"model_id": MODEL_ID, "content_digest": "sha256:" + "0" * 64}, "no base manifest at s3://"),
+        ({"model_id": MODEL_ID, "content_digest": "md5:abc"}, "is not of the form sha256:<64 hex digits>"),
+        ({"model_id": "llama", "content_digest": "sha256:" + "0" * 64}, "must look like '<org>/<model>'"),
     ],
 )
 def test_register_base_refuses_bad_events_with_the_reason(registry, aws, function_environment, request_, reason):
@@ -92,6 +92,14 @@ def test_import_base_copies_from_s3_and_registers(registry, aws, function_enviro
     function = load_handler("import_base")
     result = function.handler(event, LambdaContext())
     assert result["imported"] and result["weights_digest"] == folder_weights_digest(tiny_base)
+    # what register-base takes: the digest that names the version's folder
+    assert result["content_digest"] == folder_content_digest(tiny_base)
+    assert (
+        result["package_arn"]
+        == load_handler("register_base").register(
+            {"model_id": MODEL_ID, "content_digest": result["content_digest"]}, registry
+        )["package_arn"]
+    )
     assert function.handler(dict(event), LambdaContext()) == result  # a retried invocation: the stored result
     assert len(_packages(aws)) == 1
 

@@ -37,7 +37,7 @@ def test_import_tree_approve_and_report(registry, emulator, tiny_base, capsys):
 
 def test_errors_are_one_line_with_a_non_zero_exit(registry, emulator, capsys):
     code, out, err = _run(
-        capsys, emulator, "base", "register", "--model-id", MODEL_ID, "--weights-digest", "sha256:" + "0" * 64
+        capsys, emulator, "base", "register", "--model-id", MODEL_ID, "--digest", "sha256:" + "0" * 64
     )
     assert code == 1 and out == ""
     assert err.startswith("loraops: error: no base manifest at s3://") and err.count("\n") == 1
@@ -56,7 +56,7 @@ def test_version_and_help_need_no_extras():
 def test_usage_errors_exit_2_with_one_line_and_change_nothing(registry, aws, emulator, capsys):
     cases = [
         (["base", "import", "s3://", "--model-id", MODEL_ID], "is not an s3://bucket/key URI"),
-        (["base", "register", "--model-id", MODEL_ID, "--weights-digest", "not-a-digest"], "sha256:<64 hex digits>"),
+        (["base", "register", "--model-id", MODEL_ID, "--digest", "not-a-digest"], "sha256:<64 hex digits>"),
         (["base", "import", "./x", "--model-id", "llama"], "must look like '<org>/<model>'"),
     ]
     for argv, message in cases:
