@@ -203,13 +203,15 @@ class Engine:
     # ------------------------------------------------------------------------------------ convenience
     @property
     def scheduler(self):
-        """The step-level scheduler over this engine (started on first use)."""
-        with self.lock:
-            if self._scheduler is None:
-                from loraops_serving.scheduler import Scheduler
+        """The step-level scheduler over this engine (started on first use). Once it exists no lock is taken: the
+        event loop asks for it on every request, while the worker holds ``lock`` for a whole forward."""
+        if self._scheduler is None:
+            with self.lock:
+                if self._scheduler is None:
+                    from loraops_serving.scheduler import Scheduler
 
-                self._scheduler = Scheduler(self)
-            return self._scheduler
+                    self._scheduler = Scheduler(self)
+        return self._scheduler
 
     def generate(self, rows: list[Row], sampling: Sampling | None = None, timeout: float = 600) -> list[Generation]:
         """Run ``rows`` (with ``sampling`` for all of them, if given) and wait; raises :class:`RequestError`."""

@@ -167,7 +167,7 @@ class Scheduler:
                 ticket.finish(failure)
             if len(mine) < len(ticket.rows):
                 for seq in mine:
-                    engine.release(seq.row.adapter)
+                    self._release(seq)
                 if not ticket.done.is_set():
                     if self.running is None and not seqs:
                         ticket.finish(BadRequest("the request names more adapters than the server holds at once"))
@@ -190,7 +190,7 @@ class Scheduler:
             except Exception:
                 log.exception("prefill failed")
                 for seq in seqs:
-                    engine.release(seq.row.adapter)
+                    self._release(seq)
                     seq.ticket.finish(ServerError("generation failed; see the server log"))
         if self.running is None:
             return
@@ -216,7 +216,7 @@ class Scheduler:
                 ticket.results[seq.index] = seq.result()
                 if all(r is not None for r in ticket.results):
                     ticket.finish(list(ticket.results))
-            engine.release(seq.row.adapter)
+            self._release(seq)
         if not keep:
             batch.close()
             self.running = None
@@ -226,10 +226,16 @@ class Scheduler:
             self.running = engine.decode_step(self.running, tokens)
             self.steps += 1
 
+    def _release(self, seq: Sequence) -> None:
+        """Give ``seq``'s adapter slot back, once (a step that fails midway has released some of its rows)."""
+        if not seq.released:
+            seq.released = True
+            self.engine.release(seq.row.adapter)
+
     def _fail_running(self, failure: RequestError) -> None:
         if self.running is not None:
             for seq in self.running.seqs:
-                self.engine.release(seq.row.adapter)
+                self._release(seq)
                 seq.ticket.finish(failure)
             self.running.close()
         self.running = None

@@ -98,6 +98,7 @@ class Sequence:
     seen: set[int] = field(default_factory=set)  # the prompt's and generated token ids (repetition penalty)
     fixed: int = 0  # characters of ``text`` that later tokens cannot change
     prefix: int = 0  # ``generated[prefix:read]``: the look-back window, decoded again each step for context
+    released: bool = False  # its adapter slot is given back (once: a failing step must not give it back twice)
     read: int = 0  # ``generated[read:]``: the tokens whose text is not yet fixed
 
     def __post_init__(self) -> None:

@@ -246,3 +246,53 @@ def test_any_exception_while_parsing_is_a_400_with_a_message(engine, monkeypatch
     monkeypatch.setattr(service_module, "parse", unforeseen)
     reply = service_module.Service(engine).parse(b"{}", {})
     assert reply.status == 400 and reply.body["error"] == "the request could not be read: KeyError"
+
+
+def test_a_step_that_fails_midway_gives_each_adapter_slot_back_once(engine, monkeypatch):
+    """Row 0 finishes (its slot given back) before row 1's failure fails the step: the failure must not give row 0's
+    slot back a second time (a negative count would let a running adapter be evicted)."""
+    from loraops_serving.schema import RequestError
+    from loraops_serving.sequence import Row, Sequence
+
+    scheduler = engine.scheduler
+    assert scheduler.wait_for(scheduler.idle, 60)
+    advance = Sequence.advance
+
+    def fail_row_1(self, *args, **kwargs):
+        if self.index == 1:
+            raise RuntimeError("planted failure while detokenizing")
+        return advance(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sequence, "advance", fail_row_1)
+    with pytest.raises(RequestError):
+        engine.generate([Row(PROMPT, "alpha", 1), Row(PROMPT, "alpha", 5)])
+    monkeypatch.undo()
+    assert scheduler.wait_for(scheduler.idle, 60)
+    assert engine.in_use["alpha"] == 0
+    assert engine.generate([Row(PROMPT, "alpha", 2)])[0].tokens == 2
+
+
+def test_asking_for_the_scheduler_never_waits_for_a_forward(engine):
+    """The front asks for the scheduler on every request, from its event loop; the worker holds the engine's lock
+    for a whole forward (a GPU step), so asking must not take that lock once the scheduler exists."""
+    assert engine.scheduler is not None
+    holding, release, answered = threading.Event(), threading.Event(), threading.Event()
+
+    def forward_in_progress():
+        with engine.lock:
+            holding.set()
+            release.wait(120)
+
+    def ask():
+        assert engine.scheduler is not None
+        answered.set()
+
+    worker = threading.Thread(target=forward_in_progress)
+    worker.start()
+    try:
+        assert holding.wait(60)
+        threading.Thread(target=ask, daemon=True).start()
+        assert answered.wait(60), "asking for the scheduler waited for the engine's lock"
+    finally:
+        release.set()
+        worker.join()
