@@ -7,7 +7,8 @@ import json
 import pytest
 
 from loraops.naming import OutputMode
-from loraops_trainer.config import ConfigError, TrainConfig, decode_sagemaker_value, load_settings
+from loraops_trainer.hyperparameters import decode_sagemaker_value, load_settings
+from loraops_trainer.settings import ConfigError, TrainConfig
 
 REQUIRED = ["--base_model_dir", "/b", "--train_path", "/t", "--model_dir", "/m"]
 

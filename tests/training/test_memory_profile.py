@@ -8,8 +8,17 @@ import json
 import pytest
 import torch
 
-from loraops_trainer.config import ConfigError, TrainConfig, apply_memory_profile, derived_training_arguments
-from loraops_trainer.memory_profile import GIB, USABLE, ModelShape, choose, estimate_peak_bytes, recomputed_layers
+from loraops_trainer.memory_profile import (
+    GIB,
+    USABLE,
+    ModelShape,
+    apply_memory_profile,
+    choose,
+    estimate_peak_bytes,
+    recomputed_layers,
+)
+from loraops_trainer.settings import ConfigError, TrainConfig
+from loraops_trainer.training_arguments import derived_training_arguments
 
 LLAMA2_7B = ModelShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
 H200, H100, L40S, A10G = 139.7 * GIB, 79.2 * GIB, 44.4 * GIB, 22.0 * GIB  # what torch reports as total memory
