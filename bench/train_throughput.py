@@ -202,7 +202,7 @@ def run_reference(model_dir: Path, samples, tokenizer, warmup: int, steps: int):
     args = TrainingArguments(
         output_dir="/tmp/loraops-bench/reference",
         per_device_train_batch_size=4,
-        gradient_checkpointing=True,
+        activation_checkpointing=True,
         train_sampling_strategy="sequential",  # the group-by-length order above, the same every run
         optim="paged_adamw_32bit",
         learning_rate=2e-4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -34,20 +35,42 @@ def test_booleans_parse_properly(text, expected):
 
 def test_false_string_is_false_not_truthy():
     """The reference recipe's `type=bool` turned '--merge_weights False' into True; this must not."""
-    settings = load_settings([*REQUIRED, "--gradient_checkpointing", "False", "--double-quant", "false"], environ={})
-    assert settings.training.gradient_checkpointing is False and settings.config.double_quant is False
+    settings = load_settings([*REQUIRED, "--activation_checkpointing", "False", "--double-quant", "false"], environ={})
+    assert settings.training.activation_checkpointing is False and settings.config.double_quant is False
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_the_deprecated_gradient_checkpointing_alias_is_still_honoured(value):
+    """transformers 5 reads ``gradient_checkpointing`` only where ``activation_checkpointing`` is unset, which
+    loraops' default sets: a user's alias must still win over that default (transformers says it is deprecated)."""
+    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated"):
+        settings = load_settings([*REQUIRED, "--gradient_checkpointing", str(value)], environ={})
+    assert settings.training.activation_checkpointing is value
+    assert settings.hyperparameters["activation_checkpointing"] is value
+
+
+def test_loraops_own_settings_raise_no_deprecation_warning():
+    """loraops' defaults and derived TrainingArguments use no name transformers deprecates (gradient_checkpointing
+    printed a FutureWarning in every run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        settings = load_settings(REQUIRED, environ={})
+    assert settings.training.activation_checkpointing is True
 
 
 def test_bad_boolean_names_the_hyperparameter():
-    with pytest.raises(ConfigError, match="hyperparameter 'gradient_checkpointing': Truthy value expected: got maybe"):
-        load_settings([*REQUIRED, "--gradient_checkpointing", "maybe"], environ={})
+    with pytest.raises(
+        ConfigError, match="hyperparameter 'activation_checkpointing': Truthy value expected: got maybe"
+    ):
+        load_settings([*REQUIRED, "--activation_checkpointing", "maybe"], environ={})
 
 
 def test_loraops_defaults_for_training_arguments():
     settings = load_settings(REQUIRED, environ={})
     training = settings.training
     assert (training.learning_rate, training.num_train_epochs, training.max_grad_norm) == (2e-4, 1.0, 0.3)
-    assert training.lr_scheduler_type.value == "cosine" and training.gradient_checkpointing is True
+    assert training.lr_scheduler_type.value == "cosine" and training.activation_checkpointing is True
     assert training.per_device_train_batch_size == 1 and training.remove_unused_columns is False
     assert training.use_cpu is True  # without it, torchrun on CPU trains one unsynchronised copy per rank
     assert settings.config.output_modes == (OutputMode.ADAPTER,)

@@ -27,7 +27,7 @@ def test_nf4_training_and_merge_on_cuda(tmp_path):
             max_seq_length=512,
             max_steps=8,
             lora_r=16,
-            gradient_checkpointing="true",
+            activation_checkpointing="true",
             learning_rate=1e-2,
         )
     )

@@ -238,6 +238,10 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
     if not config.checkpoint_dir:
         config = dataclasses.replace(config, checkpoint_dir=default_checkpoint_dir(config.model_dir, environ))
     user_training = {k: values[k] for k in parsed.training_names if k not in DERIVED_TRAINING_ARGUMENTS}
+    if "gradient_checkpointing" in given and "activation_checkpointing" not in given:
+        # The user's deprecated alias: transformers reads it (and says it is deprecated) only where the new name
+        # is unset, and loraops' default sets the new name.
+        user_training["activation_checkpointing"] = None
     _check_training_values(user_training)
     gpu_bytes = gpu_memory_bytes()
     config, user_training, profile = apply_memory_profile(config, user_training, given, gpu_bytes)

@@ -165,8 +165,16 @@ def choose(
     return MemoryProfile(tokens, every_n, recomputed, round(peak / GIB, 1), round(budget_bytes / GIB, 1), reason)
 
 
-#: Names under which a user sets recomputation explicitly (the profile then leaves it alone).
-CHECKPOINTING_NAMES = {"gradient_checkpointing", "activation_checkpointing"}
+#: Names under which a user sets recomputation explicitly (the profile then leaves it alone): transformers'
+#: ``activation_checkpointing`` and its deprecated alias ``gradient_checkpointing``.
+CHECKPOINTING_NAMES = {"activation_checkpointing", "gradient_checkpointing"}
+
+
+def recomputes(training: dict[str, Any]) -> bool:
+    """Whether TrainingArguments' values turn recomputation on, read as transformers reads them:
+    ``activation_checkpointing``, or where that is unset (None) its deprecated alias ``gradient_checkpointing``."""
+    value = training.get("activation_checkpointing")
+    return bool(training.get("gradient_checkpointing") if value is None else value)
 
 
 def gpu_memory_bytes() -> int:
@@ -180,7 +188,7 @@ def gpu_memory_bytes() -> int:
 
 def apply_memory_profile(
     config: TrainConfig, training: dict[str, Any], given: set[str], gpu_bytes: int
-) -> tuple[TrainConfig, dict[str, Any], Any]:
+) -> tuple[TrainConfig, dict[str, Any], MemoryProfile | None]:
     """With ``memory_profile=auto`` on a GPU (``gpu_bytes`` > 0): the profile's micro-batch size and recomputation
     for whatever of them the user did not set. Returns the settings and the profile (None when it did not run)."""
     if config.memory_profile != "auto" or gpu_bytes <= 0:
@@ -188,7 +196,7 @@ def apply_memory_profile(
     budget = config.memory_budget_gib * 2**30 if config.memory_budget_gib else gpu_bytes
     fixed_tokens = config.tokens_per_step if "tokens_per_step" in given else None
     fixed_recompute = given & CHECKPOINTING_NAMES
-    every_n = ((1,) if training.get("gradient_checkpointing") else (0,)) if fixed_recompute else EVERY_N_LAYERS
+    every_n = ((1,) if recomputes(training) else (0,)) if fixed_recompute else EVERY_N_LAYERS
     try:
         profile = choose(
             ModelShape.from_folder(config.base_model_dir),
@@ -205,5 +213,5 @@ def apply_memory_profile(
         raise ConfigError(f"hyperparameter 'base_model_dir': cannot read the model's shape ({error})") from None
     config = dataclasses.replace(config, tokens_per_step=profile.tokens_per_step)
     if not fixed_recompute:
-        training = {**training, "gradient_checkpointing": profile.activation_checkpointing}
+        training = {**training, "activation_checkpointing": profile.activation_checkpointing}
     return config, training, profile

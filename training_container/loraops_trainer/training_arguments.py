@@ -20,7 +20,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "save_steps": 200,
     "save_total_limit": 2,
-    "gradient_checkpointing": True,
+    "activation_checkpointing": True,
     "seed": 42,
     "ddp_find_unused_parameters": False,
     "disable_tqdm": True,
