@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -218,3 +220,20 @@ def test_without_a_gpu_the_micro_batch_defaults_to_2048_tokens():
     assert load_settings(REQUIRED, environ={}).config.tokens_per_step == 2048
     assert load_settings([*REQUIRED, "--max_seq_length", "4096"], environ={}).config.tokens_per_step == 4096
     assert load_settings([*REQUIRED, "--tokens_per_step", "16384"], environ={}).config.tokens_per_step == 16384
+
+
+def test_without_the_trainers_dependencies_the_hp_check_says_what_is_missing():
+    """``loraops finetune start --hp`` checks values with this parser; where torch and transformers are absent (a
+    plain ``pip install .``), importing the parser fails, so the CLI names what is missing (a traceback from inside
+    load_settings before)."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = sys.modules['transformers'] = None  # as if not installed\n"
+        "from loraops.finetune import FineTuneError, validate_hyperparameters\n"
+        "try:\n"
+        "    validate_hyperparameters({'lora_r': '8'})\n"
+        "except FineTuneError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "checking --hp needs the trainer's settings parser (import of torch halted" in result.stdout, result.stderr
