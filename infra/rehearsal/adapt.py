@@ -59,6 +59,14 @@ def _kms_tag_keys(resource: dict[str, Any], _: dict[str, Any]) -> bool:
     return True
 
 
+def _kms_policy_text(resource: dict[str, Any], _: dict[str, Any]) -> bool:
+    properties = resource["Properties"]
+    if not isinstance(properties.get("KeyPolicy"), dict):
+        return False
+    properties["KeyPolicy"] = {"Fn::ToJsonString": properties["KeyPolicy"]}  # resolved inside, then serialized
+    return True
+
+
 def _ssm_tag_list(resource: dict[str, Any], _: dict[str, Any]) -> bool:
     properties = resource["Properties"]
     tags = properties.get("Tags")
@@ -107,6 +115,13 @@ def _variant_model(resource: dict[str, Any], resources: dict[str, Any]) -> bool:
 
 WORKAROUNDS: tuple[Workaround, ...] = (
     Workaround(
+        "AWS::KMS::Key",
+        "KeyPolicy written as a JSON string (Fn::ToJsonString)",
+        "kms/models.py Key.create_from_cloudformation_json stores the KeyPolicy object as is, and every later "
+        "KMS call on the key (kms/policy_validator.py validate_policy: json.loads(key.policy)) fails: TypeError, a 500",
+        _kms_policy_text,
+    ),
+    Workaround(
         "AWS::SSM::Parameter",
         "Tags written as a list of {Key, Value}",
         "ssm/models.py SimpleSystemManagerBackend.put_parameter reads tags as a list ({t['Key']: t['Value'] for t "
@@ -131,7 +146,8 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "AWS::KMS::Key",
         "Tags written as KMS API tags (TagKey/TagValue)",
         "kms/models.py Key.create_from_cloudformation_json passes the CloudFormation Tags ({Key, Value}) to "
-        "TaggingService(key_name='TagKey').tag_resource: KeyError 'TagKey', a 500",
+        "TaggingService(key_name='TagKey').tag_resource: KeyError 'TagKey', a 500 (or, when another resource "
+        "reads the key first, 'Fn::GetAtt references undefined resource': ResourceMap.get makes the KeyError None)",
         _kms_tag_keys,
     ),
 )
@@ -159,7 +175,10 @@ def placeholder(logical_id: str, resource_type: str, attribute: str | None, acco
 _SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
-def _rewrite(node: Any, targets: dict[str, str], value: Callable[[str, str | None], str], shadow: frozenset[str]) -> Any:
+Value = Callable[[str, str | None], str]
+
+
+def _rewrite(node: Any, targets: dict[str, str], value: Value, shadow: frozenset[str]) -> Any:
     """``node`` with every Ref/GetAtt/Sub reference to a logical id in ``targets`` replaced by ``value(id, attr)``."""
     if isinstance(node, list):
         return [_rewrite(item, targets, value, shadow) for item in node]

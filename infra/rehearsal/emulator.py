@@ -14,14 +14,24 @@ def _free_port() -> int:
 
 
 class Emulator:
-    """``with Emulator(account) as aws:`` a fresh moto server; ``aws.client("s3", region)`` acts as ``account``
-    (moto's ``x-moto-account-id`` header), so the account written into the templates' ARNs is the emulator's."""
+    """``with Emulator(account) as aws:`` a moto server; ``aws.client("s3", region)`` acts as ``account`` (moto's
+    ``x-moto-account-id`` header), so the account written into the templates' ARNs is the emulator's.
+
+    moto keeps its state per process and account, not per server: two servers in one process share what each
+    account holds. ``as_account`` gives the same server under another (empty) account.
+    """
 
     def __init__(self, account: str) -> None:
         self.account = account
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: Any = None
+
+    def as_account(self, account: str) -> Emulator:
+        """This running server, its clients acting as ``account``; stopping stays with this one."""
+        view = Emulator.__new__(Emulator)
+        view.account, view.port, view.url, view._server = account, self.port, self.url, None
+        return view
 
     def __enter__(self) -> Emulator:
         from moto.server import ThreadedMotoServer

@@ -143,7 +143,7 @@ def create_stack(aws: Emulator, stack: StackArtifact, emulated: frozenset[str]) 
         described = cloudformation.describe_stacks(StackName=stack.name)["Stacks"][0]
     except ClientError as error:
         raise RehearsalError(f"{stack.name}: the emulator's CloudFormation refused it: {error}") from None
-    except (BotoCoreError, ResponseParserError) as error:  # moto answers an exception in its own code with an HTML 500 page
+    except (BotoCoreError, ResponseParserError) as error:  # moto answers its own exceptions with an HTML 500
         raise RehearsalError(f"{stack.name}: the emulator failed while creating it (a moto bug?): {error}") from None
     if described["StackStatus"] != "CREATE_COMPLETE":
         raise RehearsalError(f"{stack.name}: {described['StackStatus']} ({described.get('StackStatusReason', '')})")
