@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.rehearsal.adapt import STANDIN_TYPE, adapt, emulated_types
+from infra.rehearsal.adapt import STANDIN_TYPE, WORKAROUNDS, adapt, emulated_types
 from infra.rehearsal.assembly import StackArtifact
 from infra.rehearsal.emulator import Emulator
+from infra.rehearsal.rules import RuleError, check_rules
 
 #: The version ``cdk bootstrap`` records in SSM; templates' CheckBootstrapVersion rule wants 6 or later.
 BOOTSTRAP_VERSION = "30"
@@ -48,7 +49,8 @@ class Report:
         return sorted({t for stack in self.stacks for t in stack.stood_in})
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "not_created_types": self.not_created_types}
+        causes = [{"type": w.resource_type, "change": w.change, "moto_cause": w.cause} for w in WORKAROUNDS]
+        return {**asdict(self), "not_created_types": self.not_created_types, "moto_workarounds": causes}
 
     def table(self) -> str:
         lines = []
@@ -96,7 +98,12 @@ def publish_assets(aws: Emulator, stack: StackArtifact, report: Report) -> None:
             s3 = aws.client("s3", region)
             if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
                 extra = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-                s3.create_bucket(Bucket=bucket, **extra)
+                try:
+                    s3.create_bucket(Bucket=bucket, **extra)
+                except s3.exceptions.BucketAlreadyExists:
+                    raise RehearsalError(
+                        f"{stack.name}: the assets bucket {bucket} belongs to another account of the emulator"
+                    ) from None
             key = _fill(destination["objectKey"], stack.account, region)
             s3.put_object(Bucket=bucket, Key=key, Body=body)
             report.published_assets.append(f"s3://{bucket}/{key}")
@@ -104,17 +111,22 @@ def publish_assets(aws: Emulator, stack: StackArtifact, report: Report) -> None:
         report.unbuilt_images.append(asset.get("displayName", asset["source"].get("directory", "?")))
 
 
-def seed_parameters(aws: Emulator, stack: StackArtifact, seeds: dict[str, str], report: Report) -> None:
+def seed_parameters(
+    aws: Emulator, stack: StackArtifact, seeds: dict[str, str], report: Report, bootstrap_version: str
+) -> dict[str, Any]:
     """Create the SSM parameters ``stack``'s SSM-typed parameters read: the CDK bootstrap version (as ``cdk
-    bootstrap`` writes it) and the others from ``seeds`` (what the deploy flow writes before this stack)."""
+    bootstrap`` writes it) and the others from ``seeds`` (what the deploy flow writes before this stack). Returns
+    the value each template parameter gets (its default, or what its SSM parameter holds)."""
     ssm = aws.client("ssm", stack.region)
     missing = []
+    values: dict[str, Any] = {}
     for name, parameter in stack.template().get("Parameters", {}).items():
         if not parameter.get("Type", "").startswith(SSM_PARAMETER_TYPE) or "Default" not in parameter:
+            values[name] = parameter.get("Default")
             continue
         path = parameter["Default"]
         if path.startswith(BOOTSTRAP_PARAMETER_PREFIX):
-            value = BOOTSTRAP_VERSION
+            value = bootstrap_version
         elif path in seeds:
             value = seeds[path]
         else:
@@ -122,11 +134,13 @@ def seed_parameters(aws: Emulator, stack: StackArtifact, seeds: dict[str, str], 
             continue
         ssm.put_parameter(Name=path, Value=value, Type="String", Overwrite=True)
         report.seeded_parameters[path] = value
+        values[name] = value
     if missing:
         raise RehearsalError(
             f"{stack.name}: SSM parameters with no value to seed ({'; '.join(missing)}); "
             "give each one (--ssm NAME=VALUE), as the deploy flow would write it"
         )
+    return values
 
 
 def create_stack(aws: Emulator, stack: StackArtifact, emulated: frozenset[str]) -> StackReport:
@@ -177,13 +191,23 @@ def create_stack(aws: Emulator, stack: StackArtifact, emulated: frozenset[str]) 
     )
 
 
-def rehearse(aws: Emulator, stacks: list[StackArtifact], seeds: dict[str, str] | None = None) -> Report:
+def rehearse(
+    aws: Emulator,
+    stacks: list[StackArtifact],
+    seeds: dict[str, str] | None = None,
+    bootstrap_version: str = BOOTSTRAP_VERSION,
+) -> Report:
     """Create ``stacks`` (already in deploy order, see ``deploy_order``) in ``aws``; raises ``RehearsalError`` at
-    the first stack that cannot be created, naming it."""
+    the first stack that cannot be created, naming it. The template's ``Rules`` are checked first (moto ignores
+    them), with the parameter values the stack gets."""
     report = Report()
     emulated = emulated_types()
     for stack in stacks:
         publish_assets(aws, stack, report)
-        seed_parameters(aws, stack, seeds or {}, report)
+        parameters = seed_parameters(aws, stack, seeds or {}, report, bootstrap_version)
+        try:
+            check_rules(stack.template(), parameters)
+        except RuleError as error:
+            raise RehearsalError(f"{stack.name}: {error}") from None
         report.stacks.append(create_stack(aws, stack, emulated))
     return report

@@ -163,6 +163,7 @@ def test_report_table_and_json(rehearsed, tmp_path):
     assert "stood in  AWS::SageMaker::InferenceComponent" in table
     data = json.loads(json.dumps(report.as_dict()))
     assert set(data["not_created_types"]) == EXPECTED_STOOD_IN
+    assert all(w["moto_cause"] for w in data["moto_workarounds"])
     assert {s["name"] for s in data["stacks"]} == {s.name for s in report.stacks}
 
 
@@ -196,6 +197,23 @@ def test_an_ssm_parameter_nobody_seeds_is_named(aws, tmp_path):
     report = rehearse(aws, [artifact], {"/loraops-x/unset": "v1"})
     assert report.stacks[0].created == {"AWS::SSM::Parameter": 1}
     assert aws.client("ssm", REGION).get_parameter(Name="/p")["Parameter"]["Value"] == "v1"
+
+
+def test_a_bootstrap_too_old_for_the_template_fails_its_rule(aws, dev_stacks, tmp_path):
+    """moto ignores ``Rules``; CDK's CheckBootstrapVersion (dev's own, copied) wants version 6 or later."""
+    synthesized = next(stack for stack in dev_stacks if stack.name == "loraops-dev-training").template()
+    template = {
+        "Parameters": synthesized["Parameters"],
+        "Rules": synthesized["Rules"],
+        "Resources": {
+            "P": {"Type": "AWS::SSM::Parameter", "Properties": {"Name": "/p", "Type": "String", "Value": "v"}}
+        },
+    }
+    artifact = _artifact(tmp_path, "old-bootstrap", template)
+    with pytest.raises(RehearsalError, match="old-bootstrap: rule CheckBootstrapVersion fails: CDK bootstrap stack"):
+        rehearse(aws, [artifact], bootstrap_version="5")
+    assert aws.client("cloudformation", REGION).describe_stacks()["Stacks"] == []
+    assert rehearse(aws, [artifact], bootstrap_version="6").stacks[0].status == "CREATE_COMPLETE"
 
 
 def test_a_resource_the_emulator_skips_is_not_reported_as_created(aws, tmp_path):
