@@ -18,6 +18,7 @@ from infra.rehearsal.__main__ import SERVED_PREFIX_SEED, default_seeds
 from infra.rehearsal.adapt import adapt, emulated_types
 from infra.rehearsal.emulator import Emulator
 from infra.rehearsal.run import create_stack
+from tests.helpers import ROOT
 
 ACCOUNT, REGION = "111111111111", "us-east-1"  # dev's, as in cdk.json
 PREFIX = "loraops-dev"
@@ -245,13 +246,15 @@ def test_cli_writes_the_report(cdk_out, tmp_path):
     """``python -m infra.rehearsal`` in its own process (its emulator's state is then its own)."""
     out = tmp_path / "out.json"
     command = [sys.executable, "-m", "infra.rehearsal", "--env", "dev", "--cdk-out", str(cdk_out), "--stacks"]
-    done = subprocess.run([*command, "loraops-dev-training", "--json", str(out)], capture_output=True, text=True)
+    done = subprocess.run(
+        [*command, "loraops-dev-training", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert "loraops-dev-training: CREATE_COMPLETE" in done.stdout
     data = json.loads(out.read_text())
     assert [s["status"] for s in data["stacks"]] == ["CREATE_COMPLETE"]
     assert data["seeded_parameters"] == {"/cdk-bootstrap/hnb659fds/version": "30"}
-    refused = subprocess.run([*command, "loraops-dev-serving"], capture_output=True, text=True)
+    refused = subprocess.run([*command, "loraops-dev-serving"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert refused.returncode == 1
     assert "rehearsal failed: loraops-dev-serving depends on loraops-dev-network" in refused.stderr
 
