@@ -68,5 +68,11 @@ deploy: $(STAMP)/cdk $(STAMP)/node
 	@test -n "$(ENV)" || { echo "make deploy: name the environment, e.g. make deploy ENV=dev"; exit 2; }
 	$(PY) -m infra.deploy --env $(ENV) $(CDK_ARGS)
 
+## Rehearse a deploy without an account: every stack of ENV (default dev) created in moto's CloudFormation;
+## REHEARSE_ARGS="--json rehearsal.json" writes the report.
+.PHONY: rehearse
+rehearse: $(STAMP)/dev
+	$(PY) -m infra.rehearsal --env $(or $(ENV),dev) $(REHEARSE_ARGS)
+
 clean:
 	rm -rf cdk.out $(STAMP) .pytest_cache .demo .build
