@@ -151,15 +151,50 @@ def bootstrap_problems(config: EnvironmentConfig, session: Any) -> list[str]:
     return []
 
 
+def package_groups(config: EnvironmentConfig) -> list[str]:
+    """The model package groups the registry stack creates."""
+    return [config.base_group, *(line.group_name(config.base_model_id) for line in config.fine_tuned_lines)]
+
+
+def orphan_problems(config: EnvironmentConfig, session: Any) -> list[str]:
+    """Retained package groups a destroyed registry stack left behind. The other retained named resources (bucket,
+    table, log groups, collections) are adopted by :func:`deploy_command`'s auto-import; a package group cannot be
+    (CloudFormation's auto-import needs the primary identifier in the template, and a group's is its read-only ARN),
+    and creating it again fails, so each is named before anything is deployed."""
+    if config.removal_policy != "retain":
+        return []
+    cloudformation = session.client("cloudformation", region_name=config.region)
+    stack = f"{config.prefix}-registry"
+    try:
+        cloudformation.describe_stacks(StackName=stack)
+        return []  # the stack owns its groups
+    except cloudformation.exceptions.ClientError as error:
+        if "does not exist" not in str(error):
+            raise
+    sagemaker = session.client("sagemaker", region_name=config.region)
+    problems = []
+    for group in package_groups(config):
+        try:
+            sagemaker.describe_model_package_group(ModelPackageGroupName=group)
+        except sagemaker.exceptions.ClientError:
+            continue
+        problems.append(
+            f"model package group {group} outlived a destroyed {stack} stack (removal_policy retain) and "
+            f"CloudFormation cannot adopt it automatically: bring it into {stack} with a resource import "
+            f"(`node_modules/.bin/cdk import -c env={config.name} {stack}`) or delete it, then run make deploy again"
+        )
+    return problems
+
+
 def cdk_base(config: EnvironmentConfig) -> list[str]:
     return [str(CDK), "--no-notices", "-c", f"env={config.name}"]
 
 
 def deploy_command(config: EnvironmentConfig, plan: StackPlan, cdk_args: Sequence[str] = ()) -> list[str]:
     """One ``cdk deploy`` of the planned stacks. ``--import-existing-resources`` adopts the named resources a
-    ``retain`` environment left behind when its stacks were destroyed (bucket, table, log groups, package groups,
-    collections: all ``RetainExceptOnCreate`` with static names, which CloudFormation's auto-import requires), so a
-    redeploy does not collide with them."""
+    ``retain`` environment left behind when its stacks were destroyed (bucket, idempotency table, function log
+    groups, collections: ``RetainExceptOnCreate`` with static names, which CloudFormation's auto-import requires), so
+    a redeploy does not collide with them; package groups are checked first instead (:func:`orphan_problems`)."""
     adopt = ["--import-existing-resources"] if config.removal_policy == "retain" else []
     return [*cdk_base(config), "deploy", *adopt, *plan.deploy, *cdk_args]
 
@@ -173,12 +208,14 @@ def destroy_commands(config: EnvironmentConfig, cdk_args: Sequence[str] = ()) ->
 
 
 def _cloudformation_owned(cloudformation: Any, prefix: str) -> set[str]:
-    """Physical ids of every resource in the environment's CloudFormation stacks."""
+    """Names of every resource in the environment's CloudFormation stacks (a SageMaker resource's physical id is its
+    ARN, ``arn:...:model/<name>``: the name is what follows the last slash)."""
     owned: set[str] = set()
     for concern in DEPLOY_ORDER:
         try:
             pages = cloudformation.get_paginator("list_stack_resources").paginate(StackName=f"{prefix}-{concern}")
-            owned |= {r.get("PhysicalResourceId", "") for page in pages for r in page["StackResourceSummaries"]}
+            ids = [r.get("PhysicalResourceId", "") for page in pages for r in page["StackResourceSummaries"]]
+            owned |= {i.rsplit("/", 1)[-1] if i.startswith("arn:") else i for i in ids}
         except cloudformation.exceptions.ClientError as error:
             if "does not exist" not in str(error):
                 raise
@@ -272,7 +309,7 @@ def deploy(config: EnvironmentConfig, session: Any, cdk_args: Sequence[str] = ()
     """Preflight, registry login, then one ``cdk deploy`` of :func:`stack_plan`'s stacks."""
     problems = docker_problems() + credential_problems(config, session)
     if not problems:
-        problems = bootstrap_problems(config, session)
+        problems = bootstrap_problems(config, session) or orphan_problems(config, session)
     if problems:
         for problem in problems:
             print(f"make deploy: {problem}", file=sys.stderr)
