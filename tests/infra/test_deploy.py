@@ -42,7 +42,7 @@ def _run(tmp_path, path_dirs: list[str], *args: str) -> subprocess.CompletedProc
 def test_no_docker_and_no_credentials_are_both_reported(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
-    result = _run(tmp_path, [str(empty)], "--env", "dev")
+    result = _run(tmp_path, [str(empty)], "--env", "dev", "--require-approval", "never")  # CDK_ARGS pass through
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("make deploy: Docker is not installed: cdk deploy builds the trainer image")
@@ -172,6 +172,7 @@ class InferenceComponents:
     def __init__(self, client: Any, log: list) -> None:
         self.endpoints: dict[str, str] = {}  # component -> endpoint
         self.deleting: set[str] = set()
+        self.stuck = False  # True: a deleted component stays Deleting
         self.log = log
         for operation in ("ListInferenceComponents", "DescribeInferenceComponent", "DeleteInferenceComponent"):
             client.meta.events.register(f"before-call.sagemaker.{operation}", self._answer)
@@ -189,8 +190,9 @@ class InferenceComponents:
             self.log.append(("delete", "inference component", name))
             self.deleting.add(name)
             return _ok({})
-        if name in self.deleting:  # described once more while it is deleting, then gone
-            del self.endpoints[name]
+        if name in self.deleting:  # described once more while it is deleting, then gone (unless stuck)
+            if not self.stuck:
+                del self.endpoints[name]
             return _ok({**_summary(name, ""), "InferenceComponentStatus": "Deleting"})
         return _ok({**_summary(name, self.endpoints[name]), "InferenceComponentStatus": "InService"})
 
@@ -447,3 +449,13 @@ def test_package_groups_a_destroyed_retain_registry_left_are_named_before_deploy
         StackName="loraops-staging-registry", TemplateBody=json.dumps(template)
     )
     assert deploy.orphan_problems(staging, session) == []  # the stack exists: it owns its groups
+
+
+def test_a_component_that_never_finishes_deleting_stops_destroy_before_any_stack(session):
+    components = InferenceComponents(session.client("sagemaker", "us-east-1"), [])
+    stuck = endpoints.component_name("loraops-dev", ADAPTER_GROUP)
+    components.endpoints, components.stuck = {stuck: "loraops-dev-llm"}, True
+    sleeps: list[float] = []
+    with pytest.raises(TimeoutError, match=f"inference components still deleting after 60 s: {stuck}"):
+        deploy.remove_deployed(_in_emulator_account("dev"), session, sleep=sleeps.append, wait_s=60, poll_s=15)
+    assert sleeps == [15, 15, 15, 15]
