@@ -321,7 +321,13 @@ def deploy(config: EnvironmentConfig, session: Any, cdk_args: Sequence[str] = ()
     return run(deploy_command(config, plan, cdk_args))
 
 
-def destroy(config: EnvironmentConfig, session: Any, cdk_args: Sequence[str] = (), run: Runner = _run_cdk) -> int:
+def destroy(
+    config: EnvironmentConfig,
+    session: Any,
+    cdk_args: Sequence[str] = (),
+    run: Runner = _run_cdk,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Remove what the deploy function created, then destroy the stacks in reverse dependency order."""
     if config.termination_protection:
         print(
@@ -334,7 +340,7 @@ def destroy(config: EnvironmentConfig, session: Any, cdk_args: Sequence[str] = (
         for problem in problems:
             print(f"make destroy: {problem}", file=sys.stderr)
         return 1
-    for what in remove_deployed(config, session):
+    for what in remove_deployed(config, session, sleep=sleep):
         print(f"make destroy: deleted {what} (made by deploy-on-approval, outside CloudFormation)")
     for command in destroy_commands(config, cdk_args):
         code = run(command)

@@ -403,8 +403,12 @@ def test_destroy_first_removes_what_deploy_on_approval_made_then_destroys_the_st
         log.append(("cdk", command))
         return 0
 
-    assert deploy.destroy(_in_emulator_account("dev"), session, run=run) == 0
-    assert log[0] == ("delete", "inference component", endpoints.component_name("loraops-dev", ADAPTER_GROUP))
+    assert deploy.destroy(_in_emulator_account("dev"), session, run=run, sleep=sleeps.append) == 0
+    assert sleeps == [15, 15] and log[0] == (
+        "delete",
+        "inference component",
+        endpoints.component_name("loraops-dev", ADAPTER_GROUP),
+    )
     commands = [entry[1] for entry in log if entry[0] == "cdk"]
     assert log[-len(commands) :] == [("cdk", c) for c in commands]  # every removal before the first cdk destroy
     reverse = ["serving", "workflow", "training", "registration", "registry", "studio", "storage", "network"]
