@@ -239,7 +239,8 @@ def remove_deployed(
     Found by the names :mod:`loraops.endpoints` gives them, and never one a stack of the environment owns:
     the inference components on the environment's endpoint other than the base component (waited for until gone:
     CloudFormation cannot delete the base component or the endpoint under them), the models and endpoint configs
-    named ``loraops-<env>-...``, and, where the environment's data is destroyed with it, the served-model parameter.
+    named ``loraops-<env>-...``, and, where the environment's data is destroyed with it (``removal_policy``
+    ``destroy``), the versions in its package groups and the served-model parameter.
     """
     region = config.region
     sagemaker = session.client("sagemaker", region_name=region)
@@ -278,6 +279,7 @@ def remove_deployed(
             sagemaker.delete_model(ModelName=name)
             removed.append(f"model {name}")
     if config.removal_policy == "destroy":
+        removed += _remove_packages(sagemaker, package_groups(config))
         ssm = session.client("ssm", region_name=region)
         parameter = endpoints.served_model_parameter(config.prefix)
         try:
@@ -285,6 +287,24 @@ def remove_deployed(
             removed.append(f"SSM parameter {parameter}")
         except ssm.exceptions.ParameterNotFound:
             pass
+    return removed
+
+
+def _remove_packages(sagemaker: Any, groups: list[str]) -> list[str]:
+    """Every version in ``groups`` (registered by the functions and the CLI, outside CloudFormation): a package group
+    with versions in it cannot be deleted, so the registry stack's own delete would fail on them."""
+    removed = []
+    for group in groups:
+        try:
+            pages = sagemaker.get_paginator("list_model_packages").paginate(ModelPackageGroupName=group)
+            arns = [p["ModelPackageArn"] for page in pages for p in page["ModelPackageSummaryList"]]
+        except sagemaker.exceptions.ClientError as error:
+            if error.response["Error"]["Code"] not in ("ValidationException", "ResourceNotFound"):
+                raise
+            continue  # no such group (yet)
+        for arn in arns:
+            sagemaker.delete_model_package(ModelPackageName=arn)
+            removed.append(f"model package {arn}")
     return removed
 
 

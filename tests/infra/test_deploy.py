@@ -357,6 +357,39 @@ def _made_by_the_deploy_function(session: EmulatorSession, log: list) -> Inferen
     return components
 
 
+def _registered_package(session: EmulatorSession, log: list) -> str:
+    """A version in the environment's merged group; moto 5.2.5 has no DeleteModelPackage (500 NotImplemented), so
+    that one call is answered here, after botocore validated it, and recorded in ``log``."""
+    sagemaker = session.client("sagemaker", "us-east-1")
+    sagemaker.create_model_package_group(ModelPackageGroupName=MERGED_GROUP)
+    container = {"Image": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/serving:1", "ModelDataUrl": "s3://b/m.tar.gz"}
+    arn = sagemaker.create_model_package(
+        ModelPackageGroupName=MERGED_GROUP,
+        InferenceSpecification={
+            "Containers": [container],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+    )["ModelPackageArn"]
+
+    def delete(params: dict, **_: Any) -> tuple[Any, dict]:
+        log.append(("delete", "model package", json.loads(params["body"])["ModelPackageName"]))
+        return _ok({})
+
+    sagemaker.meta.events.register("before-call.sagemaker.DeleteModelPackage", delete)
+    return arn
+
+
+def test_a_retain_environment_keeps_its_registry_and_served_model(session):
+    log: list = []
+    InferenceComponents(session.client("sagemaker", "us-east-1"), log)
+    _registered_package(session, log)
+    ssm = session.client("ssm", "us-east-1")
+    ssm.put_parameter(Name="/loraops-staging/serving/model-prefix", Value="merged/g/abc/", Type="String")
+    assert deploy.remove_deployed(_in_emulator_account("staging"), session, sleep=log.append) == []
+    assert log == [] and deploy.parameter_exists(ssm, "/loraops-staging/serving/model-prefix")
+
+
 def test_destroy_first_removes_what_deploy_on_approval_made_then_destroys_the_stacks_in_reverse_order(session, capsys):
     log: list = []
     _serving_stack_with_a_model(session)
@@ -367,6 +400,7 @@ def test_destroy_first_removes_what_deploy_on_approval_made_then_destroys_the_st
             f"before-call.sagemaker.{operation}",
             lambda params, model, **_: log.append(("delete", model.name, json.loads(params["body"]))),
         )
+    package = _registered_package(session, log)
     owned_model = next(m["ModelName"] for m in sagemaker.list_models()["Models"] if "serving" in m["ModelName"])
     owned_config = sagemaker.list_endpoint_configs(NameContains="serving")["EndpointConfigs"][0]["EndpointConfigName"]
     assert owned_model.startswith("loraops-dev-") and owned_config.startswith("loraops-dev-")  # the trap: same prefix
@@ -378,8 +412,10 @@ def test_destroy_first_removes_what_deploy_on_approval_made_then_destroys_the_st
         f"inference component {endpoints.component_name('loraops-dev', MERGED_GROUP)}",
         f"endpoint config {endpoints.resource_name('loraops-dev', 'v', MERGED_GROUP, '2')}",
         f"model {endpoints.resource_name('loraops-dev', MERGED_GROUP, '2')}",
+        f"model package {package}",  # dev's registry goes with it: a group with versions cannot be deleted
         "SSM parameter /loraops-dev/serving/model-prefix",
     ]
+    assert ("delete", "model package", package) in log
     assert sleeps == [15]  # waited for the components' asynchronous delete before going on
     assert set(components.endpoints) == {
         endpoints.base_component_name("loraops-dev"),
