@@ -26,7 +26,8 @@ def build_app(
 
 
 def add_dependencies(env: EnvironmentStacks) -> None:
-    """Dependencies that no cross-stack reference makes: resources named literally in another stack.
+    """Dependencies (``add_stack_dependency``; ``add_dependency`` is deprecated in aws-cdk-lib 2.275) that no
+    cross-stack reference makes: resources named literally in another stack.
 
     - studio owns the SageMaker execution role that registration (PassRole by the deploy function), workflow (every
       training job) and serving (the model, the endpoint config) name by ARN; CloudFormation validates the role
@@ -34,9 +35,9 @@ def add_dependencies(env: EnvironmentStacks) -> None:
     - registration's functions register into the registry's package groups and collections;
     - workflow runs the trainer image the training stack builds.
     """
-    env.registration.add_dependency(env.studio, "passes the execution role it names")
-    env.registration.add_dependency(env.registry, "registers into its package groups and collections")
-    env.workflow.add_dependency(env.studio, "training jobs run as the execution role it names")
-    env.workflow.add_dependency(env.training, "training jobs run the trainer image it builds")
+    env.registration.add_stack_dependency(env.studio, "passes the execution role it names")
+    env.registration.add_stack_dependency(env.registry, "registers into its package groups and collections")
+    env.workflow.add_stack_dependency(env.studio, "training jobs run as the execution role it names")
+    env.workflow.add_stack_dependency(env.training, "training jobs run the trainer image it builds")
     if env.serving is not None:
-        env.serving.add_dependency(env.studio, "the model and endpoint config run as the execution role it names")
+        env.serving.add_stack_dependency(env.studio, "the model and endpoint config run as the execution role it names")
