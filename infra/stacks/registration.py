@@ -33,6 +33,7 @@ from infra.functions import function_code
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
 from infra.stacks.network import Placement
+from infra.stacks.serving import has_local_nvme
 from infra.stacks.storage import removal_policy
 from loraops import endpoints, s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED, package_state_changed
@@ -59,6 +60,10 @@ WILDCARD_REASONS = {
     "RegistrationClaims": "One claim object per registration in progress, named by the group and the digest at "
     "run time, under registrations/ only.",
     "ReadPackages": "Package versions are numbered at run time; limited to this account and region.",
+    "CreateGuardedModels": "Models are named per package at run time under this environment's prefix; each must "
+    "run in the loraops VPC, network-isolated (conditions).",
+    "CreateGuardedEndpointConfigs": "Endpoint configs are named per package at run time under this environment's "
+    "prefix; limited to the allowed instance types (conditions).",
     "DeployModels": "Models, endpoint configs and components a deployment creates are named per package at run "
     "time; limited to this environment's name prefix.",
     "ReadServingResources": "The serving stack's model and endpoint config carry names CloudFormation generates; "
@@ -309,10 +314,26 @@ class RegistrationStack(cdk.Stack):
                     # reads the package's files to verify them against its registered digests before serving
                     *self._read("JobOutputs", (s3_layout.ADAPTERS, s3_layout.MERGED)),
                     iam.PolicyStatement(
+                        sid="CreateGuardedModels",
+                        actions=["sagemaker:CreateModel"],
+                        resources=[arn("model", f"{prefix}-*")],
+                        conditions=execution_role.model_conditions(
+                            [subnet.subnet_id for subnet in self.placement.subnets],
+                            [self.placement.security_group.security_group_id],
+                        ),
+                    ),
+                    iam.PolicyStatement(
+                        sid="CreateGuardedEndpointConfigs",
+                        actions=["sagemaker:CreateEndpointConfig"],
+                        resources=[arn("endpoint-config", f"{prefix}-*")],
+                        conditions=execution_role.endpoint_config_conditions(
+                            config.allowed_instance_types,
+                            None if has_local_nvme(config.serving_instance_type) else self.key.key_arn,
+                        ),
+                    ),
+                    iam.PolicyStatement(
                         sid="DeployModels",
                         actions=[
-                            "sagemaker:CreateModel",
-                            "sagemaker:CreateEndpointConfig",
                             "sagemaker:UpdateEndpoint",
                             "sagemaker:DescribeEndpoint",
                             "sagemaker:CreateInferenceComponent",

@@ -24,7 +24,7 @@ WILDCARD_REASONS = {
     "FindApprovedBase": "Package versions of the base group are numbered at run time (model-package/<group>/<n>).",
     "ListModelPackages": "ListModelPackages supports no resource-level permissions; it only accepts '*'.",
     "StartTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs, and by conditions to the "
-    "VPC's subnets, network isolation and the artifact key.",
+    "VPC's subnets and security group, network isolation, the artifact key and the allowed instance types.",
     "TagTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs (tagged on creation).",
     "WatchTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs.",
     "DeliverLogs": "CloudWatch Logs delivery APIs support no resource-level permissions.",
@@ -68,7 +68,7 @@ class WorkflowStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
             description=f"loraops {config.name}: the fine-tune workflow",
         )
-        statements = self._statements(config, key, execution_role_arn, subnets)
+        statements = self._statements(config, key, execution_role_arn, subnets, settings.security_group_ids)
         policy = iam.Policy(self, "WorkflowPolicy", statements=statements)
         policy.attach_to_role(self.role)
         for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
@@ -104,7 +104,12 @@ class WorkflowStack(cdk.Stack):
         cdk.CfnOutput(self, "FineTuneWorkflowArn", value=self.state_machine.state_machine_arn)
 
     def _statements(
-        self, config: EnvironmentConfig, key: kms.IKey, execution_role_arn: str, subnets: list[str]
+        self,
+        config: EnvironmentConfig,
+        key: kms.IKey,
+        execution_role_arn: str,
+        subnets: list[str],
+        security_groups: list[str],
     ) -> list[iam.PolicyStatement]:
         def arn(resource: str, name: str) -> str:
             return self.format_arn(service="sagemaker", resource=resource, resource_name=name)
@@ -121,14 +126,9 @@ class WorkflowStack(cdk.Stack):
                 sid="StartTrainingJobs",
                 actions=["sagemaker:CreateTrainingJob"],
                 resources=[jobs],
-                conditions={
-                    "Bool": {
-                        "sagemaker:NetworkIsolation": "true",
-                        "sagemaker:InterContainerTrafficEncryption": "true",
-                    },
-                    "ForAllValues:StringEquals": {"sagemaker:VpcSubnets": subnets},
-                    "ArnEquals": {"sagemaker:VolumeKmsKey": key.key_arn, "sagemaker:OutputKmsKey": key.key_arn},
-                },
+                conditions=execution_role.training_job_conditions(
+                    subnets, security_groups, key.key_arn, config.allowed_instance_types
+                ),
             ),
             iam.PolicyStatement(sid="TagTrainingJobs", actions=["sagemaker:AddTags"], resources=[jobs]),
             iam.PolicyStatement(
