@@ -1,5 +1,6 @@
 """The fine-tune workflow: a Step Functions state machine (definition in ``infra/workflow.py``) that trains the
-newest approved base model with the trainer image; ``loraops finetune start`` starts it."""
+newest approved base model with the trainer image; ``loraops finetune start`` starts it. A failed or timed-out
+execution notifies the environment's alarm topic."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import json
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from infra import execution_role
+from infra import alarms, execution_role
 from infra.config import EnvironmentConfig
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency
@@ -102,6 +104,24 @@ class WorkflowStack(cdk.Stack):
             description="loraops fine-tune workflow (loraops finetune start)",
         )
         cdk.CfnOutput(self, "FineTuneWorkflowArn", value=self.state_machine.state_machine_arn)
+        self._alarms(config)
+
+    def _alarms(self, config: EnvironmentConfig) -> None:
+        """A fine-tune that fails or times out notifies the environment's alarm topic."""
+        topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarms.topic_arn(self, config))
+        for construct_id, name, metric in (
+            ("FailedAlarm", "finetune-failed", self.state_machine.metric_failed),
+            ("TimedOutAlarm", "finetune-timed-out", self.state_machine.metric_timed_out),
+        ):
+            alarms.alarm(
+                self,
+                construct_id,
+                config,
+                name,
+                "A fine-tune workflow execution failed or timed out (its execution history says where)",
+                metric(period=alarms.PERIOD, statistic="Sum"),
+                topic,
+            )
 
     def _statements(
         self,
