@@ -147,6 +147,11 @@ class EnvironmentConfig(_Strict):
         description="instance types training jobs and endpoint configs may use (IAM sagemaker:InstanceTypes); "
         "empty: training_instance_type and serving_instance_type",
     )
+    studio_instance_types: list[str] = Field(
+        default_factory=lambda: ["system", "ml.t3.medium", "ml.t3.large", "ml.m5.large", "ml.m5.xlarge"],
+        description="instance types Studio apps and spaces may name (IAM sagemaker:InstanceTypes on CreateApp/"
+        "CreateSpace); an app that names none gets the domain's default",
+    )
     alarm_topic_arn: str | None = Field(
         default=None,
         pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+$",
@@ -190,11 +195,11 @@ class EnvironmentConfig(_Strict):
         base_group_name(model_id)
         return model_id
 
-    @field_validator("instance_types")
+    @field_validator("instance_types", "studio_instance_types")
     @classmethod
     def _instance_types(cls, types: list[str]) -> list[str]:
         for value in types:
-            if not re.match(_INSTANCE_TYPE, value):
+            if value != "system" and not re.match(_INSTANCE_TYPE, value):
                 raise ValueError(f"instance type {value!r} is not of the form ml.<family>.<size>")
         return types
 

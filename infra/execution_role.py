@@ -48,6 +48,8 @@ WILDCARD_REASONS: dict[str, str] = {
     "resource-level permissions (they only accept '*'); read-only.",
     "CreateGuardedTrainingJobs": "Training jobs are named at run time; every one must run in the loraops VPC, "
     "network-isolated, with the artifact key and an allowed instance type (conditions).",
+    "CreateStudioApps": "Studio apps and spaces are named per user at run time; limited to the environment's "
+    "Studio instance types (condition).",
     "SageMakerLoraopsWork": "Training jobs, packages, models, endpoints, experiments and Studio apps are named at "
     "run time; every action is limited to this account and region's resources of those types.",
 }
@@ -356,10 +358,10 @@ def endpoint_config_conditions(instance_types: list[str], volume_key_arn: str | 
 
 
 def sagemaker_statements(
-    stack: cdk.Stack, training_conditions: dict[str, dict[str, object]]
+    stack: cdk.Stack, training_conditions: dict[str, dict[str, object]], studio_instance_types: list[str]
 ) -> list[iam.PolicyStatement]:
     """SageMaker actions of a loraops user: train (only as :func:`training_job_conditions` allows), track,
-    register, within this account/region."""
+    register, run Studio apps of ``studio_instance_types``, within this account/region."""
 
     def arn(resource: str) -> str:
         return stack.format_arn(service="sagemaker", resource=resource, resource_name="*")
@@ -370,6 +372,13 @@ def sagemaker_statements(
             actions=["sagemaker:CreateTrainingJob"],
             resources=[arn("training-job")],
             conditions=training_conditions,
+        ),
+        # An app or space that names no instance type runs on the domain's default (ForAllValues holds for none).
+        iam.PolicyStatement(
+            sid="CreateStudioApps",
+            actions=["sagemaker:CreateApp", "sagemaker:CreateSpace"],
+            resources=[arn("app"), arn("space")],
+            conditions={"ForAllValues:StringEquals": {"sagemaker:InstanceTypes": studio_instance_types}},
         ),
         iam.PolicyStatement(
             sid="SageMakerDescribe",
@@ -402,9 +411,7 @@ def sagemaker_statements(
                 "sagemaker:AssociateTrialComponent",
                 "sagemaker:BatchPutMetrics",
                 "sagemaker:AddTags",
-                "sagemaker:CreateApp",
                 "sagemaker:DeleteApp",
-                "sagemaker:CreateSpace",
                 "sagemaker:UpdateSpace",
             ],
             resources=[

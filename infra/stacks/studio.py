@@ -62,6 +62,7 @@ class StudioStack(cdk.Stack):
                     key.key_arn,
                     config.allowed_instance_types,
                 ),
+                config.studio_instance_types,
             ),
             *execution_role.serving_guard_statements(),
         ]

@@ -470,3 +470,17 @@ def test_the_handler_takes_approvals_from_the_buffer_and_lets_a_busy_endpoint_fa
 
     with pytest.raises(EndpointBusy):  # not answered as 'refused': the buffer hands the approval out again
         function.deploy(parsed, SimpleNamespace(apply=busy))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_studio_apps_run_only_on_the_environments_studio_instance_types(env, templates, synthesized):
+    config = synthesized[env].config
+    statement = _statement(templates[(env, "studio")], "CreateStudioApps", "ExecutionPolicy")
+    assert sorted(statement["Action"]) == ["sagemaker:CreateApp", "sagemaker:CreateSpace"]
+    assert allows(statement["Condition"], {"sagemaker:InstanceTypes": ["ml.t3.medium"]})
+    assert allows(statement["Condition"], {})  # no instance type named: the domain's default
+    assert not allows(statement["Condition"], {"sagemaker:InstanceTypes": ["ml.p5.48xlarge"]})
+    work = _statement(templates[(env, "studio")], "SageMakerLoraopsWork", "ExecutionPolicy")
+    creates = [a for a in work["Action"] if a.startswith("sagemaker:Create")]
+    assert "sagemaker:CreateApp" not in creates and "sagemaker:CreateTrainingJob" not in creates
+    assert config.studio_instance_types
