@@ -25,7 +25,8 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from loraops_serving.multi_lora import Routing
+from loraops_serving.multi_lora import FusedGroup, MultiLoRALinear, Routing
+from loraops_serving.ops import triton_available
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -77,6 +78,7 @@ class GraphDecoder:
         graphs: bool | None = None,
         window_first: int = 128,
         fuse: bool | None = None,
+        grouped: bool | None = None,
     ) -> None:
         self.check_supported(model)
         self.model, self.routing = model, routing or Routing()
@@ -100,6 +102,12 @@ class GraphDecoder:
         self.positions = torch.full((max_batch,), -1, dtype=torch.long, device=self.device)
         self.slots = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.captured: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # q/k/v and gate/up as one product each, every slot's A under the weights, one grouped expand per group
+        self.grouped = self.device.type == "cuda" if grouped is None else grouped
+        self.kernel = self.device.type == "cuda" and triton_available()
+        self.groups: list[dict[str, FusedGroup]] | None = None
+        self.groups_version = -1
+        self._sync_groups()
         self.captured_version = self.routing.version
         self.pool = torch.cuda.graph_pool_handle() if self.graphs_on else None
         self.pieces = Pieces(self.device.type == "cuda" if fuse is None else fuse)
@@ -122,6 +130,27 @@ class GraphDecoder:
             raise ValueError(f"graph decode needs static rotary frequencies, not {rope!r}")
 
     # ------------------------------------------------------------------------------------------ the layers
+    def _sync_groups(self) -> None:
+        """(Re)build the fused groups when the adapted layers changed (their tensors are new)."""
+        if not self.grouped or self.groups_version == self.routing.version:
+            return
+        self.groups = None
+        names = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj")}
+        names["down"] = ("down_proj",)
+        members = []
+        for layer in self.layers:
+            parts = {"qkv": layer.self_attn, "o": layer.self_attn, "gate_up": layer.mlp, "down": layer.mlp}
+            members.append({key: [getattr(parts[key], n) for n in ns] for key, ns in names.items()})
+        plain = all(
+            type(m.base if isinstance(m, MultiLoRALinear) else m) is torch.nn.Linear
+            for layer in members
+            for group in layer.values()
+            for m in group
+        )
+        if plain:  # quantized or custom layers keep their own forward
+            self.groups = [{key: FusedGroup(group) for key, group in layer.items()} for layer in members]
+        self.groups_version = self.routing.version
+
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, write, attend) -> torch.Tensor:
         """Hidden states after the final norm for ``ids [B, T]`` at ``positions [B, T]``; ``write(i, k, v)`` stores
         layer ``i``'s keys and values, ``attend(i, q, k, v)`` returns its attention output ``[B, H, T, D]``."""
@@ -132,17 +161,29 @@ class GraphDecoder:
         norms = [norm for layer in self.layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)]
         norms.append(model.norm)
         x = pieces.rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
+        rows = self.routing.rows if self.routing.active else None
+        token_slots = None if rows is None else rows if length == 1 else rows.repeat_interleave(length)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q = attn.q_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            if self.groups is not None:
+                group = self.groups[i]
+                q, k, v = group["qkv"](x, token_slots, self.kernel)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q = q.view(batch, length, -1, self.head_dim).transpose(1, 2)
+            k = k.view(batch, length, -1, self.head_dim).transpose(1, 2)
+            v = v.view(batch, length, -1, self.head_dim).transpose(1, 2)
             q, k = pieces.rope(q, k, cos, sin)
             write(i, k, v)
             out = attend(i, q, k, v).transpose(1, 2).reshape(batch, length, -1)
             norm = norms[2 * i + 1]
-            hidden, x = pieces.add_rms_norm(hidden, attn.o_proj(out), norm.weight, norm.variance_epsilon)
-            out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+            out = group["o"](out, token_slots, self.kernel)[0] if self.groups is not None else attn.o_proj(out)
+            hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
+            if self.groups is not None:
+                gate, up = group["gate_up"](x, token_slots, self.kernel)
+                out = group["down"](pieces.silu_mul(gate, up), token_slots, self.kernel)[0]
+            else:
+                out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
             norm = norms[2 * i + 2]
             hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
         return x
@@ -180,6 +221,7 @@ class GraphDecoder:
         def attend(i, q, k, v):
             return self._sdpa(q, k, v, is_causal=True)
 
+        self._sync_groups()
         self._route(torch.as_tensor(list(slots), device=self.device), any(slots))
         try:
             hidden = self._forward(ids, positions, write, attend)
@@ -224,6 +266,7 @@ class GraphDecoder:
         if top is not None and top >= self.max_len:
             raise ValueError(f"position {top} is past the cache ({self.max_len} positions)")
         batch = next(b for b in self.batch_buckets if b >= n)
+        self._sync_groups()
         self.tokens[:n].copy_(tokens, non_blocking=True)
         self.positions[:n].copy_(positions, non_blocking=True)
         self.slots[:n].copy_(slots, non_blocking=True)
@@ -270,6 +313,7 @@ class GraphDecoder:
         """Capture the graphs ahead of traffic (all rows idle, so nothing owned is written); returns how many."""
         if not self.graphs_on:
             return 0
+        self._sync_groups()
         count = 0
         for batch in batches or self.batch_buckets:
             for window in windows or self.window_buckets:
