@@ -9,6 +9,10 @@ slot; a row that is free in between is passed with position ``-1``. Requests joi
 without changing a shape: the inputs are copied into static device buffers that the graphs read, adapter slots
 included (``Routing.rows`` points at the slot buffer), so mixing adapters replays the same graph.
 
+On CUDA the projections run as fused groups (``multi_lora.FusedGroup``: q/k/v and gate/up one product each, every
+slot's ``A`` under the weights, one grouped Triton expand per group); elsewhere the layers' own forward runs, or the
+same groups with the torch expand when ``grouped=True`` (what the CPU tests hold against peft).
+
 Keys and values of idle rows are written to a scratch row, never to a row someone owns. Each graph attends over a
 window of the cache (the smallest bucket that holds the longest running row), so a step reads only what is used.
 
@@ -53,6 +57,10 @@ class Pieces:
     (a step of eager pieces launches ~40 small kernels a layer, most of a 7B step's time at small batches)."""
 
     def __init__(self, fuse: bool) -> None:
+        if fuse:  # shapes (batch, prompt length) and strides (fused groups' views, with or without adapters) vary:
+            # each variant compiles once; the default limit of 8 failed the step once it was reached
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, 64)
         wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if fuse else (lambda f: f)
         self.rms_norm, self.add_rms_norm = wrap(rms_norm), wrap(add_rms_norm)
         self.silu_mul, self.rope = wrap(silu_mul), wrap(apply_rotary_pos_emb)

@@ -9,7 +9,8 @@ Three ways to apply them, one function: the torch gather below (``reference_delt
 which copies each row's ``A`` and ``B``); on CUDA, one token per row (decode) goes to the Triton BGMV kernels
 (``ops.bgmv``), which read each row's pair in place and skip slot-0 rows, and several tokens per row (prefill) to
 two matrix products over all slots at once (``stacked_delta``), which copies no adapter per row and needs no host
-synchronisation.
+synchronisation. The graph decoder goes further with :class:`FusedGroup`: layers that read one input share one
+matrix product with every slot's ``A`` stacked under their weights, and one grouped expand (``ops.sgmv``).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class Ticket:
 class Scheduler:
     #: Prompt tokens prefilled in one step at most (a request alone may exceed it): the running rows wait for a
     #: step's prefill, so a burst of arrivals is spread over several steps instead of stalling the batch at once.
-    max_prefill_tokens = 1024
+    max_prefill_tokens = 512
 
     def __init__(self, engine) -> None:
         self.engine = engine
