@@ -1,5 +1,6 @@
 """One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as
-CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill runs eagerly beside it.
+CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill one prompt at a time, padded
+to a length bucket, also captured per (bucket, adapters on/off) on CUDA (eager, all prompts at once, elsewhere).
 
 The running batch is a set of cache rows ``0 .. max_batch-1``. A scheduler gives each request a free row, calls
 :meth:`GraphDecoder.prefill` once for the requests it admits (writes their prompts' keys and values into their rows
@@ -87,6 +88,7 @@ class GraphDecoder:
         window_first: int = 128,
         fuse: bool | None = None,
         grouped: bool | None = None,
+        bucketed_prefill: bool | None = None,
     ) -> None:
         self.check_supported(model)
         self.model, self.routing = model, routing or Routing()
@@ -109,6 +111,11 @@ class GraphDecoder:
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.positions = torch.full((max_batch,), -1, dtype=torch.long, device=self.device)
         self.slots = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        # prefill one prompt at a time, right-padded to a length bucket, from static buffers (a CUDA graph per
+        # bucket on CUDA): [ids..., row, slot, last index]
+        self.bucketed_prefill = self.graphs_on if bucketed_prefill is None else bucketed_prefill
+        self.prefill_buckets = _buckets(max_len, min(16, max_len))
+        self.prefill_in = torch.zeros(max_len + 3, dtype=torch.long, device=self.device)
         self.captured: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # q/k/v and gate/up as one product each, every slot's A under the weights, one grouped expand per group
         self.grouped = self.device.type == "cuda" if grouped is None else grouped
@@ -170,7 +177,9 @@ class GraphDecoder:
         norms.append(model.norm)
         x = pieces.rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
         rows = self.routing.rows if self.routing.active else None
-        token_slots = None if rows is None else rows if length == 1 else rows.repeat_interleave(length)
+        token_slots = rows  # one slot per token
+        if rows is not None and length > 1:
+            token_slots = rows[:, None].expand(-1, length).contiguous().view(-1)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             if self.groups is not None:
@@ -214,6 +223,9 @@ class GraphDecoder:
             raise ValueError(
                 f"prompt lengths {lengths} must be in 1..{self.max_len - 1} (the cache holds {self.max_len})"
             )
+        self._sync_groups()
+        if self.bucketed_prefill:
+            return torch.cat([self._prefill_one(*args) for args in zip(rows, prompts, slots)])
         width = max(lengths)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         for j, prompt in enumerate(prompts):  # right-padded: padding only ever follows a row's real tokens
@@ -229,7 +241,6 @@ class GraphDecoder:
         def attend(i, q, k, v):
             return self._sdpa(q, k, v, is_causal=True)
 
-        self._sync_groups()
         self._route(torch.as_tensor(list(slots), device=self.device), any(slots))
         try:
             hidden = self._forward(ids, positions, write, attend)
@@ -237,6 +248,41 @@ class GraphDecoder:
             self._route(None, False)
         last = hidden[torch.arange(len(rows), device=self.device), torch.as_tensor(lengths, device=self.device) - 1]
         return self.model.lm_head(last)
+
+    def _prefill_one(self, row: int, prompt: Sequence[int], slot: int) -> torch.Tensor:
+        """One prompt through the static prefill buffers, padded to its bucket; its last token's logits ``[1, V]``
+        (a copy: the graph's output is overwritten by the next replay)."""
+        length = next(b for b in self.prefill_buckets if b >= len(prompt))
+        host = torch.zeros(self.max_len + 3, dtype=torch.long)
+        host[: len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
+        host[-3:] = torch.tensor([row, slot, len(prompt) - 1])
+        self.prefill_in.copy_(host, non_blocking=False)
+        lora = bool(slot) and self.routing.version > 0
+        if not self.graphs_on:
+            return self._prefill_step(length, lora).clone()
+        return self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora)).clone()
+
+    def _prefill_step(self, length: int, lora: bool) -> torch.Tensor:
+        """The captured prefill of one prompt padded to ``length`` (the padding's keys and values land past the
+        prompt in its own row, where decode overwrites them before any step attends to them)."""
+        meta = self.prefill_in[-3:]
+        ids = self.prefill_in[None, :length]
+        positions = torch.arange(length, device=self.device)[None, :]
+        row = meta[0:1]
+
+        def write(i, k, v):
+            self.keys[i, row, :, :length] = k
+            self.values[i, row, :, :length] = v
+
+        def attend(i, q, k, v):
+            return self._sdpa(q, k, v, is_causal=True)
+
+        self._route(meta[1:2] if lora else None, lora)
+        try:
+            hidden = self._forward(ids, positions, write, attend)
+        finally:
+            self._route(None, False)
+        return self.model.lm_head(hidden[0].index_select(0, meta[2:3]))
 
     # ---------------------------------------------------------------------------------------------- decode
     def _step(self, batch: int, window: int) -> torch.Tensor:
@@ -293,32 +339,36 @@ class GraphDecoder:
             self._route(None, False)
 
     def _replay(self, batch: int, window: int, lora: bool) -> torch.Tensor:
+        return self._graph((batch, window, lora), lambda: self._step(batch, window))
+
+    def _graph(self, key: tuple, step) -> torch.Tensor:
+        """Replay the graph of ``key`` (captured from ``step()`` the first time); its output buffer."""
         if self.routing.version != self.captured_version:  # adapted layers changed: old graphs hold stale tensors
             self.captured.clear()
             self.pool = torch.cuda.graph_pool_handle()  # the old pool is released with its graphs
             self.captured_version = self.routing.version
-        key = (batch, window, lora)
         if key not in self.captured:
-            self.captured[key] = self._capture(batch, window)
+            self.captured[key] = self._capture(step)
         graph, out = self.captured[key]
         graph.replay()
         return out
 
-    def _capture(self, batch: int, window: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the step for these buckets. The warm-up run computes the very step about to be replayed (same
-        buffers), so it writes only what the replay writes again."""
+    def _capture(self, step) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture ``step()``. The warm-up run computes the very step about to be replayed (same buffers), so it
+        writes only what the replay writes again."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(batch, window)
+            step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self._step(batch, window)
+            out = step()
         return graph, out
 
     def warm_up(self, batches: Sequence[int] | None = None, windows: Sequence[int] | None = None) -> int:
-        """Capture the graphs ahead of traffic (all rows idle, so nothing owned is written); returns how many."""
+        """Capture the graphs ahead of traffic (all rows idle, so nothing owned is written; with neither argument,
+        the prefill buckets too, into the scratch row); returns how many."""
         if not self.graphs_on:
             return 0
         self._sync_groups()
@@ -335,4 +385,11 @@ class GraphDecoder:
                         self._route(None, False)
                     count += 1
         self.slots.zero_()
+        if self.bucketed_prefill and batches is None and windows is None:  # every prefill bucket, scratch row
+            for length in self.prefill_buckets:
+                for lora in (False, True) if self.routing.version > 0 else (False,):
+                    self.prefill_in.zero_()
+                    self.prefill_in[-3:-1] = torch.tensor([self.max_batch, int(lora)])
+                    self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora))  # noqa: B023
+                    count += 1
         return count

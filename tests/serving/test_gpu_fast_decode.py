@@ -136,3 +136,19 @@ def test_grouped_expand_matches_float64(dtype, slots, rank, starts, batch):
     error = ((out.double() - expect).norm() / (expect - base.double()).norm()).item()
     assert error < (1e-2 if dtype == torch.bfloat16 else 1e-5), error
     assert torch.equal(out[rows == 0], base[rows == 0])
+
+
+def test_grouped_expand_takes_slots_of_any_stride():
+    """One slot for every token of a prompt is an expanded (stride-0) view; the kernel must read it as its values."""
+    from loraops_serving.ops.sgmv import add_lora_grouped, add_lora_grouped_reference
+
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    xa = torch.randn(7, 3 * 2 * 8, device="cuda", generator=generator)
+    lora_b = torch.randn(3, 48, 8, device="cuda", generator=generator)
+    scale = torch.rand(2, 3, device="cuda", generator=generator)
+    base = torch.randn(7, 48, device="cuda", generator=generator)
+    rows = torch.tensor([2], device="cuda")[:, None].expand(-1, 7).reshape(-1)
+    assert rows.stride(0) == 0
+    got = add_lora_grouped(base.clone(), xa, lora_b, scale, rows, [0, 16, 48])
+    expect = add_lora_grouped_reference(base.clone(), xa, lora_b, scale, rows.clone(), [0, 16, 48])
+    torch.testing.assert_close(got, expect)

@@ -45,12 +45,19 @@ def _prompt_ids(tiny_base) -> list[list[int]]:
     return [tokenizer(p)["input_ids"] for p in PROMPTS]
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-layer", "fused-groups"])
-def test_continuous_batch_of_mixed_adapters_matches_peft(tiny_base, adapters, served, grouped):
+@pytest.mark.parametrize(
+    ("grouped", "bucketed"), [(False, False), (True, False), (True, True)], ids=["per-layer", "fused", "bucketed"]
+)
+def test_continuous_batch_of_mixed_adapters_matches_peft(tiny_base, adapters, served, grouped, bucketed):
+    """Also with the fused groups, and with prefill one prompt at a time from the static buffers, right-padded to
+    its length bucket (what CUDA captures as one graph per bucket)."""
     model, routing, _, slots = served
     prompts = _prompt_ids(tiny_base)
-    decoder = GraphDecoder(model, routing, max_batch=4, max_len=64, window_first=16, grouped=grouped)
-    assert (decoder.groups is not None) == grouped
+    decoder = GraphDecoder(
+        model, routing, max_batch=4, max_len=64, window_first=16, grouped=grouped, bucketed_prefill=bucketed
+    )
+    assert (decoder.groups is not None) == grouped and decoder.bucketed_prefill == bucketed
+    assert any(len(p) not in decoder.prefill_buckets for p in prompts)  # some prompts are padded
     # (join step, prompt, slot, new tokens): the second joins while the first runs, the first leaves before the
     # third joins and takes its row back; rows run at different positions with different adapters
     plan = [(0, prompts[0], slots["alpha"], 9), (2, prompts[1], slots["beta"], 12), (12, prompts[2], slots[None], 6)]

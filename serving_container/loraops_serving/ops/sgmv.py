@@ -102,17 +102,23 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def add_lora_grouped(out, xa, lora_b, scale, slots, starts) -> torch.Tensor:
+#: Column block and warps per program (``None``: chosen from the rank); measured on an H200 by bench/sgmv_blocks.py.
+BLOCK_N: int | None = None
+NUM_WARPS = 4
+
+
+def add_lora_grouped(out, xa, lora_b, scale, slots, starts, block_n: int | None = None, num_warps: int | None = None):
     """In place on ``out [M, N]`` (rows of any stride, columns contiguous): each row's adapter delta from its
     shrink ``xa [M, slots * members * R]`` and ``lora_b [slots, N, R]``, ``scale [members, slots]``, ``slots [M]``
     (device integers; slot-0 rows untouched), members' columns ``starts``. Returns ``out``."""
     m, n, rank, members = _check(out, xa, lora_b, scale, slots, starts)
     if out.stride(1) != 1 or xa.stride(1) != 1 or lora_b.stride(2) != 1:
         raise ValueError("grouped expand needs the last dimension of out, xa and B contiguous")
+    slots = slots.contiguous()  # the kernel reads one slot per row at consecutive addresses (an expanded view has none)
     triton, kernel = _kernel()
     block_m = min(64, max(16, _pow2(m)))
     block_r = max(16, _pow2(rank))
-    block_n = max(16, min(128, 8192 // block_r))
+    block_n = block_n or BLOCK_N or max(16, min(128, 8192 // block_r))
     ends = list(starts[1:-1]) + [n] * (MAX_MEMBERS - members)
     grid = (lora_b.shape[0] - 1, triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     if grid[0] < 1:
@@ -121,6 +127,6 @@ def add_lora_grouped(out, xa, lora_b, scale, slots, starts) -> torch.Tensor:
         out, xa, lora_b, scale, slots, m, n, rank, ends[0], ends[1],
         out.stride(0), xa.stride(0), lora_b.stride(0), lora_b.stride(1), scale.stride(0),
         MEMBERS=members, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=block_r,
-        IEEE="ieee" if out.dtype == torch.float32 else "tf32",
+        IEEE="ieee" if out.dtype == torch.float32 else "tf32", num_warps=num_warps or NUM_WARPS,
     )  # fmt: skip
     return out
