@@ -93,12 +93,10 @@ class EagerBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
         self.routing.rows, self.routing.active = slots, bool(slots.any())
         try:
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-            )
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         finally:
             self.routing.rows, self.routing.active = None, False
-        return out.logits[:, -1].float(), out.past_key_values
+        return out.logits[:, -1].float(), out.cache
 
     @staticmethod
     def merge(running: Batch | None, joining: Batch) -> Batch:
