@@ -8,8 +8,11 @@ stores for one of them (its SHA-256 checksum, where it keeps one) equals the man
 header parses and matches its file's size, a fine-tune's base is the target group's base, and the
 group belongs to this environment (its ``loraops:environment`` tag is the artifact bucket's).
 
-One version per content, also when registrations race: the same base bytes (content digest) or the same training
-job give back the package already registered. Three mechanisms, none depending on timing: a lookup of a package
+A fine-tune is copied at registration out of its job's output (which the job's role may rewrite) into the write-once
+``finetuned/<group>/<content hex>/``, and its package points there (an adapter's also packed as ``adapter.tar.gz``).
+
+One version per content, also when registrations race: the same bytes (content digest), a base's or a fine-tune's,
+give back the package already registered. Three mechanisms, none depending on timing: a lookup of a package
 with the same digest; a registration claim, an S3 object under ``registrations/`` written with a conditional write
 (``If-None-Match``), so one registration at a time creates the package while the others wait for it and return it;
 and ``ClientToken`` on ``CreateModelPackage`` derived from the digest (SageMaker's own idempotency; the emulator
@@ -391,7 +394,7 @@ class Registry:
         prefix, mode = package.model_data_prefix, package.metadata.get("outputMode")
         result = {"package": package.arn, "group": package.group, "status": package.status}
         if mode and not prefix.startswith(s3_layout.FINETUNED):
-            job = package.metadata.get("trainingJob") or prefix.rstrip("/").split("/")[-3]
+            job = package.metadata.get("trainingJob") or f"{package.group}/{package.version}"
             new = self.register_finetune(package.group, prefix, job, package.metadata.get("baseModelPackageArn"))
             return {**result, "action": "copied", "migrated_to": new.arn, "migrated_status": new.status}
         if not mode and not package.metadata.get("contentDigest"):
@@ -654,7 +657,9 @@ class Registry:
         metrics: dict | None = None,
     ) -> Package:
         self._check_environment(group, tags)
-        identity = metadata.get("contentDigest", "") + metadata.get("trainingJob", "")
+        # a base version is its content; a fine-tune version its content at its write-once prefix (not the token an
+        # earlier loraops derived from the content and the job, whose package points at the job's output)
+        identity = metadata.get("contentDigest", "") + ("" if prefix.startswith(s3_layout.BASE) else prefix)
         request: dict[str, Any] = {
             "ModelPackageGroupName": group,
             "ClientToken": client_token(group, identity),
