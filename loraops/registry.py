@@ -246,7 +246,8 @@ class Registry:
         does not name it (a migration passes the one its earlier package recorded)."""
         if not model_prefix.endswith("/"):
             raise RegistryError(f"model prefix {model_prefix!r} must end with '/' (an S3Prefix model data source)")
-        manifest = self.read_json(model_prefix + MANIFEST_FILE, "training manifest")
+        # the bytes checked are the bytes copied: the job's role may rewrite its manifest meanwhile
+        manifest, manifest_bytes = self._read_json(model_prefix + MANIFEST_FILE, "training manifest")
         evaluation = self.read_json(model_prefix + EVALUATION_FILE, "evaluation report")
         for key in ("output_mode", "base_model_id", "base_weights_digest", "dataset_digest", "files"):
             if key not in manifest:
@@ -256,6 +257,8 @@ class Registry:
         files: dict[str, str] = manifest["files"]
         if not files or MANIFEST_FILE in files or any(not _relative(n) for n in files):
             raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: 'files' must name the artifact's other files")
+        if EVALUATION_FILE not in files:
+            raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: 'files' does not list {EVALUATION_FILE}")
         listed = {o["Key"][len(model_prefix) :]: o["Size"] for o in self.objects(model_prefix)}
         if missing := sorted(set(files) - set(listed)):
             raise RegistryError(f"{model_prefix}: files the manifest lists are missing: {missing}")
@@ -303,13 +306,13 @@ class Registry:
         }
 
         def copy_and_create() -> Package:
-            metadata.update(self._place_finetune(model_prefix, prefix, files, sizes, mode))
+            metadata.update(self._place_finetune(model_prefix, prefix, files, sizes, mode, manifest_bytes))
             return self._create(group, tags, prefix, metadata, f"{training_job}: {mode.value}", metrics)
 
         return self._register_once(group, "contentDigest", content, copy_and_create, prefix=prefix)
 
     def _place_finetune(
-        self, source: str, prefix: str, files: dict[str, str], sizes: dict[str, int], mode: OutputMode
+        self, source: str, prefix: str, files: dict[str, str], sizes: dict[str, int], mode: OutputMode, manifest: bytes
     ) -> dict[str, str]:
         """Copy a job's files (each checked against ``files``' digest) and its manifest into the write-once
         ``prefix``; for an adapter also write its archive. Returns the metadata that names the archive."""
@@ -328,8 +331,14 @@ class Registry:
                 copy.complete()
         except ArtifactError as error:
             raise RegistryError(str(error)) from None
-        body = self.s3.get_object(Bucket=self.bucket, Key=source + MANIFEST_FILE)["Body"].read()
-        self._write_bytes(prefix + MANIFEST_FILE, body)
+        try:
+            write_once(
+                self.s3, self.bucket, prefix + MANIFEST_FILE, io.BytesIO(manifest), len(manifest), _sha256(manifest)
+            )
+        except ArtifactError:
+            # another job's manifest for the same files (its registration stopped before its package): it stays
+            if self.read_json(prefix + MANIFEST_FILE, "manifest").get("files") != files:
+                raise RegistryError(f"s3://{self.bucket}/{prefix}{MANIFEST_FILE} lists other files") from None
         if mode is not OutputMode.ADAPTER:
             return {}
         openers = {n: (lambda key=prefix + n: self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]) for n in files}
@@ -340,12 +349,6 @@ class Registry:
             except ArtifactError as error:
                 raise RegistryError(str(error)) from None
         return {"adapterArchive": s3_layout.ADAPTER_ARCHIVE, "archiveDigest": digest}
-
-    def _write_bytes(self, key: str, body: bytes) -> None:
-        try:
-            write_once(self.s3, self.bucket, key, io.BytesIO(body), len(body), _sha256(body))
-        except ArtifactError as error:
-            raise RegistryError(str(error)) from None
 
     def _finetune_base(self, arn: str | None, manifest: dict[str, Any]) -> Package:
         """The approved base package a job trained on: the one its manifest names (the workflow passes the package
@@ -770,6 +773,10 @@ class Registry:
 
     def read_json(self, key: str, what: str) -> dict[str, Any]:
         """A JSON object in the artifact bucket, or a :class:`RegistryError` naming ``what`` is wrong."""
+        return self._read_json(key, what)[0]
+
+    def _read_json(self, key: str, what: str) -> tuple[dict[str, Any], bytes]:
+        """:meth:`read_json` and the bytes it was parsed from."""
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.s3.exceptions.ClientError:
@@ -780,7 +787,7 @@ class Registry:
             raise RegistryError(f"s3://{self.bucket}/{key}: {what} is not valid JSON ({error})") from None
         if not isinstance(data, dict):
             raise RegistryError(f"s3://{self.bucket}/{key}: {what} is not a JSON object")
-        return data
+        return data, body
 
     @staticmethod
     def _package(description: dict[str, Any]) -> Package:

@@ -145,6 +145,32 @@ def test_an_output_whose_bytes_differ_from_its_manifest_copies_and_registers_not
     assert aws["s3"].list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []  # every copy aborted
 
 
+def test_the_manifest_copied_is_the_one_checked_even_when_the_job_rewrites_it_meanwhile(
+    registry, aws, emulator, tiny_base, adapter_output
+):
+    import boto3
+
+    _approved_base(registry, tiny_base)
+    job_prefix = _job(aws, adapter_output)
+    role = boto3.client("s3", endpoint_url=emulator, region_name=REGION)  # the job's role, another client
+
+    def rewrite_once(params, context, **_):
+        if params.get("Key") == job_prefix + MANIFEST_FILE and not context.get("rewritten"):
+            context["rewritten"] = True  # the request goes out first; the rewrite lands right after it is answered
+
+    def after(parsed, context, **_):
+        if context.get("rewritten"):
+            role.put_object(Bucket=BUCKET, Key=job_prefix + MANIFEST_FILE, Body=b'{"files": {"planted": "x"}}')
+
+    registry.s3.meta.events.register("before-parameter-build.s3.GetObject", rewrite_once)
+    registry.s3.meta.events.register("after-call.s3.GetObject", after)
+    package = registry.register_finetune(ADAPTER_GROUP, job_prefix, JOB)
+
+    assert b"planted" in _read(aws, job_prefix + MANIFEST_FILE)  # the rewrite did happen
+    assert _read(aws, package.model_data_prefix + MANIFEST_FILE) == (adapter_output / MANIFEST_FILE).read_bytes()
+    registry.verify_content(package)
+
+
 def test_a_write_once_key_is_never_replaced_by_a_copy(aws):
     aws["s3"].create_bucket(Bucket=BUCKET)
     mine, other = b"registered bytes", b"other bytes"
