@@ -326,11 +326,15 @@ class Registry:
             if isinstance(error, ArtifactError):
                 raise RegistryError(str(error)) from None
             raise
-        try:
-            for copy in pending:
+        for index, copy in enumerate(pending):
+            try:
                 copy.complete()
-        except ArtifactError as error:
-            raise RegistryError(str(error)) from None
+            except BaseException as error:
+                for rest in pending[index + 1 :]:
+                    rest.abort()
+                if isinstance(error, ArtifactError):
+                    raise RegistryError(str(error)) from None
+                raise
         try:
             write_once(
                 self.s3, self.bucket, prefix + MANIFEST_FILE, io.BytesIO(manifest), len(manifest), _sha256(manifest)

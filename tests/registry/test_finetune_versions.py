@@ -272,11 +272,15 @@ def test_the_adapter_archive_holds_exactly_the_adapters_files_and_no_byte_of_the
     assert "model.safetensors" not in members and len(data) < (tiny_base / "model.safetensors").stat().st_size
 
 
-def test_the_same_files_pack_to_the_same_archive_bytes(adapter_output):
+def test_the_same_files_pack_to_the_same_archive_bytes(adapter_output, monkeypatch):
+    import time
+
     files = _manifest(adapter_output)["files"]
     openers = {n: (lambda p=adapter_output / n: open(p, "rb")) for n in files}  # noqa: SIM115
     sizes = {n: (adapter_output / n).stat().st_size for n in files}
     first, size, digest = adapter_archive(openers, sizes)
+    later = time.time() + 86_400
+    monkeypatch.setattr(time, "time", lambda: later)  # packed a day later, the files listed in another order
     second, _, again = adapter_archive(dict(reversed(list(openers.items()))), sizes)
     with first, second:
         assert digest == again and first.read() == second.read() and size > 0
