@@ -198,11 +198,12 @@ def _multipart(s3: Any, bucket: str, key: str, body: BinaryIO, metadata: dict[st
         raise
 
 
-def copy_once(s3: Any, bucket: str, source: str, key: str, digest: str) -> bool:
-    """Copy object ``source`` to the free key ``key`` of the same bucket, server-side, only if its bytes have
-    ``digest``; like :func:`write_once`: True when written, False when ``key`` already held ``digest``, and
-    :class:`ArtifactError` (nothing written) when the source's bytes or the key's differ."""
-    return start_copy(s3, bucket, source, key, digest).complete()
+def copy_once(s3: Any, bucket: str, source: str, key: str, digest: str, source_bucket: str | None = None) -> bool:
+    """Copy object ``source`` (of ``source_bucket``, default ``bucket``) to the free key ``key`` of ``bucket``,
+    server-side, only if its bytes have ``digest``; like :func:`write_once`: True when written, False when ``key``
+    already held ``digest``, and :class:`ArtifactError` (nothing written) when the source's bytes or the key's
+    differ."""
+    return start_copy(s3, bucket, source, key, digest, source_bucket).complete()
 
 
 @dataclass
@@ -247,7 +248,9 @@ class PendingCopy:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 
 
-def start_copy(s3: Any, bucket: str, source: str, key: str, digest: str) -> PendingCopy:
+def start_copy(
+    s3: Any, bucket: str, source: str, key: str, digest: str, source_bucket: str | None = None
+) -> PendingCopy:
     """Copy ``source``'s bytes towards ``key`` and check them against ``digest``; :class:`ArtifactError` (nothing
     left behind) when they differ or the source changes meanwhile.
 
@@ -256,13 +259,14 @@ def start_copy(s3: Any, bucket: str, source: str, key: str, digest: str) -> Pend
     this way no byte passes through the caller. The source is pinned (its version, and its ETag with
     ``x-amz-copy-source-if-match``) so the bytes copied are those checked: by the SHA-256 S3 computes of a one-part
     copy where it returns one, else by reading the pinned source."""
-    head = s3.head_object(Bucket=bucket, Key=source)
-    size, pinned = head["ContentLength"], {"Bucket": bucket, "Key": source}
+    source_bucket = source_bucket or bucket
+    head = s3.head_object(Bucket=source_bucket, Key=source)
+    size, pinned = head["ContentLength"], {"Bucket": source_bucket, "Key": source}
     if head.get("VersionId") not in (None, "null"):
         pinned["VersionId"] = head["VersionId"]
     if size == 0:  # UploadPartCopy needs bytes to copy; an empty file is written on completion
         if digest != f"sha256:{hashlib.sha256(b'').hexdigest()}":
-            raise ArtifactError(f"s3://{bucket}/{source} is empty, not {digest}; nothing was written")
+            raise ArtifactError(f"s3://{source_bucket}/{source} is empty, not {digest}; nothing was written")
         return PendingCopy(s3, bucket, key, digest, None, [])
     upload = s3.create_multipart_upload(
         Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", Metadata={DIGEST_METADATA: digest}
@@ -275,11 +279,11 @@ def start_copy(s3: Any, bucket: str, source: str, key: str, digest: str) -> Pend
                 copied = _read_digest(s3, pinned, head["ETag"])
         except Exception as error:  # botocore's ClientError
             if is_precondition_failure(error):
-                changed = f"s3://{bucket}/{source} changed while it was copied; nothing was written"
+                changed = f"s3://{source_bucket}/{source} changed while it was copied; nothing was written"
                 raise ArtifactError(changed) from None
             raise
         if copied != digest:
-            raise ArtifactError(f"s3://{bucket}/{source} holds {copied}, not {digest}; nothing was written")
+            raise ArtifactError(f"s3://{source_bucket}/{source} holds {copied}, not {digest}; nothing was written")
     except BaseException:
         pending.abort()
         raise

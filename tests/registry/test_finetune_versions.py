@@ -186,6 +186,20 @@ def test_a_write_once_key_is_never_replaced_by_a_copy(aws):
     assert stored_digest(aws["s3"], BUCKET, "finetuned/g/x/a") == digest
 
 
+def test_a_copy_from_another_bucket_is_checked_and_written_once_too(aws):
+    """What a promotion between environments' buckets uses: the same checked, conditional copy."""
+    aws["s3"].create_bucket(Bucket=BUCKET)
+    aws["s3"].create_bucket(Bucket="loraops-staging-artifacts")
+    aws["s3"].put_object(Bucket="loraops-staging-artifacts", Key="finetuned/g/x/a", Body=b"approved in staging")
+    digest = "sha256:" + hashlib.sha256(b"approved in staging").hexdigest()
+    assert copy_once(aws["s3"], BUCKET, "finetuned/g/x/a", "finetuned/g/x/a", digest, "loraops-staging-artifacts")
+    assert _read(aws, "finetuned/g/x/a") == b"approved in staging"
+    with pytest.raises(ArtifactError, match="holds sha256:"):
+        copy_once(
+            aws["s3"], BUCKET, "finetuned/g/x/a", "finetuned/g/y/a", "sha256:" + "0" * 64, "loraops-staging-artifacts"
+        )
+
+
 def test_a_file_larger_than_one_copy_part_is_copied_in_parts(aws, monkeypatch):
     monkeypatch.setattr(artifacts, "COPY_PART_LIMIT", 5 * 1024 * 1024)
     monkeypatch.setattr(artifacts, "COPY_PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
