@@ -1,8 +1,9 @@
 """Deploy on approval: what an approved, rejected or deleted package changes on the environment's endpoint.
 
 - **Adapter approved** (inference-components mode): its group's adapter component is created, or updated to the
-  package's prefix. The component names the base component and the adapter's uncompressed S3 prefix
-  (``Container.ArtifactUrl``): no byte of the base is read or copied. An adapter trained on other base weights than
+  package's adapter. The component names the base component and the adapter's archive (``Container.ArtifactUrl``
+  must name one gzip-compressed tar: ``adapter.tar.gz``, packed at registration from the adapter's files only, in
+  the version's write-once prefix): no byte of the base is read or copied. An adapter trained on other base weights than
   the served base is refused, naming both digests.
 - **Merged approved**: endpoint mode rolls the endpoint to a new model (a copy of the serving model with the
   package's prefix) with a blue/green update that rolls back when an alarm fires, then records the served prefix in
@@ -13,7 +14,9 @@
 
 The package's state is read from the registry, not from the event, so late or repeated events do the right thing.
 Before anything is served, the objects at the package's prefix are checked against the digests it was registered
-with (:meth:`loraops.registry.Registry.verify_content`): a changed, added or missing file is refused.
+with (:meth:`loraops.registry.Registry.verify_content`): a changed, added or missing file is refused, and so is a
+package registered by an earlier loraops (no content digest, or a fine-tune that points at its job's output), with
+the ``loraops models migrate`` command that fixes it.
 """
 
 from __future__ import annotations
@@ -108,9 +111,11 @@ class Deployer:
                 f"adapter {package.arn} was trained on base weights {wanted or '(unrecorded)'}; "
                 f"{self.target.base_component} serves {served}"
             )
+        if not package.metadata.get("adapterArchive"):
+            raise DeploymentError(f"{package.arn} has no adapter archive; run: loraops models migrate {package.arn}")
         specification = {
             "BaseInferenceComponentName": self.target.base_component,
-            "Container": {"ArtifactUrl": self._uri(package)},
+            "Container": {"ArtifactUrl": self._served_uri(package)},
         }
         name = endpoints.component_name(self.target.prefix, package.group)
         return self._put_component(name, specification, package)
@@ -168,7 +173,7 @@ class Deployer:
             return _reply(package, "none", f"{why}; not served")
         name = endpoints.component_name(self.target.prefix, package.group)
         component = self._component(name)
-        if component is None or self._component_uri(component) != self._uri(package):
+        if component is None or self._component_uri(component) != self._served_uri(package):
             return _reply(package, "none", f"{why}; {name} does not serve it")
         self.sagemaker.delete_inference_component(InferenceComponentName=name)
         return _reply(package, "removed", f"{why}: {name} deleted")
@@ -179,7 +184,7 @@ class Deployer:
     ) -> dict[str, Any]:
         runtime = {"RuntimeConfig": {"CopyCount": 1}} if copies else {}
         current = self._component(name)
-        if current is not None and self._component_uri(current) == self._uri(package):
+        if current is not None and self._component_uri(current) == self._served_uri(package):
             return _reply(package, "none", f"{name} already serves it")
         if current is None:
             self.sagemaker.create_inference_component(
@@ -255,6 +260,16 @@ class Deployer:
 
     def _uri(self, package: Package) -> str:
         return s3_layout.s3_uri(self.registry.bucket, package.model_data_prefix)
+
+    def _served_uri(self, package: Package) -> str:
+        """What a component of ``package`` names: an adapter's archive, else (a merged model, or an adapter an earlier
+        loraops deployed) the model's prefix."""
+        archive = package.metadata.get("adapterArchive") if package.metadata.get("outputMode") == ADAPTER else None
+        return (
+            s3_layout.s3_uri(self.registry.bucket, package.model_data_prefix + archive)
+            if archive
+            else self._uri(package)
+        )
 
 
 #: ProductionVariant fields that DescribeEndpointConfig returns and CreateEndpointConfig accepts.

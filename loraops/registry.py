@@ -8,8 +8,11 @@ stores for one of them (its SHA-256 checksum, where it keeps one) equals the man
 header parses and matches its file's size, a fine-tune's base is the target group's base, and the
 group belongs to this environment (its ``loraops:environment`` tag is the artifact bucket's).
 
-One version per content, also when registrations race: the same base bytes (content digest) or the same training
-job give back the package already registered. Three mechanisms, none depending on timing: a lookup of a package
+A fine-tune is copied at registration out of its job's output (which the job's role may rewrite) into the write-once
+``finetuned/<group>/<content hex>/``, and its package points there (an adapter's also packed as ``adapter.tar.gz``).
+
+One version per content, also when registrations race: the same bytes (content digest), a base's or a fine-tune's,
+give back the package already registered. Three mechanisms, none depending on timing: a lookup of a package
 with the same digest; a registration claim, an S3 object under ``registrations/`` written with a conditional write
 (``If-None-Match``), so one registration at a time creates the package while the others wait for it and return it;
 and ``ClientToken`` on ``CreateModelPackage`` derived from the digest (SageMaker's own idempotency; the emulator
@@ -22,13 +25,23 @@ functions) and the group's ``loraops:approvalPolicy`` tag: auto-approved only wh
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from loraops import s3_layout
-from loraops.artifacts import ArtifactError, check_safetensors, is_precondition_failure, stored_digest
+from loraops.artifacts import (
+    ArtifactError,
+    PendingCopy,
+    adapter_archive,
+    check_safetensors,
+    is_precondition_failure,
+    start_copy,
+    stored_digest,
+    write_once,
+)
 from loraops.collections import PATH_TAG_PREFIX
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
 from loraops.naming import (
@@ -219,20 +232,35 @@ class Registry:
         ].read()
 
     # ------------------------------------------------------------------------------------------ fine-tune
-    def register_finetune(self, group: str, model_prefix: str, training_job: str) -> Package:
+    def register_finetune(
+        self, group: str, model_prefix: str, training_job: str, base_package_arn: str | None = None
+    ) -> Package:
         """Register a training job's uncompressed output (``model_prefix``, a key under the bucket) in ``group``,
-        with its lineage; refused unless its base digest is an approved base package."""
+        with its lineage; refused unless its base is an approved base package of this environment.
+
+        The package never points at the job's output, which the job's role may overwrite: the files the manifest
+        lists (and the manifest) are copied server-side, each checked against its digest, into the write-once
+        ``finetuned/<group>/<content hex>/`` (an adapter's also packed as ``adapter.tar.gz`` there), and the package
+        points at that prefix. The same bytes again (the event delivered twice, or another job that wrote the same
+        files) give the package already registered for them. ``base_package_arn``: the base, where the manifest
+        does not name it (a migration passes the one its earlier package recorded)."""
         if not model_prefix.endswith("/"):
             raise RegistryError(f"model prefix {model_prefix!r} must end with '/' (an S3Prefix model data source)")
-        manifest = self.read_json(model_prefix + MANIFEST_FILE, "training manifest")
+        # the bytes checked are the bytes copied: the job's role may rewrite its manifest meanwhile
+        manifest, manifest_bytes = self._read_json(model_prefix + MANIFEST_FILE, "training manifest")
         evaluation = self.read_json(model_prefix + EVALUATION_FILE, "evaluation report")
         for key in ("output_mode", "base_model_id", "base_weights_digest", "dataset_digest", "files"):
             if key not in manifest:
                 raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: no '{key}'")
         if "language_modeling_metrics" not in evaluation:
             raise RegistryError(f"{model_prefix}{EVALUATION_FILE}: not a ModelMetrics statistics report")
+        files: dict[str, str] = manifest["files"]
+        if not files or MANIFEST_FILE in files or any(not _relative(n) for n in files):
+            raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: 'files' must name the artifact's other files")
+        if EVALUATION_FILE not in files:
+            raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: 'files' does not list {EVALUATION_FILE}")
         listed = {o["Key"][len(model_prefix) :]: o["Size"] for o in self.objects(model_prefix)}
-        if missing := sorted(set(manifest["files"]) - set(listed)):
+        if missing := sorted(set(files) - set(listed)):
             raise RegistryError(f"{model_prefix}: files the manifest lists are missing: {missing}")
         tags = self._group_tags(group)
         mode = OutputMode(manifest["output_mode"])
@@ -244,24 +272,18 @@ class Registry:
                 f"group {group} holds fine-tunes of {tags.get(TAG_BASE_GROUP)}; the job's manifest names base "
                 f"{manifest['base_model_id']} ({manifest_base})"
             )
-        self._check_objects(model_prefix, {n: listed[n] for n in manifest["files"]}, manifest["files"])
-        base = self._find(
-            base_group_name(manifest["base_model_id"]),
-            "weightsDigest",
-            manifest["base_weights_digest"],
-            status=APPROVED,
-        )
-        if base is None:
-            raise RegistryError(
-                f"base weights {manifest['base_weights_digest']} of {manifest['base_model_id']} match "
-                "no approved base package; register and approve the base first"
-            )
-        self._check_environment(base_group_name(manifest["base_model_id"]), self._group_tags(manifest_base))
-        if found := self._find(group, "trainingJob", training_job):
+        sizes = {n: listed[n] for n in files}
+        self._check_objects(model_prefix, sizes, files)
+        base = self._finetune_base(manifest.get("base_model_package_arn") or base_package_arn, manifest)
+        self._check_environment(manifest_base, self._group_tags(manifest_base))
+        content = content_digest(files, model_prefix)
+        prefix = s3_layout.finetuned_prefix(group, content)
+        if found := self._find(group, "contentDigest", content, prefix=prefix):
             return found
         hyperparameters = manifest.get("hyperparameters", {})
         metadata = {
             "baseModelPackageArn": base.arn,
+            "baseContentDigest": base.metadata.get("contentDigest", ""),
             "baseWeightsDigest": manifest["base_weights_digest"],
             "datasetName": manifest.get("dataset_name", ""),
             "datasetDigest": manifest["dataset_digest"],
@@ -269,8 +291,8 @@ class Registry:
             "outputMode": mode.value,
             "codeVersion": manifest.get("code_version", ""),
             "image": self.image,
-            "contentDigest": content_digest(manifest["files"], model_prefix),
-            "manifest": s3_layout.s3_uri(self.bucket, model_prefix + MANIFEST_FILE),
+            "contentDigest": content,
+            "manifest": s3_layout.s3_uri(self.bucket, prefix + MANIFEST_FILE),
             "evalLoss": str(manifest.get("metrics", {}).get("validation_loss", "")),
             **{f"hp.{k}": str(hyperparameters[k]) for k in KEY_HYPERPARAMETERS if k in hyperparameters},
         }
@@ -278,15 +300,148 @@ class Registry:
             "ModelQuality": {
                 "Statistics": {
                     "ContentType": "application/json",
-                    "S3Uri": s3_layout.s3_uri(self.bucket, model_prefix + EVALUATION_FILE),
+                    "S3Uri": s3_layout.s3_uri(self.bucket, prefix + EVALUATION_FILE),
                 }
             }
         }
-        return self._register_once(
-            group,
-            "trainingJob",
-            training_job,
-            lambda: self._create(group, tags, model_prefix, metadata, f"{training_job}: {mode.value}", metrics),
+
+        def copy_and_create() -> Package:
+            metadata.update(self._place_finetune(model_prefix, prefix, files, sizes, mode, manifest_bytes))
+            return self._create(group, tags, prefix, metadata, f"{training_job}: {mode.value}", metrics)
+
+        return self._register_once(group, "contentDigest", content, copy_and_create, prefix=prefix)
+
+    def _place_finetune(
+        self, source: str, prefix: str, files: dict[str, str], sizes: dict[str, int], mode: OutputMode, manifest: bytes
+    ) -> dict[str, str]:
+        """Copy a job's files (each checked against ``files``' digest) and its manifest into the write-once
+        ``prefix``; for an adapter also write its archive. Returns the metadata that names the archive."""
+        pending: list[PendingCopy] = []
+        try:
+            for name in sorted(files):  # every file checked before any is completed: a refusal leaves nothing
+                pending.append(start_copy(self.s3, self.bucket, source + name, prefix + name, files[name]))
+        except BaseException as error:
+            for copy in pending:
+                copy.abort()
+            if isinstance(error, ArtifactError):
+                raise RegistryError(str(error)) from None
+            raise
+        for index, copy in enumerate(pending):
+            try:
+                copy.complete()
+            except BaseException as error:
+                for rest in pending[index + 1 :]:
+                    rest.abort()
+                if isinstance(error, ArtifactError):
+                    raise RegistryError(str(error)) from None
+                raise
+        try:
+            write_once(
+                self.s3, self.bucket, prefix + MANIFEST_FILE, io.BytesIO(manifest), len(manifest), _sha256(manifest)
+            )
+        except ArtifactError:
+            # another job's manifest for the same files (its registration stopped before its package): it stays
+            if self.read_json(prefix + MANIFEST_FILE, "manifest").get("files") != files:
+                raise RegistryError(f"s3://{self.bucket}/{prefix}{MANIFEST_FILE} lists other files") from None
+        if mode is not OutputMode.ADAPTER:
+            return {}
+        openers = {n: (lambda key=prefix + n: self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]) for n in files}
+        archive, size, digest = adapter_archive(openers, sizes)
+        with archive:
+            try:
+                write_once(self.s3, self.bucket, prefix + s3_layout.ADAPTER_ARCHIVE, archive, size, digest)
+            except ArtifactError as error:
+                raise RegistryError(str(error)) from None
+        return {"adapterArchive": s3_layout.ADAPTER_ARCHIVE, "archiveDigest": digest}
+
+    def _finetune_base(self, arn: str | None, manifest: dict[str, Any]) -> Package:
+        """The approved base package a job trained on: the one its manifest names (the workflow passes the package
+        it resolved), which must be of the manifest's base model and have its weights; else (a manifest without an
+        ARN) the one approved base version with those weights. Two versions may share weights and differ in other
+        files (config, tokenizer): then only the ARN can tell them apart."""
+        group, weights = base_group_name(manifest["base_model_id"]), manifest["base_weights_digest"]
+        if arn:
+            base = self.describe(arn)
+            if base.group != group or base.metadata.get("weightsDigest") != weights:
+                raise RegistryError(
+                    f"the manifest's base package {arn} is {base.group} with weights "
+                    f"{base.metadata.get('weightsDigest') or '(unrecorded)'}, not {group} with {weights}"
+                )
+            if base.status != APPROVED:
+                raise RegistryError(f"the manifest's base package {arn} is {base.status or 'not approved'}")
+            return base
+        candidates = [
+            p
+            for s in self._summaries(group)
+            if s.get("ModelApprovalStatus") == APPROVED
+            and (p := self._package(self.sagemaker.describe_model_package(ModelPackageName=s["ModelPackageArn"])))
+            and p.metadata.get("weightsDigest") == weights
+        ]
+        if not candidates:
+            raise RegistryError(
+                f"base weights {weights} of {manifest['base_model_id']} match no approved base package; register "
+                "and approve the base first"
+            )
+        if len({p.metadata.get("contentDigest") for p in candidates}) > 1:
+            raise RegistryError(
+                f"{len(candidates)} approved versions of {group} share weights {weights} "
+                f"({', '.join(p.arn for p in candidates)}) and the manifest names no base_model_package_arn"
+            )
+        return candidates[0]
+
+    # ------------------------------------------------------------------------------------------- migration
+    def migrate(self, package_arn: str) -> dict[str, Any]:
+        """Bring a package registered by an earlier loraops to what the deploy path verifies. A fine-tune that
+        points at its job's output is registered again from there (copied to its write-once prefix, checked
+        against its manifest): a new version, whose approval comes from the group's policy like any other. A base
+        without ``contentDigest`` gets it recorded, once every object at its prefix is read and matches the digest
+        its ``loraops-base.json`` lists. Anything else is left as it is (``action`` says which)."""
+        package = self.describe(package_arn)
+        self.check_in_environment(package)
+        prefix, mode = package.model_data_prefix, package.metadata.get("outputMode")
+        result = {"package": package.arn, "group": package.group, "status": package.status}
+        if mode and not prefix.startswith(s3_layout.FINETUNED):
+            job = package.metadata.get("trainingJob") or f"{package.group}/{package.version}"
+            new = self.register_finetune(package.group, prefix, job, package.metadata.get("baseModelPackageArn"))
+            return {**result, "action": "copied", "migrated_to": new.arn, "migrated_status": new.status}
+        if not mode and not package.metadata.get("contentDigest"):
+            files = self.read_json(prefix + BASE_MANIFEST, "base manifest").get("files") or {}
+            for name, digest in sorted(files.items()):
+                if self._object_digest(prefix + name, trust_recorded=False) != digest:
+                    raise RegistryError(
+                        f"s3://{self.bucket}/{prefix}{name} is not the file its import recorded ({digest}); "
+                        "import the base again"
+                    )
+            metadata = {**package.metadata, "contentDigest": content_digest(files, prefix)}
+            # moto 5.2.5 resets the status of an update without one; AWS keeps it either way
+            self.sagemaker.update_model_package(
+                ModelPackageArn=package.arn, ModelApprovalStatus=package.status, CustomerMetadataProperties=metadata
+            )
+            return {**result, "action": "recorded", "content_digest": metadata["contentDigest"]}
+        return {**result, "action": "none"}
+
+    def migrate_all(self) -> dict[str, Any]:
+        """Every migration this environment needs: groups tagged with an earlier collection path move into the
+        SDK-form collections (:func:`loraops.collections.migrate_member_tags`), and every package that
+        :meth:`needs_migration` is migrated. Running it again changes nothing."""
+        from loraops.collections import migrate_member_tags
+
+        moved, packages = [], []
+        for base in self.tree():
+            moved += migrate_member_tags(self.sagemaker, base["base"])
+            for group in base["groups"]:
+                for version in group["versions"]:
+                    package = self.describe(version["arn"])
+                    if self.needs_migration(package):
+                        packages.append(self.migrate(package.arn))
+        return {"collection_groups_moved": moved, "packages": packages}
+
+    def needs_migration(self, package: Package) -> bool:
+        """Whether :meth:`verify_content` refuses ``package`` for want of :meth:`migrate`."""
+        if not package.metadata.get("contentDigest"):
+            return True
+        return bool(package.metadata.get("outputMode")) and not package.model_data_prefix.startswith(
+            s3_layout.FINETUNED
         )
 
     def check_finetune_target(self, group: str, mode: OutputMode, model_id: str) -> Package:
@@ -318,29 +473,40 @@ class Registry:
     def verify_content(self, package: Package) -> None:
         """Before a package is served: the objects at its prefix are exactly the files it was registered with, byte
         for byte. The manifest's files must give the package's recorded ``contentDigest``; every file's SHA-256 is
-        S3's own full-object checksum where S3 holds one, else read and hashed here (job outputs), or, under the
-        write-once ``base/`` prefix, the digest recorded when the object was written. Raises :class:`RegistryError`
-        naming the first difference."""
+        S3's own full-object checksum where S3 holds one, else the digest recorded when the object was written once
+        (under the write-once ``base/`` and ``finetuned/`` prefixes); an adapter's archive has its recorded digest.
+        A package registered before versions were content-addressed (no ``contentDigest``, or a fine-tune that points
+        at its job's output) is refused with the command that migrates it. Raises :class:`RegistryError` naming the
+        first difference."""
         recorded = package.metadata.get("contentDigest", "")
+        migrate = f"run: loraops models migrate {package.arn}"
         if not recorded:
-            raise RegistryError(f"{package.arn} records no content digest: register its artifact again to serve it")
+            raise RegistryError(f"{package.arn} records no content digest (an earlier registration); {migrate}")
         if package.model_data_uri and not package.model_data_uri.startswith(f"s3://{self.bucket}/"):
             raise RegistryError(f"{package.arn} serves {package.model_data_uri}, outside the bucket {self.bucket}")
         prefix = package.model_data_prefix
         is_base = prefix.startswith(s3_layout.BASE)
+        if not is_base and not prefix.startswith(s3_layout.FINETUNED):
+            raise RegistryError(f"{package.arn} serves its job's output {prefix}, which is not write-once; {migrate}")
         manifest_file = BASE_MANIFEST if is_base else MANIFEST_FILE
         files = self.read_json(prefix + manifest_file, "manifest").get("files") or {}
         if content_digest(files, prefix) != recorded:
             raise RegistryError(f"s3://{self.bucket}/{prefix}{manifest_file} no longer lists the registered files")
+        archive = package.metadata.get("adapterArchive")
+        expected = set(files) | {manifest_file} | ({archive} if archive else set())
         present = {o["Key"][len(prefix) :] for o in self.objects(prefix)}
-        if present != set(files) | {manifest_file}:
-            extra, missing = sorted(present - set(files) - {manifest_file}), sorted(set(files) - present)
+        if present != expected:
+            extra, missing = sorted(present - expected), sorted(expected - present)
             raise RegistryError(
                 f"s3://{self.bucket}/{prefix}: files added {extra} or missing {missing} since registered"
             )
         for name, digest in sorted(files.items()):
-            if self._object_digest(prefix + name, trust_recorded=is_base) != digest:
+            if self._object_digest(prefix + name, trust_recorded=True) != digest:
                 raise RegistryError(f"s3://{self.bucket}/{prefix}{name} changed since it was registered ({digest})")
+        if archive and self._object_digest(prefix + archive, trust_recorded=True) != package.metadata.get(
+            "archiveDigest"
+        ):
+            raise RegistryError(f"s3://{self.bucket}/{prefix}{archive} is not the archive registered")
 
     def _object_digest(self, key: str, trust_recorded: bool) -> str:
         """S3's stored digest where it has one (and the recorded one where ``trust_recorded``), else the bytes'."""
@@ -498,7 +664,9 @@ class Registry:
         metrics: dict | None = None,
     ) -> Package:
         self._check_environment(group, tags)
-        identity = metadata.get("contentDigest", "") + metadata.get("trainingJob", "")
+        # a base version is its content; a fine-tune version its content at its write-once prefix (not the token an
+        # earlier loraops derived from the content and the job, whose package points at the job's output)
+        identity = metadata.get("contentDigest", "") + ("" if prefix.startswith(s3_layout.BASE) else prefix)
         request: dict[str, Any] = {
             "ModelPackageGroupName": group,
             "ClientToken": client_token(group, identity),
@@ -527,19 +695,20 @@ class Registry:
         arn = self.sagemaker.create_model_package(**request)["ModelPackageArn"]
         return self._package(self.sagemaker.describe_model_package(ModelPackageName=arn))
 
-    def _register_once(self, group: str, key: str, value: str, create) -> Package:
-        """``create()`` unless a package of ``group`` has metadata ``key`` = ``value``; one registration at a time
-        per content through a claim object (conditional write), the others wait for its package and return it."""
+    def _register_once(self, group: str, key: str, value: str, create, prefix: str | None = None) -> Package:
+        """``create()`` unless a package of ``group`` has metadata ``key`` = ``value`` (and serves ``prefix``); one
+        registration at a time per content through a claim object (conditional write), the others wait for its
+        package and return it."""
         claim = s3_layout.registration_claim(group, hashlib.sha256(f"{key}={value}".encode()).hexdigest())
         deadline, delay = time.monotonic() + CLAIM_WAIT_SECONDS, 0.05
         while True:
             if self._claim(claim):
                 try:
                     # a registration that held the claim before ours may have finished: look again under the claim
-                    return self._find(group, key, value) or create()
+                    return self._find(group, key, value, prefix=prefix) or create()
                 finally:
                     self.s3.delete_object(Bucket=self.bucket, Key=claim)
-            if found := self._find(group, key, value):
+            if found := self._find(group, key, value, prefix=prefix):
                 return found
             if time.monotonic() > deadline:
                 raise RegistryError(
@@ -575,12 +744,14 @@ class Registry:
         """The first package of ``group`` whose metadata ``key`` is ``value`` (and status ``status``), or None."""
         return self._find(group, key, value, status)
 
-    def _find(self, group: str, key: str, value: str, status: str | None = None) -> Package | None:
+    def _find(
+        self, group: str, key: str, value: str, status: str | None = None, prefix: str | None = None
+    ) -> Package | None:
         for summary in self._summaries(group):
             if status and summary.get("ModelApprovalStatus") != status:
                 continue
             package = self._package(self.sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"]))
-            if package.metadata.get(key) == value:
+            if package.metadata.get(key) == value and prefix in (None, package.model_data_prefix):
                 return package
         return None
 
@@ -606,6 +777,10 @@ class Registry:
 
     def read_json(self, key: str, what: str) -> dict[str, Any]:
         """A JSON object in the artifact bucket, or a :class:`RegistryError` naming ``what`` is wrong."""
+        return self._read_json(key, what)[0]
+
+    def _read_json(self, key: str, what: str) -> tuple[dict[str, Any], bytes]:
+        """:meth:`read_json` and the bytes it was parsed from."""
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.s3.exceptions.ClientError:
@@ -616,11 +791,20 @@ class Registry:
             raise RegistryError(f"s3://{self.bucket}/{key}: {what} is not valid JSON ({error})") from None
         if not isinstance(data, dict):
             raise RegistryError(f"s3://{self.bucket}/{key}: {what} is not a JSON object")
-        return data
+        return data, body
 
     @staticmethod
     def _package(description: dict[str, Any]) -> Package:
         return Package.from_description(description)
+
+
+def _relative(name: str) -> bool:
+    """A manifest's file name is a plain relative path (no ``..``, no leading ``/``)."""
+    return bool(name) and not name.startswith("/") and ".." not in name.split("/")
+
+
+def _sha256(body: bytes) -> str:
+    return f"sha256:{hashlib.sha256(body).hexdigest()}"
 
 
 def _number(value: str | None) -> float | None:

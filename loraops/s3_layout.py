@@ -1,10 +1,12 @@
 """The artifact bucket's key layout: one place that says where everything lives.
 
 ```
-base/<base-group>/<weights-hex>/               uncompressed Hugging Face folder of a base model
+base/<base-group>/<content-hex>/               uncompressed Hugging Face folder of a base model
 datasets/<dataset>/<dataset-hex>/              training / validation files
 adapters/<adapter-group>/<job>/output/model/   LoRA adapter written by a training job (uncompressed)
 merged/<merged-group>/<job>/output/model/      merged model written by a training job (uncompressed)
+finetuned/<group>/<content-hex>/               a registered fine-tune: the job's files, copied once at registration
+                                               (an adapter's also packed as adapter.tar.gz)
 evaluation/<group>/<job>/                      evaluation reports
 checkpoints/<job>/                             spot / resume checkpoints
 staging/<purpose>/<token>/                     bytes in transit (a Hub import), removed when placed
@@ -13,8 +15,11 @@ capture/<endpoint>/                            the endpoint's data capture
 ```
 
 Training jobs write ``<output-root><job>/output/model/`` themselves (``S3OutputPath`` = the root,
-``CompressionType=NONE``), so the registered model points at what the job wrote: no copy step.
-``<weights-hex>`` / ``<dataset-hex>``: the hex part of the manifest's ``sha256:<hex>`` digests.
+``CompressionType=NONE``) with plain writes, which their role may repeat; so registration copies the files the job's
+manifest lists, server-side, into ``finetuned/<group>/<content-hex>/`` (written once, never deleted: the bucket
+policy), and the package points there. ``<content-hex>``: the digest of every file a version serves (names and
+digests, :func:`loraops.manifest.content_digest`); the same bytes give the same prefix.
+``<dataset-hex>``: the hex part of the manifest's ``sha256:<hex>`` digest.
 Every prefix ends with ``/`` as ``ModelDataSource.S3DataSource`` (``S3Prefix``) requires.
 """
 
@@ -33,13 +38,19 @@ CHECKPOINTS = "checkpoints/"
 STAGING = "staging/"
 CAPTURE = "capture/"
 REGISTRATIONS = "registrations/"
-#: Prefixes whose objects are written once (conditional writes) and never deleted (the bucket policy).
+FINETUNED = "finetuned/"
+#: Base versions: written once (conditional writes) and never deleted (the bucket policy's WriteOnceVersions).
 WRITE_ONCE_PREFIXES = (BASE,)
-#: Prefixes registered packages point at: their objects are never deleted (the bucket policy).
+#: Registered fine-tune versions: written once and never deleted (WriteOnceFineTuneVersions,
+#: NeverDeleteFineTuneVersions), by the registration function only.
+FINETUNED_PREFIXES = (FINETUNED,)
+#: Prefixes registered packages point at (earlier versions registered job outputs in place): never deleted.
 REGISTERED_PREFIXES = (BASE, ADAPTERS, MERGED)
+#: The adapter packed for inference components (``ArtifactUrl`` must name one .tar.gz), in its version's prefix.
+ADAPTER_ARCHIVE = "adapter.tar.gz"
 
-#: Prefixes the SageMaker execution role may only read.
-READ_ONLY_PREFIXES = (BASE, DATASETS)
+#: Prefixes the SageMaker execution role may only read (endpoints load registered fine-tunes from FINETUNED).
+READ_ONLY_PREFIXES = (BASE, DATASETS, FINETUNED)
 #: Prefixes training jobs and Studio users write.
 READ_WRITE_PREFIXES = (ADAPTERS, MERGED, EVALUATION, CHECKPOINTS, CAPTURE)
 
@@ -61,8 +72,13 @@ def digest_segment(digest: str) -> str:
     return match.group(1)
 
 
-def base_model_prefix(base_group: str, weights_digest: str) -> str:
-    return f"{BASE}{_segment(base_group, 'base group')}/{digest_segment(weights_digest)}/"
+def base_model_prefix(base_group: str, content_digest: str) -> str:
+    return f"{BASE}{_segment(base_group, 'base group')}/{digest_segment(content_digest)}/"
+
+
+def finetuned_prefix(group: str, content_digest: str) -> str:
+    """Where a registered fine-tune version of ``group`` lies: named by the digest of every file it serves."""
+    return f"{FINETUNED}{_segment(group, 'group')}/{digest_segment(content_digest)}/"
 
 
 def dataset_prefix(dataset: str, dataset_digest: str) -> str:

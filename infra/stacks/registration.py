@@ -50,6 +50,11 @@ WILDCARD_REASONS = {
     "ReadJobOutputs": "Training jobs write under adapters/ and merged/ with job names chosen at run time; the "
     "function reads only those two prefixes of the one bucket.",
     "ListJobOutputs": "ListBucket is limited by an s3:prefix condition to adapters/ and merged/.",
+    "ReadFineTuneVersions": "Registered fine-tunes lie under finetuned/<group>/<content digest>/, named by their "
+    "bytes at run time.",
+    "ListFineTuneVersions": "ListBucket is limited by an s3:prefix condition to finetuned/.",
+    "WriteFineTuneVersions": "Registration copies a job's files to finetuned/<group>/<content digest>/ (known only "
+    "once the manifest is read); the bucket policy makes every key there write-once.",
     "ReadBaseModels": "Base models lie under base/<group>/<weights digest>/, named by their bytes at run time.",
     "ListBaseModels": "ListBucket is limited by an s3:prefix condition to base/.",
     "WriteBaseModels": "An import writes base/<group>/<content digest>/ (known only once the bytes are read) and "
@@ -144,6 +149,12 @@ class RegistrationStack(cdk.Stack):
                 "register-finetune",
                 [
                     *self._read("JobOutputs", outputs),
+                    *self._read("FineTuneVersions", (s3_layout.FINETUNED,)),
+                    iam.PolicyStatement(
+                        sid="WriteFineTuneVersions",
+                        actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                        resources=[f"{self.bucket_arn}/{s3_layout.FINETUNED}*"],
+                    ),
                     iam.PolicyStatement(
                         sid="DeadLetters", actions=["sqs:SendMessage"], resources=[self.dead_letters.queue_arn]
                     ),
@@ -381,7 +392,7 @@ class RegistrationStack(cdk.Stack):
                 "deploy-on-approval",
                 [
                     # reads the package's files to verify them against its registered digests before serving
-                    *self._read("JobOutputs", (s3_layout.ADAPTERS, s3_layout.MERGED)),
+                    *self._read("FineTuneVersions", (s3_layout.FINETUNED,)),
                     iam.PolicyStatement(
                         sid="CreateGuardedModels",
                         actions=["sagemaker:CreateModel"],

@@ -109,6 +109,7 @@ class StorageStack(cdk.Stack):
             auto_delete_objects=destroy,
         )
         self._write_once_registered_artifacts(config)
+        self._write_once_finetune_versions(config)
         if config.vpc_endpoint_only_bucket_access:
             self._confine_objects_to_the_vpc(config, s3_endpoint)
         if destroy:
@@ -154,6 +155,39 @@ class StorageStack(cdk.Stack):
                 actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
                 resources=registered,
                 conditions=conditions or None,
+            )
+        )
+
+    def _write_once_finetune_versions(self, config: EnvironmentConfig) -> None:
+        """Registered fine-tune versions (``finetuned/``: the registration copies a job's files there, server-side,
+        and the package points there) are written once and never deleted, whoever asks: S3 refuses to replace a key
+        written with ``If-None-Match: *``, so what an approved package serves cannot change even though the job's
+        own output under ``adapters/`` or ``merged/`` can. Only CDK's teardown provider of a ``destroy``
+        environment may empty them."""
+        versions = [self.bucket.arn_for_objects(f"{p}*") for p in s3_layout.FINETUNED_PREFIXES]
+        self.bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="WriteOnceFineTuneVersions",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:PutObject"],
+                resources=versions,
+                # the registration copies with UploadPartCopy parts (no ObjectCreationOperation, no If-None-Match)
+                # and completes with If-None-Match; CopyObject, which cannot carry it here, is refused
+                conditions={"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}},
+            )
+        )
+        teardown = f"arn:{self.partition}:iam::{config.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
+        self.bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="NeverDeleteFineTuneVersions",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                resources=versions,
+                conditions=(
+                    {"ArnNotLike": {"aws:PrincipalArn": teardown}} if config.removal_policy == "destroy" else None
+                ),
             )
         )
 

@@ -4,7 +4,8 @@ line with it (``loraops.deployment``). A thin door: parse the EventBridge event,
 Environment: ``ARTIFACT_BUCKET``, ``AWS_REGION``, ``NAME_PREFIX``, ``SERVING_MODE``, ``ENDPOINT_NAME``,
 ``ROLLBACK_ALARMS``. Deployments are serialised (reserved concurrency 1) and idempotent by construction: each one
 compares what the endpoint serves with the package's current state, so a repeated event changes nothing. A package
-that cannot be served (an adapter of other base weights) is answered with the reason and changes nothing; AWS
+that cannot be served (an adapter of other base weights, files changed since registration, a package an earlier
+loraops registered, which ``loraops models migrate`` fixes) is answered with the reason and changes nothing; AWS
 errors and an endpoint not InService (still updating) raise, and the approval buffer (an SQS FIFO queue) hands the
 event out again.
 """

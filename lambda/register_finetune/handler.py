@@ -1,5 +1,6 @@
-"""register-finetune: when a loraops training job completes, register its uncompressed output in the Model
-Registry with its lineage (``loraops.registry``). A thin door: parse the EventBridge event, call the registry.
+"""register-finetune: when a loraops training job completes, copy its uncompressed output into the write-once
+``finetuned/<group>/<content hex>/`` and register that in the Model Registry with its lineage (``loraops.registry``).
+A thin door: parse the EventBridge event, call the registry.
 
 Environment: ``ARTIFACT_BUCKET``, ``APPROVAL`` (auto | manual), ``IDEMPOTENCY_TABLE`` (DynamoDB), ``AWS_REGION``.
 The same job's event delivered twice, or twice at once, registers one package: Powertools idempotency keyed on

@@ -1,4 +1,4 @@
-"""``loraops models tree | describe | approve | reject``."""
+"""``loraops models tree | describe | approve | reject | migrate``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from loraops.cli.common import add_registry_options, emit, open_registry, packag
 
 def add_commands(nouns) -> None:
     models = nouns.add_parser("models", help="the registry's models").add_subparsers(
-        dest="verb", metavar="{tree,describe,approve,reject}", help="what to do"
+        dest="verb", metavar="{tree,describe,approve,reject,migrate}", help="what to do"
     )
     tree = models.add_parser("tree", help="base -> collections -> groups -> versions (this environment's only)")
     add_registry_options(tree)
@@ -30,6 +30,18 @@ def add_commands(nouns) -> None:
         )
         add_registry_options(decide)
         decide.set_defaults(run=lambda args, approve=approve: decide_package(args, approve))
+    migrate = models.add_parser(
+        "migrate",
+        help="bring what an earlier loraops registered to what deployments verify: fine-tunes copied to their "
+        "write-once prefix (a new version to approve), content digests of bases recorded, collection tags moved",
+    )
+    migrate.add_argument(
+        "package_arn",
+        nargs="*",
+        help="package versions to migrate (default: every one of this environment that needs it)",
+    )
+    add_registry_options(migrate)
+    migrate.set_defaults(run=migrate_packages)
 
 
 def render_tree(data):
@@ -74,4 +86,29 @@ def describe_package(args: argparse.Namespace) -> int:
 def decide_package(args: argparse.Namespace, approve: bool) -> int:
     package = open_registry(args, role_arn=args.approver_role).decide(args.package_arn, approve, args.reason)
     emit(args, package_json(package), lambda p: f"{p['arn']}  {p['status']}")
+    return 0
+
+
+def render_migration(data) -> str:
+    lines = (
+        [f"collection tags moved: {', '.join(data['collection_groups_moved'])}"]
+        if data["collection_groups_moved"]
+        else []
+    )
+    for p in data["packages"]:
+        line = f"{p['package']}  {p['action']}"
+        if p.get("migrated_to"):
+            line += f" -> {p['migrated_to']} ({p['migrated_status']})"
+        lines.append(line)
+    return "\n".join(lines) or "nothing to migrate"
+
+
+@registry_errors
+def migrate_packages(args: argparse.Namespace) -> int:
+    registry = open_registry(args)
+    if args.package_arn:
+        data = {"collection_groups_moved": [], "packages": [registry.migrate(arn) for arn in args.package_arn]}
+    else:
+        data = registry.migrate_all()
+    emit(args, data, render_migration)
     return 0

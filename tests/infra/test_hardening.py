@@ -230,3 +230,31 @@ def test_the_execution_role_cannot_delete_registered_outputs_nor_change_serving(
     assert not serving & {a for a, _ in allowed}
     deny = statements["DenyServingChanges"]
     assert deny["Effect"] == "Deny" and deny["Resource"] == "*" and serving <= set(_actions(deny))
+
+
+def test_registered_fine_tune_versions_are_written_once_and_never_deleted(env, templates, synthesized):
+    """finetuned/ (what a fine-tune package points at once registered): every principal creates an object there only
+    with If-None-Match, and none deletes one (CDK's teardown provider of a destroy environment aside)."""
+    statements = _bucket_statements(templates, env)
+    write = statements["WriteOnceFineTuneVersions"]
+    assert write["Effect"] == "Deny" and write["Principal"] == {"AWS": "*"} and write["Action"] == "s3:PutObject"
+    assert write["Condition"] == {"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}}
+    assert [r.split("/")[-2] for r in _resources(write)] == ["finetuned"]
+    delete = statements["NeverDeleteFineTuneVersions"]
+    assert delete["Effect"] == "Deny" and delete["Principal"] == {"AWS": "*"}
+    assert sorted(delete["Action"]) == ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+    assert [r.split("/")[-2] for r in _resources(delete)] == ["finetuned"]
+    if synthesized[env].config.removal_policy == "destroy":
+        assert "CustomS3AutoDeleteObjects" in json.dumps(delete["Condition"]["ArnNotLike"]["aws:PrincipalArn"])
+    else:
+        assert "Condition" not in delete
+    # the execution role (jobs, Studio, endpoints) reads them and writes none; endpoints load models from there
+    role = _statements(templates, env)
+    writes = [
+        r for s in role.values() if s["Effect"] == "Allow" and "s3:PutObject" in _actions(s) for r in _resources(s)
+    ]
+    reads = [
+        r for s in role.values() if s["Effect"] == "Allow" and "s3:GetObject" in _actions(s) for r in _resources(s)
+    ]
+    assert not [r for r in writes if f"/{s3_layout.FINETUNED}" in r]
+    assert [r for r in reads if f"/{s3_layout.FINETUNED}" in r]

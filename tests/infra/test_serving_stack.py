@@ -152,9 +152,9 @@ def test_deploy_function_follows_the_lines_package_changes(env, templates, synth
     statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
     actions = {a for s in statements.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
     assert "sagemaker:CreateModelPackage" not in actions
-    # it reads the fine-tuned outputs to verify their registered digests, never the base
-    reads = [r for s in statements.values() if "s3:GetObject" in json.dumps(s["Action"]) for r in s["Resource"]]
-    assert reads and all(json.dumps(r).rstrip('"').endswith(("/adapters/*", "/merged/*")) for r in reads), reads
+    # it reads the registered fine-tune versions to verify their registered digests, never the base
+    reads = [s["Resource"] for s in statements.values() if "s3:GetObject" in json.dumps(s["Action"])]
+    assert reads and all(json.dumps(r).rstrip('"]}').endswith("/finetuned/*") for r in reads), reads
     assert all(json.dumps(r).endswith(f'/{config.prefix}-*"') for r in statements["DeployModels"]["Resource"])
 
 

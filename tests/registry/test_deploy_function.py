@@ -156,14 +156,15 @@ def test_approved_adapter_becomes_a_component_without_reading_the_base_inference
     component = world["sagemaker"].components[name]
     assert component["Specification"] == {
         "BaseInferenceComponentName": components.target.base_component,
-        "Container": {"ArtifactUrl": f"s3://{BUCKET}/{adapter.model_data_prefix}"},
+        # one gzip-compressed tar, as InferenceComponentContainerSpecification.ArtifactUrl requires
+        "Container": {"ArtifactUrl": f"s3://{BUCKET}/{adapter.model_data_prefix}{s3_layout.ADAPTER_ARCHIVE}"},
     }
     assert "ComputeResourceRequirements" not in component["Specification"]  # an adapter takes the base's compute
     # The base is only named, never read, copied or re-uploaded; the adapter is only read, to verify its digests.
     s3_calls = recorder.of("s3")
     assert {op for op, _ in s3_calls} <= {"GetObject", "HeadObject", "ListObjectsV2"}
     assert s3_calls and all(
-        "loraops-a-1" in str(params) and f"/{s3_layout.BASE}" not in str(params) for _, params in s3_calls
+        adapter.model_data_prefix in str(params) and f"/{s3_layout.BASE}" not in str(params) for _, params in s3_calls
     )
     assert [op for op, _ in recorder.of("sagemaker")] == [
         "DescribeModelPackage",
@@ -180,17 +181,35 @@ def test_approved_adapter_becomes_a_component_without_reading_the_base_inference
     assert again["action"] == "none"  # a repeated event changes nothing
 
 
+def _other_bytes(folder: Path, tmp_path: Path) -> Path:
+    """A copy of a job's output with one more file, listed in its manifest: the same adapter, other bytes."""
+    import json
+    import shutil
+
+    from loraops.manifest import MANIFEST_FILE, file_digest
+
+    copy = tmp_path / "other"
+    shutil.copytree(folder, copy)
+    (copy / "NOTES.txt").write_text("a second run\n")
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["files"]["NOTES.txt"] = file_digest(copy / "NOTES.txt")
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return copy
+
+
 def test_a_newer_adapter_version_updates_its_component_and_rejection_removes_it_inference_component_calls_checked_against_botocore(  # noqa: E501
-    registry, aws, world, components, outputs
+    registry, aws, world, components, outputs, tmp_path
 ):
     first = registry.decide(world["adapter"].arn, approve=True)
     assert components.apply(first.arn)["action"] == "created"
-    second = _register(registry, aws, outputs["adapter"], OutputMode.ADAPTER, ADAPTER_GROUP, "loraops-a-2")
+    other = _other_bytes(outputs["adapter"], tmp_path)
+    second = _register(registry, aws, other, OutputMode.ADAPTER, ADAPTER_GROUP, "loraops-a-2")
+    assert second.model_data_prefix != first.model_data_prefix  # other bytes: another version at another prefix
     second = registry.decide(second.arn, approve=True)
     assert components.apply(second.arn)["action"] == "updated"
     name = endpoints.component_name(PREFIX, ADAPTER_GROUP)
     served = world["sagemaker"].components[name]["Specification"]["Container"]["ArtifactUrl"]
-    assert served == f"s3://{BUCKET}/{second.model_data_prefix}"
+    assert served == f"s3://{BUCKET}/{second.model_data_prefix}{s3_layout.ADAPTER_ARCHIVE}"
 
     registry.decide(first.arn, approve=False, reason="regressed")
     assert components.apply(first.arn)["action"] == "none"  # not what the component serves: left alone

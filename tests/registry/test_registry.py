@@ -10,7 +10,7 @@ import pytest
 
 from loraops import s3_layout
 from loraops.base_import import LocalFolder, import_base, upload_base
-from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, folder_content_digest, folder_weights_digest
+from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, content_digest, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops.registry import APPROVED, PENDING, RegistryError
 from tests.helpers import fast_args
@@ -88,18 +88,19 @@ def test_finetune_is_registered_with_its_lineage(registry, aws, tiny_base, adapt
     _upload(aws, adapter_output, prefix)
     package = registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     manifest = json.loads((adapter_output / MANIFEST_FILE).read_text())
-    assert package.status == PENDING and package.model_data_prefix == prefix
+    version = s3_layout.finetuned_prefix(ADAPTER_GROUP, content_digest(manifest["files"]))
+    assert package.status == PENDING and package.model_data_prefix == version  # the write-once copy, not the job's
     assert package.metadata["baseModelPackageArn"] == base_arn
     assert package.metadata["baseWeightsDigest"] == manifest["base_weights_digest"] == folder_weights_digest(tiny_base)
     assert package.metadata["datasetDigest"] == manifest["dataset_digest"]
     assert package.metadata["trainingJob"] == JOB and package.metadata["outputMode"] == "adapter"
     assert (
         package.metadata["hp.lora_r"] == "8"
-        and package.metadata["manifest"] == f"s3://{BUCKET}/{prefix}{MANIFEST_FILE}"
+        and package.metadata["manifest"] == f"s3://{BUCKET}/{version}{MANIFEST_FILE}"
     )
     assert float(package.metadata["evalLoss"]) == pytest.approx(manifest["metrics"]["validation_loss"])
     described = aws["sagemaker"].describe_model_package(ModelPackageName=package.arn)
-    assert described["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == f"s3://{BUCKET}/{prefix}evaluation.json"
+    assert described["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == f"s3://{BUCKET}/{version}evaluation.json"
     again = registry.register_finetune(ADAPTER_GROUP, prefix, JOB)  # the same event delivered twice
     assert again.arn == package.arn and len(_versions(aws, ADAPTER_GROUP)) == 1
 
@@ -167,6 +168,15 @@ def test_an_adapter_is_refused_by_a_merged_group(registry, aws, tiny_base, adapt
         registry.register_finetune(MERGED_GROUP, prefix, JOB)
 
 
+def adapter_version_key(aws, name: str) -> str:
+    (key,) = [
+        o["Key"]
+        for o in aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix=s3_layout.FINETUNED)["Contents"]
+        if o["Key"].endswith("/" + name)
+    ]
+    return key
+
+
 def test_tree_and_storage_report(registry, aws, tiny_base, adapter_output):
     _approved_base(registry, tiny_base)
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
@@ -183,7 +193,10 @@ def test_tree_and_storage_report(registry, aws, tiny_base, adapter_output):
     assert groups["meta-llama--Llama-2-7b-hf"]["versions"][0]["status"] == APPROVED
     (adapter,) = groups[ADAPTER_GROUP]["versions"]
     assert adapter["status"] == PENDING and adapter["dataset"] == "databricks-dolly-15k"
-    assert adapter["bytes"] == sum(p.stat().st_size for p in adapter_output.rglob("*") if p.is_file())
+    archive = aws["s3"].head_object(Bucket=BUCKET, Key=adapter_version_key(aws, s3_layout.ADAPTER_ARCHIVE))
+    # every byte the version holds: its files and the archive packed from them for inference components
+    files = sum(p.stat().st_size for p in adapter_output.rglob("*") if p.is_file())
+    assert adapter["bytes"] == files + archive["ContentLength"]
     (report,) = registry.storage_report()["bases"]
     base_bytes = sum(p.stat().st_size for p in tiny_base.iterdir() if p.is_file())
     assert report["base_bytes"] >= base_bytes and report["adapter_variants"] == 1
