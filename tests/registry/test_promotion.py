@@ -258,11 +258,11 @@ def test_a_base_pending_in_prod_does_not_carry_its_adapters_over(world):
 
 
 def test_a_prod_key_holding_other_bytes_is_refused_before_anything_is_copied(world):
-    prefix = world["base"].model_data_prefix
-    world["prod"]["s3"].put_object(Bucket=PROD_BUCKET, Key=prefix + "config.json", Body=b"{}")
+    key = world["base"].model_data_prefix + "model.safetensors"  # copied after config.json, were it not checked first
+    world["prod"]["s3"].put_object(Bucket=PROD_BUCKET, Key=key, Body=b"other bytes")
     with pytest.raises(PromotionError, match="already holds other bytes"):
         _promotion(world).promote(world["base"].arn)
-    assert list(_prod_objects(world)) == [prefix + "config.json"] and _prod_packages(world) == []
+    assert _prod_objects(world) == {key: b"other bytes"} and _prod_packages(world) == []
 
 
 def test_the_copy_takes_the_verified_version_when_staging_changes_during_it(world):
