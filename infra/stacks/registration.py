@@ -27,7 +27,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import execution_role
+from infra import execution_role, promotion
 from infra.config import EnvironmentConfig
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
@@ -63,6 +63,7 @@ WILDCARD_REASONS = {
     "time; limited to this environment's name prefix.",
     "ReadServingResources": "The serving stack's model and endpoint config carry names CloudFormation generates; "
     "describe only.",
+    **promotion.WILDCARD_REASONS,
 }
 #: Why the functions that callers invoke directly have no dead-letter queue.
 SYNCHRONOUS = {
@@ -85,6 +86,7 @@ class FunctionSpec:
     dead_letters: sqs.IQueue | None = None
     registers: bool = True  # creates packages (and keeps idempotency records); False: reads packages only
     checkov_skips: dict[str, str] = field(default_factory=dict)
+    role_name: str | None = None  # fixed where a bucket or key policy names the role
 
 
 class RegistrationStack(cdk.Stack):
@@ -150,11 +152,28 @@ class RegistrationStack(cdk.Stack):
                 memory_mb=3008,  # Lambda's network bandwidth grows with its memory
                 concurrency=2,
                 environment={"HUB_TOKEN_SECRET": _secret_name(config.hub_token_secret_arn)},
+                role_name=config.import_base_role_name,  # prod's VPC-only bucket policy exempts it by name
                 checkov_skips={
                     **SYNCHRONOUS,
                     "CKV_AWS_117": "Reaches the Hugging Face Hub; the loraops VPC has no route to the internet.",
                 },
             )
+        )
+        self.promote = (
+            self._function(
+                FunctionSpec(
+                    "promote",
+                    promotion.promote_statements(self, config),
+                    in_vpc=False,
+                    timeout=cdk.Duration.minutes(15),
+                    concurrency=2,
+                    environment=promotion.promote_environment(config),
+                    role_name=config.promote_role_name,  # the source's policies and prod's bucket name it
+                    checkov_skips={**SYNCHRONOUS, "CKV_AWS_117": promotion.OUTSIDE_VPC},
+                )
+            )
+            if config.promotion_source
+            else None
         )
         self.deploy_on_approval = self._deploy_function() if config.serving else None
         self.rule = events.Rule(
@@ -185,6 +204,7 @@ class RegistrationStack(cdk.Stack):
         role = iam.Role(
             self,
             f"{construct}Role",
+            role_name=spec.role_name,
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"loraops {config.name}: the {spec.name} function",
         )
