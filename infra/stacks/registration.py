@@ -9,7 +9,10 @@
 - **import-base**: copies a base model from another S3 location or the Hugging Face Hub into ``base/`` and
   registers it. It runs outside the VPC: the VPC has no route to the internet by design, and the Hub is there.
 
-All three share one DynamoDB table for Powertools idempotency (one package per job, digest or import).
+- **promote** (where ``promote_from`` is configured): copies an approved package of the source environment into this
+  one's bucket inside S3 and registers it (``loraops.promotion``; grants in ``infra.promotion``). Outside the VPC.
+
+They share one DynamoDB table for Powertools idempotency (one package per job, digest or import).
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class RegistrationStack(cdk.Stack):
                     promotion.promote_statements(self, config),
                     in_vpc=False,
                     timeout=cdk.Duration.minutes(15),
+                    memory_mb=3008,  # verifying a merged model reads it: Lambda's bandwidth grows with its memory
                     concurrency=2,
                     environment=promotion.promote_environment(config),
                     role_name=config.promote_role_name,  # the source's policies and prod's bucket name it
