@@ -1,5 +1,5 @@
 # loraops: `make demo` (the whole lifecycle against a local AWS emulator), `make test`, `make synth` (templates for
-# every environment), `make lint`, `make deploy ENV=<env>`.
+# every environment), `make lint`, `make deploy ENV=<env>`, `make destroy ENV=<env>`.
 # Each target installs what it needs first; a second run with nothing changed installs nothing.
 
 PYTHON ?= python3
@@ -15,7 +15,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_EC2_METADATA_DISABLED := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: install demo synth test lint deploy clean
+.PHONY: install demo synth test lint deploy destroy rehearse clean
 
 install: $(STAMP)/dev $(STAMP)/node
 
@@ -63,10 +63,21 @@ test: install
 demo: install
 	$(PY) -m demo $(DEMO_ARGS)
 
-## Preflight (Docker, credentials), DLC registry login, then `cdk deploy` of one environment's stacks.
+## Preflight (Docker, credentials, CDK bootstrap), DLC registry login, then `cdk deploy` of one environment's
+## stacks in dependency order (serving only once `loraops serve pin` has named its model). Logic: infra/deploy.py.
 deploy: $(STAMP)/cdk $(STAMP)/node
 	@test -n "$(ENV)" || { echo "make deploy: name the environment, e.g. make deploy ENV=dev"; exit 2; }
 	$(PY) -m infra.deploy --env $(ENV) $(CDK_ARGS)
+
+## Rehearse a deploy without an account: every stack of ENV (default dev) created in moto's CloudFormation;
+## REHEARSE_ARGS="--json rehearsal.json" writes the report.
+rehearse: $(STAMP)/dev
+	$(PY) -m infra.rehearsal --env $(or $(ENV),dev) $(REHEARSE_ARGS)
+
+## What deploy-on-approval made outside CloudFormation first, then `cdk destroy` stack by stack in reverse order.
+destroy: $(STAMP)/cdk $(STAMP)/node
+	@test -n "$(ENV)" || { echo "make destroy: name the environment, e.g. make destroy ENV=dev"; exit 2; }
+	$(PY) -m infra.deploy --env $(ENV) --destroy $(CDK_ARGS)
 
 clean:
 	rm -rf cdk.out $(STAMP) .pytest_cache .demo .build

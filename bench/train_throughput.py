@@ -202,7 +202,7 @@ def run_reference(model_dir: Path, samples, tokenizer, warmup: int, steps: int):
     args = TrainingArguments(
         output_dir="/tmp/loraops-bench/reference",
         per_device_train_batch_size=4,
-        gradient_checkpointing=True,
+        activation_checkpointing=True,
         train_sampling_strategy="sequential",  # the group-by-length order above, the same every run
         optim="paged_adamw_32bit",
         learning_rate=2e-4,
@@ -231,7 +231,7 @@ def run_reference(model_dir: Path, samples, tokenizer, warmup: int, steps: int):
 def run_loraops(
     model_dir: Path, samples, tokenizer, profile: str, warmup: int, steps: int, overrides: dict[str, str], verbose: bool
 ):
-    from loraops_trainer.config import load_settings
+    from loraops_trainer.hyperparameters import load_settings
     from loraops_trainer.model import add_lora, attention_implementation, fused_kernels_enabled, load_base_model
     from loraops_trainer.run import build_trainer, cap_gpu_memory
 

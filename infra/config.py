@@ -163,6 +163,28 @@ class EnvironmentConfig(_Strict):
     )
     serving: ServingConfig | None = Field(default=None, description="the endpoint; none: no serving stack")
     tags: dict[str, str] = Field(default_factory=dict)
+    # --- operations and guards (issue #21) ---------------------------------------------------------------------
+    instance_types: list[str] = Field(
+        default_factory=list,
+        description="instance types training jobs and endpoint configs may use (IAM sagemaker:InstanceTypes); "
+        "empty: training_instance_type and serving_instance_type",
+    )
+    studio_instance_types: list[str] = Field(
+        default_factory=lambda: ["system", "ml.t3.medium", "ml.t3.large", "ml.m5.large", "ml.m5.xlarge"],
+        description="instance types Studio apps and spaces may name (IAM sagemaker:InstanceTypes on CreateApp/"
+        "CreateSpace); an app that names none gets the domain's default",
+    )
+    alarm_topic_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+$",
+        description="SNS topic the operations alarms notify; none: a topic loraops-<env>-alarms is created",
+    )
+    alarm_email: str | None = Field(
+        default=None,
+        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        description="address subscribed to the created alarm topic (ignored with alarm_topic_arn)",
+    )
+    # --- end operations and guards -----------------------------------------------------------------------------
 
     @field_validator("availability_zones")
     @classmethod
@@ -194,6 +216,14 @@ class EnvironmentConfig(_Strict):
     def _base_model(cls, model_id: str) -> str:
         base_group_name(model_id)
         return model_id
+
+    @field_validator("instance_types", "studio_instance_types")
+    @classmethod
+    def _instance_types(cls, types: list[str]) -> list[str]:
+        for value in types:
+            if value != "system" and not re.match(_INSTANCE_TYPE, value):
+                raise ValueError(f"instance type {value!r} is not of the form ml.<family>.<size>")
+        return types
 
     @field_validator("approvers")
     @classmethod
@@ -229,6 +259,14 @@ class EnvironmentConfig(_Strict):
         groups = [line.group_name(self.base_model_id) for line in self.fine_tuned_lines]
         if len(set(groups)) != len(groups):
             raise ValueError(f"fine_tuned_lines name the same package group twice: {groups}")
+        if self.approval == "manual" and not self.approvers:
+            raise ValueError(
+                "approval is 'manual' but no 'approvers' are named: list the IAM role, user or account-root ARNs "
+                "that may approve packages (otherwise any administrator can)"
+            )
+        for what in ("training_instance_type", "serving_instance_type"):
+            if self.instance_types and getattr(self, what) not in self.instance_types:
+                raise ValueError(f"{what} {getattr(self, what)!r} is not in instance_types {self.instance_types}")
         return self
 
     #: Set by :func:`load_environments` from ``promote_from`` (the source) and the other environments' (targets).
@@ -255,6 +293,11 @@ class EnvironmentConfig(_Strict):
     @property
     def dataset_upload_role_name(self) -> str:
         return f"{self.prefix}-dataset-upload"
+
+    @property
+    def allowed_instance_types(self) -> list[str]:
+        """The IAM allow-list of instance types (``sagemaker:InstanceTypes``) of jobs and endpoint configs."""
+        return sorted(set(self.instance_types) or {self.training_instance_type, self.serving_instance_type})
 
     @property
     def auto_approve(self) -> bool:

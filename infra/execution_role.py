@@ -46,6 +46,10 @@ WILDCARD_REASONS: dict[str, str] = {
     "Studio can browse the registry; they cannot change anything.",
     "SageMakerListAndSearch": "List, Search, GetSearchSuggestions and DescribeLineageGroup mostly support no "
     "resource-level permissions (they only accept '*'); read-only.",
+    "CreateGuardedTrainingJobs": "Training jobs are named at run time; every one must run in the loraops VPC, "
+    "network-isolated, with the artifact key and an allowed instance type (conditions).",
+    "CreateStudioApps": "Studio apps and spaces are named per user at run time; limited to the environment's "
+    "Studio instance types (condition).",
     "SageMakerLoraopsWork": "Training jobs, packages, models, endpoints, experiments and Studio apps are named at "
     "run time; every action is limited to this account and region's resources of those types.",
 }
@@ -305,13 +309,77 @@ def job_statements(
     ]
 
 
-def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
-    """SageMaker actions of a loraops user: train, track, register, deploy within this account/region."""
+def training_job_conditions(
+    subnet_ids: list[str], security_group_ids: list[str], key_arn: str, instance_types: list[str]
+) -> dict[str, dict[str, object]]:
+    """What every CreateTrainingJob must ask for: the loraops VPC's subnets and security group, network isolation,
+    encrypted inter-container traffic, the artifact key on volumes and outputs, an allowed instance type.
+
+    ``ForAllValues`` holds for an empty set, so a request without ``VpcConfig`` would satisfy it: the ``Null`` guard
+    requires the keys to be present. ``Bool`` and ``ArnEquals`` fail on an absent key by themselves."""
+    return {
+        "Null": {
+            "sagemaker:VpcSubnets": "false",
+            "sagemaker:VpcSecurityGroupIds": "false",
+            "sagemaker:InstanceTypes": "false",
+        },
+        "ForAllValues:StringEquals": {
+            "sagemaker:VpcSubnets": subnet_ids,
+            "sagemaker:VpcSecurityGroupIds": security_group_ids,
+            "sagemaker:InstanceTypes": instance_types,
+        },
+        "Bool": {"sagemaker:NetworkIsolation": "true", "sagemaker:InterContainerTrafficEncryption": "true"},
+        "ArnEquals": {"sagemaker:VolumeKmsKey": key_arn, "sagemaker:OutputKmsKey": key_arn},
+    }
+
+
+def model_conditions(subnet_ids: list[str], security_group_ids: list[str]) -> dict[str, dict[str, object]]:
+    """What every CreateModel must ask for: the loraops VPC (``Null``-guarded) and network isolation."""
+    return {
+        "Null": {"sagemaker:VpcSubnets": "false", "sagemaker:VpcSecurityGroupIds": "false"},
+        "ForAllValues:StringEquals": {
+            "sagemaker:VpcSubnets": subnet_ids,
+            "sagemaker:VpcSecurityGroupIds": security_group_ids,
+        },
+        "Bool": {"sagemaker:NetworkIsolation": "true"},
+    }
+
+
+def endpoint_config_conditions(instance_types: list[str], volume_key_arn: str | None) -> dict[str, dict[str, object]]:
+    """What every CreateEndpointConfig must ask for: allowed instance types and, where the instance type has no
+    local NVMe storage (SageMaker refuses a volume key there), the artifact key on volumes."""
+    conditions: dict[str, dict[str, object]] = {
+        "Null": {"sagemaker:InstanceTypes": "false"},
+        "ForAllValues:StringEquals": {"sagemaker:InstanceTypes": instance_types},
+    }
+    if volume_key_arn:
+        conditions["ArnEquals"] = {"sagemaker:VolumeKmsKey": volume_key_arn}
+    return conditions
+
+
+def sagemaker_statements(
+    stack: cdk.Stack, training_conditions: dict[str, dict[str, object]], studio_instance_types: list[str]
+) -> list[iam.PolicyStatement]:
+    """SageMaker actions of a loraops user: train (only as :func:`training_job_conditions` allows), track,
+    register, run Studio apps of ``studio_instance_types``, within this account/region."""
 
     def arn(resource: str) -> str:
         return stack.format_arn(service="sagemaker", resource=resource, resource_name="*")
 
     return [
+        iam.PolicyStatement(
+            sid="CreateGuardedTrainingJobs",
+            actions=["sagemaker:CreateTrainingJob"],
+            resources=[arn("training-job")],
+            conditions=training_conditions,
+        ),
+        # An app or space that names no instance type runs on the domain's default (ForAllValues holds for none).
+        iam.PolicyStatement(
+            sid="CreateStudioApps",
+            actions=["sagemaker:CreateApp", "sagemaker:CreateSpace"],
+            resources=[arn("app"), arn("space")],
+            conditions={"ForAllValues:StringEquals": {"sagemaker:InstanceTypes": studio_instance_types}},
+        ),
         iam.PolicyStatement(
             sid="SageMakerDescribe",
             actions=["sagemaker:Describe*", "sagemaker:BatchDescribeModelPackage"],
@@ -330,7 +398,6 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
         iam.PolicyStatement(
             sid="SageMakerLoraopsWork",
             actions=[
-                "sagemaker:CreateTrainingJob",
                 "sagemaker:StopTrainingJob",
                 "sagemaker:CreateModelPackage",
                 "sagemaker:UpdateModelPackage",
@@ -344,9 +411,7 @@ def sagemaker_statements(stack: cdk.Stack) -> list[iam.PolicyStatement]:
                 "sagemaker:AssociateTrialComponent",
                 "sagemaker:BatchPutMetrics",
                 "sagemaker:AddTags",
-                "sagemaker:CreateApp",
                 "sagemaker:DeleteApp",
-                "sagemaker:CreateSpace",
                 "sagemaker:UpdateSpace",
             ],
             resources=[

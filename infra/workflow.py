@@ -6,7 +6,8 @@ base group (fail ``NoApprovedBase`` if none) -> create the training job (channel
 uncompressed S3 prefix, ``training``, optional ``validation``; uncompressed output; VPC, KMS, network isolation,
 checkpoints, optional spot; launched by the training toolkit under ``torchrun`` on every GPU of every instance;
 the trainer's final metrics read by :data:`METRIC_DEFINITIONS`) -> poll it until it ends (``TrainingJobFailed``
-unless Completed). Registration follows from the job's EventBridge event, not from here.
+unless Completed). Registration follows from the job's EventBridge event, not from here. Every task retries
+SageMaker's throttling with backoff (:func:`retry`); job creation also waits out a full training-job quota.
 
 The job is created with the request/response ``createTrainingJob`` integration and a describe/wait loop rather
 than ``createTrainingJob.sync``: both run on AWS, and the loop also runs on the local emulator, so the tests
@@ -33,6 +34,42 @@ METRIC_DEFINITIONS = [
     {"Name": name, "Regex": f"loraops metric {name}=([-+.0-9eE]+);"}
     for name in ("train_loss", "validation_loss", "perplexity")
 ]
+
+
+#: Errors that a later attempt can get past: throttling of SageMaker's API. AWS SDK integrations
+#: (``aws-sdk:sagemaker:*``)
+#: name errors ``SageMaker.<Exception>``; the optimized ``sagemaker:createTrainingJob`` integration reports
+#: throttling (and other API errors) as ``SageMaker.AmazonSageMakerException``.
+THROTTLING_ERRORS = ["SageMaker.ThrottlingException", "SageMaker.AmazonSageMakerException", "ThrottlingException"]
+#: A training-job quota in use by other jobs frees up when they end: retried for up to about 4 hours.
+QUOTA_ERRORS = ["SageMaker.ResourceLimitExceededException"]
+
+
+def retry(task: str) -> list[dict[str, Any]]:
+    """The ``Retry`` of every task: throttling with exponential backoff and jitter (5 s doubling to 5 min, 8 tries);
+    job creation also waits out a full training-job quota (1 min doubling to 30 min, 12 tries)."""
+    retriers = [
+        {
+            "ErrorEquals": THROTTLING_ERRORS,
+            "IntervalSeconds": 5,
+            "BackoffRate": 2.0,
+            "MaxAttempts": 8,
+            "MaxDelaySeconds": 300,
+            "JitterStrategy": "FULL",
+        }
+    ]
+    if task == "createTrainingJob":
+        retriers.append(
+            {
+                "ErrorEquals": QUOTA_ERRORS,
+                "IntervalSeconds": 60,
+                "BackoffRate": 2.0,
+                "MaxAttempts": 12,
+                "MaxDelaySeconds": 1800,
+                "JitterStrategy": "FULL",
+            }
+        )
+    return retriers
 
 
 @dataclass(frozen=True)
@@ -100,6 +137,7 @@ def _create_job(settings: WorkflowSettings, with_validation: bool) -> dict[str, 
             ],
         },
         "ResultPath": None,
+        "Retry": retry("createTrainingJob"),
         "Next": "DescribeTrainingJob",
     }
 
@@ -122,6 +160,7 @@ def definition(settings: WorkflowSettings) -> dict[str, Any]:
                 },
                 "ResultSelector": {"arns.$": "$.ModelPackageSummaryList[*].ModelPackageArn"},
                 "ResultPath": "$.found",
+                "Retry": retry("listModelPackages"),
                 "Next": "IsThereABase",
             },
             "IsThereABase": {
@@ -152,6 +191,7 @@ def definition(settings: WorkflowSettings) -> dict[str, Any]:
                     "hyperparameters": {"base_model_package_arn.$": "$.ModelPackageArn", **LAUNCH_HYPERPARAMETERS},
                 },
                 "ResultPath": "$.base",
+                "Retry": retry("describeModelPackage"),
                 "Next": "WithValidation",
             },
             "WithValidation": {
@@ -167,6 +207,7 @@ def definition(settings: WorkflowSettings) -> dict[str, Any]:
                 "Parameters": {"TrainingJobName.$": "$.job_name"},
                 "ResultSelector": {"status.$": "$.TrainingJobStatus"},
                 "ResultPath": "$.job",
+                "Retry": retry("describeTrainingJob"),
                 "Next": "HasItEnded",
             },
             "HasItEnded": {

@@ -32,6 +32,10 @@ class DeploymentError(RegistryError):
     """The package cannot be served on this endpoint; nothing was changed."""
 
 
+class EndpointBusy(RuntimeError):
+    """The endpoint is not InService (a blue/green update is under way): nothing was changed; retry later."""
+
+
 @dataclass(frozen=True)
 class ServingTarget:
     """The environment's endpoint, as the serving stack made it."""
@@ -115,6 +119,7 @@ class Deployer:
     def _serve_merged(self, package: Package) -> dict[str, Any]:
         if self.target.mode == "endpoint":
             return self._roll_endpoint(package)
+        self._endpoint_in_service()  # before the model is created: a retry must not find it half-made
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
         model = self._model_like(self.sagemaker.describe_model(ModelName=base["Specification"]["ModelName"]), package)
         specification = {
@@ -125,7 +130,7 @@ class Deployer:
         return self._put_component(name, specification, package, copies=True)
 
     def _roll_endpoint(self, package: Package) -> dict[str, Any]:
-        config = self._endpoint_config()
+        config = self._endpoint_config(in_service=True)  # nothing is created while an update is under way
         variants = config["ProductionVariants"]
         serving = self.sagemaker.describe_model(ModelName=variants[0]["ModelName"])
         if _source_uri(serving) == self._uri(package):
@@ -230,9 +235,19 @@ class Deployer:
             raise DeploymentError(f"model {model_name} serves base content sha256:{parts[2]}, no registered base")
         return base.metadata.get("weightsDigest", "")
 
-    def _endpoint_config(self) -> dict[str, Any]:
-        """The endpoint config the endpoint runs now."""
+    def _endpoint_in_service(self) -> dict[str, Any]:
+        """DescribeEndpoint's answer; :class:`EndpointBusy` unless the endpoint is InService."""
         endpoint = self.sagemaker.describe_endpoint(EndpointName=self.target.endpoint)
+        if endpoint.get("EndpointStatus") != "InService":
+            raise EndpointBusy(f"{self.target.endpoint} is {endpoint.get('EndpointStatus')}: try again when InService")
+        return endpoint
+
+    def _endpoint_config(self, in_service: bool = False) -> dict[str, Any]:
+        """The endpoint config the endpoint runs now (with ``in_service``: :class:`EndpointBusy` unless InService)."""
+        if in_service:
+            endpoint = self._endpoint_in_service()
+        else:
+            endpoint = self.sagemaker.describe_endpoint(EndpointName=self.target.endpoint)
         return self.sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
 
     def _endpoint_uri(self) -> str:

@@ -126,10 +126,11 @@ def parse_hyperparameters(pairs: list[str]) -> dict[str, str]:
 
 
 def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
-    """Check ``hyperparameters`` with the trainer's own settings parser (``loraops_trainer.config.load_settings``:
-    names, types, ranges, the same code the job runs), before anything starts. It imports transformers and torch
-    (about 10 s and 450 MB on a laptop CPU); where the trainer's dependencies are absent, say so. The libraries'
-    import-time notes and deprecation warnings are the job's to print, not the CLI's: silenced here."""
+    """Check ``hyperparameters`` with the trainer's own settings parser
+    (``loraops_trainer.hyperparameters.load_settings``: names, types, ranges, the same code the job runs), before
+    anything starts. It imports transformers and torch (about 10 s and 450 MB on a laptop CPU); where the trainer's
+    dependencies are absent, say so. The libraries' import-time notes and deprecation warnings are the job's to
+    print, not the CLI's: silenced here."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -142,7 +143,8 @@ def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
 
 def _validate(hyperparameters: dict[str, str]) -> None:
     try:
-        from loraops_trainer.config import ENVIRONMENT_DEFAULTS, REQUIRED, ConfigError, load_settings
+        from loraops_trainer.hyperparameters import ENVIRONMENT_DEFAULTS, REQUIRED, load_settings
+        from loraops_trainer.settings import ConfigError
     except ImportError as error:
         raise FineTuneError(
             f"checking --hp needs the trainer's settings parser ({error}): pip install 'loraops[train]', "

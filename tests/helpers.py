@@ -29,7 +29,7 @@ def fast_args(base: Path, model_dir: Path, **overrides) -> list[str]:
         lora_r=8,
         lora_alpha=16,
         lora_dropout=0.0,
-        gradient_checkpointing="false",
+        activation_checkpointing="false",
         sample_generations=1,
         max_new_tokens=4,
         learning_rate=1e-3,

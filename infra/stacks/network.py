@@ -30,9 +30,13 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "CloudWatchMonitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
     # the trainer image URI parameter
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
+    # Model Registry collections from Studio: resource-groups:* (com.amazonaws.<region>.resource-groups) and the
+    # Resource Groups Tagging API (com.amazonaws.<region>.tagging) that lists a collection's members
+    "ResourceGroups": ec2.InterfaceVpcEndpointAwsService.RESOURCE_GROUPS,
+    "Tagging": ec2.InterfaceVpcEndpointAwsService.TAGGING,
 }
-#: Endpoints whose services document VPC endpoint policies; the others (Studio, notebook, metrics) keep the
-#: default full-access policy.
+#: Endpoints whose services document VPC endpoint policies; the others (Studio, notebook, metrics, resource groups,
+#: tagging) keep the default full-access policy.
 POLICY_ENDPOINTS = frozenset(
     {
         "SageMakerApi",

@@ -3,9 +3,14 @@
 - **register-finetune**: EventBridge ("SageMaker Training Job State Change", Completed, jobs tagged with their
   package group) invokes it; events it cannot take after the retries land in an encrypted dead-letter queue.
 - **register-base**: registers a base model already under ``base/`` (invoked by the CLI or the workflow).
-- **deploy-on-approval** (where ``serving`` is configured): EventBridge invokes it when a package of the
-  environment's fine-tuned lines is approved, rejected or deleted; it adds, updates or removes inference components or
-  rolls the endpoint (``loraops.deployment``). Serialised: one deployment at a time.
+- **deploy-on-approval** (where ``serving`` is configured): when a package of the environment's fine-tuned lines is
+  approved, rejected or deleted, EventBridge puts the event in a FIFO approval buffer, from which the function takes
+  it; it adds, updates or removes inference components or rolls the endpoint (``loraops.deployment``). Serialised
+  (one message group): one deployment at a time, in order. A failed attempt (the endpoint still Updating from a
+  blue/green roll) comes back every 20 minutes for 6 hours, then lands in the approval dead-letter queue.
+
+Dead letters, the buffer and the alarm topic use the operations key (``infra/alarms.py``); dead letters, a stuck
+approval and function errors alarm.
 - **import-base**: copies a base model from another S3 location or the Hugging Face Hub into ``base/`` and
   registers it. It runs outside the VPC: the VPC has no route to the internet by design, and the Hub is there.
 
@@ -17,6 +22,7 @@ They share one DynamoDB table for Powertools idempotency (one package per job, d
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import aws_cdk as cdk
@@ -27,15 +33,17 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import execution_role, promotion
+from infra import alarms, execution_role, promotion
 from infra.config import EnvironmentConfig
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
 from infra.stacks.network import Placement
+from infra.stacks.serving import has_local_nvme
 from infra.stacks.storage import removal_policy
 from loraops import endpoints, s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED, package_state_changed
@@ -62,12 +70,21 @@ WILDCARD_REASONS = {
     "RegistrationClaims": "One claim object per registration in progress, named by the group and the digest at "
     "run time, under registrations/ only.",
     "ReadPackages": "Package versions are numbered at run time; limited to this account and region.",
+    "CreateGuardedModels": "Models are named per package at run time under this environment's prefix; each must "
+    "run in the loraops VPC, network-isolated (conditions).",
+    "CreateGuardedEndpointConfigs": "Endpoint configs are named per package at run time under this environment's "
+    "prefix; limited to the allowed instance types (conditions).",
     "DeployModels": "Models, endpoint configs and components a deployment creates are named per package at run "
     "time; limited to this environment's name prefix.",
     "ReadServingResources": "The serving stack's model and endpoint config carry names CloudFormation generates; "
     "describe only.",
     **promotion.WILDCARD_REASONS,
 }
+#: How long an approval is retried (an endpoint stays Updating for up to about an hour during a blue/green roll), and
+#: how long each attempt may take before the buffer hands the approval out again (at least the function's timeout).
+APPROVAL_RETRY_WINDOW = 6 * 3600
+APPROVAL_VISIBILITY_SECONDS = 20 * 60
+APPROVAL_VISIBILITY = cdk.Duration.seconds(APPROVAL_VISIBILITY_SECONDS)
 #: Why the functions that callers invoke directly have no dead-letter queue.
 SYNCHRONOUS = {
     "CKV_AWS_116": "Invoked synchronously (the CLI, the workflow): the caller receives the error; a DLQ would "
@@ -118,16 +135,12 @@ class RegistrationStack(cdk.Stack):
             ),
             removal_policy=removal_policy(config),
         )
-        self.dead_letters = sqs.Queue(
-            self,
-            "DeadLetters",
-            encryption=sqs.QueueEncryption.KMS,
-            encryption_master_key=key,
-            enforce_ssl=True,
-            retention_period=cdk.Duration.days(14),
-        )
-        acknowledge(self.dead_letters, "AwsSolutions-SQS3", "This queue is the dead-letter queue itself.")
         self.config, self.key, self.placement = config, key, placement
+        # Dead letters, the approval buffer and the alarm topic have a key of their own: EventBridge and CloudWatch
+        # may use it, for this environment's rules and this account's alarms only (the artifact key grants neither).
+        self.operations_key = alarms.operations_key(self, config)
+        self.alarm_topic = alarms.alarm_topic(self, config, self.operations_key)
+        self.dead_letters = self._dead_letter_queue("DeadLetters")
         self.bucket_arn = f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"
 
         outputs = (s3_layout.ADAPTERS, s3_layout.MERGED)
@@ -179,11 +192,14 @@ class RegistrationStack(cdk.Stack):
             if config.promotion_source
             else None
         )
+        self.approval_buffer: sqs.Queue | None = None
+        self.approval_dead_letters: sqs.Queue | None = None
         self.deploy_on_approval = self._deploy_function() if config.serving else None
         self.rule = events.Rule(
             self,
             "TrainingJobCompleted",
             description="A loraops training job completed: register its output",
+            rule_name=alarms.rule_name(config, "training-job-completed"),
             event_pattern=events.EventPattern(
                 source=TRAINING_JOB_COMPLETED["source"],
                 detail_type=TRAINING_JOB_COMPLETED["detail-type"],
@@ -198,6 +214,64 @@ class RegistrationStack(cdk.Stack):
                 )
             ],
         )
+        self._alarms()
+
+    def _dead_letter_queue(self, construct_id: str, fifo: bool = False) -> sqs.Queue:
+        queue = sqs.Queue(
+            self,
+            construct_id,
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.operations_key,
+            enforce_ssl=True,
+            retention_period=cdk.Duration.days(14),
+            fifo=fifo or None,
+        )
+        acknowledge(queue, "AwsSolutions-SQS3", "This queue is a dead-letter queue itself.")
+        return queue
+
+    def _alarms(self) -> None:
+        """Dead letters, function errors and a stuck approval notify the alarm topic."""
+        config, topic = self.config, self.alarm_topic
+        queues = [("DeadLetters", "dead-letters", self.dead_letters)]
+        if self.approval_dead_letters is not None:
+            queues.append(("ApprovalDeadLetters", "approval-dead-letters", self.approval_dead_letters))
+        for construct_id, name, queue in queues:
+            alarms.alarm(
+                self,
+                f"{construct_id}Alarm",
+                config,
+                name,
+                "An event or approval was given up on and waits in a dead-letter queue: read it, fix the cause, "
+                "redrive it",
+                queue.metric_approximate_number_of_messages_visible(period=alarms.PERIOD, statistic="Maximum"),
+                topic,
+            )
+        if self.approval_buffer is not None:
+            alarms.alarm(
+                self,
+                "ApprovalWaitingAlarm",
+                config,
+                "approval-waiting",
+                "An approval has waited over 2 hours to be deployed (the endpoint stays busy or deployments fail)",
+                self.approval_buffer.metric_approximate_age_of_oldest_message(
+                    period=alarms.PERIOD, statistic="Maximum"
+                ),
+                topic,
+                threshold=2 * 3600,
+            )
+        functions = [self.register_finetune, self.register_base, self.import_base]
+        functions += [self.deploy_on_approval] if self.deploy_on_approval is not None else []
+        for function in functions:
+            construct_id = function.node.id
+            alarms.alarm(
+                self,
+                f"{construct_id}ErrorsAlarm",
+                config,
+                f"{re.sub(r'(?<!^)(?=[A-Z])', '-', construct_id).lower()}-errors",
+                f"The {construct_id} function failed (see its log group)",
+                function.metric_errors(period=alarms.PERIOD, statistic="Sum"),
+                topic,
+            )
 
     def _function(self, spec: FunctionSpec) -> lambda_.Function:
         """The function of ``spec`` with its own role, encrypted log group and reasoned policy."""
@@ -333,10 +407,26 @@ class RegistrationStack(cdk.Stack):
                     # reads the package's files to verify them against its registered digests before serving
                     *self._read("JobOutputs", (s3_layout.ADAPTERS, s3_layout.MERGED)),
                     iam.PolicyStatement(
+                        sid="CreateGuardedModels",
+                        actions=["sagemaker:CreateModel"],
+                        resources=[arn("model", f"{prefix}-*")],
+                        conditions=execution_role.model_conditions(
+                            [subnet.subnet_id for subnet in self.placement.subnets],
+                            [self.placement.security_group.security_group_id],
+                        ),
+                    ),
+                    iam.PolicyStatement(
+                        sid="CreateGuardedEndpointConfigs",
+                        actions=["sagemaker:CreateEndpointConfig"],
+                        resources=[arn("endpoint-config", f"{prefix}-*")],
+                        conditions=execution_role.endpoint_config_conditions(
+                            config.allowed_instance_types,
+                            None if has_local_nvme(config.serving_instance_type) else self.key.key_arn,
+                        ),
+                    ),
+                    iam.PolicyStatement(
                         sid="DeployModels",
                         actions=[
-                            "sagemaker:CreateModel",
-                            "sagemaker:CreateEndpointConfig",
                             "sagemaker:UpdateEndpoint",
                             "sagemaker:DescribeEndpoint",
                             "sagemaker:CreateInferenceComponent",
@@ -396,18 +486,43 @@ class RegistrationStack(cdk.Stack):
                 dead_letters=self.dead_letters,
             )
         )
+        # Approvals wait in a FIFO buffer until the endpoint takes them: one message group, so one deployment at a
+        # time and in the order approved; a failed attempt (the endpoint still Updating during a blue/green roll of
+        # up to about an hour) comes back after the visibility timeout, for APPROVAL_RETRY_WINDOW.
+        self.approval_dead_letters = self._dead_letter_queue("ApprovalDeadLetters", fifo=True)
+        self.approval_buffer = sqs.Queue(
+            self,
+            "ApprovalBuffer",
+            fifo=True,
+            content_based_deduplication=True,
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=self.operations_key,
+            enforce_ssl=True,
+            visibility_timeout=APPROVAL_VISIBILITY,
+            retention_period=cdk.Duration.days(4),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.approval_dead_letters,
+                max_receive_count=APPROVAL_RETRY_WINDOW // APPROVAL_VISIBILITY_SECONDS,
+            ),
+        )
+        function.add_event_source(event_sources.SqsEventSource(self.approval_buffer, batch_size=1))
         lines = [line.group_name(config.base_model_id) for line in config.fine_tuned_lines]
         pattern = package_state_changed(lines)
         events.Rule(
             self,
             "PackageStateChanged",
+            rule_name=alarms.rule_name(config, "package-state-changed"),
             description="A package of a fine-tuned line was approved, rejected or deleted: update the endpoint",
             event_pattern=events.EventPattern(
                 source=pattern["source"], detail_type=pattern["detail-type"], detail=pattern["detail"]
             ),
             targets=[
-                targets.LambdaFunction(
-                    function, dead_letter_queue=self.dead_letters, retry_attempts=8, max_event_age=cdk.Duration.hours(6)
+                targets.SqsQueue(
+                    self.approval_buffer,
+                    message_group_id=endpoints.endpoint_name(prefix),
+                    dead_letter_queue=self.dead_letters,
+                    retry_attempts=8,
+                    max_event_age=cdk.Duration.hours(6),
                 )
             ],
         )
@@ -448,6 +563,14 @@ class RegistrationStack(cdk.Stack):
                 ],
             )
         )
+        if spec.dead_letters is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="EncryptDeadLetters",  # Lambda writes a failed asynchronous event with the function's role
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    resources=[self.operations_key.key_arn],
+                )
+            )
         if spec.in_vpc:
             statements += self._network_statements(arn)
         return statements

@@ -8,6 +8,10 @@
 - **Inference-components mode**: the model is the base component; the deploy-on-approval function (registration
   stack) adds one adapter component per approved adapter line (``BaseInferenceComponentName`` + ``ArtifactUrl``).
 - **Autoscaling** of instances (endpoint mode) or base-component copies, on invocations per instance / copy.
+- **Capacity** (inference-components mode): every merged line gets a component with the base's compute, so the
+  instances ``max_instances`` allows must hold the base's copies and one copy per merged line
+  (:func:`component_capacity`); synth fails with the numbers otherwise, and base copies autoscale only into what is
+  left.
 """
 
 from __future__ import annotations
@@ -21,18 +25,56 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra.config import EnvironmentConfig
+from infra.config import ConfigError, EnvironmentConfig
 from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
 from infra.stacks.network import Placement
 from loraops import endpoints, s3_layout
 from loraops.images import image_uri
+from loraops.naming import OutputMode
 
 SERVING_CONTAINER = REPO_ROOT / "serving_container"
 #: The DJL entry module the loraops image installs (serving_container/Dockerfile).
 DJL_ENTRY_MODULE = "loraops_djl_model"
 #: Instance families with local NVMe instance storage: SageMaker refuses a volume KMS key on them.
 NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "inf2", "trn1")
+
+
+_G_SIZES = {"xlarge": 1, "2xlarge": 1, "4xlarge": 1, "8xlarge": 1, "16xlarge": 1, "12xlarge": 4, "24xlarge": 4}
+#: Accelerators (GPUs) per instance, by family and size, for the families serving may use.
+_ACCELERATORS_BY_SIZE = {
+    ("g4dn", "g5", "g6", "g6e"): _G_SIZES | {"48xlarge": 8},
+    ("p4d", "p4de", "p5", "p5e"): {"24xlarge": 8, "48xlarge": 8},
+}
+
+
+def accelerators(instance_type: str) -> int:
+    """Accelerators of one ``ml.<family>.<size>`` instance."""
+    _, family, size = instance_type.split(".")
+    for families, sizes in _ACCELERATORS_BY_SIZE.items():
+        if family in families and size in sizes:
+            return sizes[size]
+    raise ConfigError(
+        f"serving_instance_type {instance_type}: its accelerator count is unknown to infra/stacks/serving.py"
+    )
+
+
+def component_capacity(config: EnvironmentConfig) -> int:
+    """The most base-component copies the endpoint can hold next to one copy per merged line (each with the base's
+    compute, deploy-on-approval's merged component); :class:`ConfigError` when not even ``min_instances`` fit."""
+    serving = config.serving
+    assert serving is not None
+    per_instance = accelerators(config.serving_instance_type) // serving.accelerators_per_copy
+    merged = sum(1 for line in config.fine_tuned_lines if line.mode is OutputMode.MERGED)
+    slots = per_instance * serving.max_instances
+    if slots - merged < serving.min_instances:
+        raise ConfigError(
+            f"{config.name}.serving: {serving.min_instances} base cop{'y' if serving.min_instances == 1 else 'ies'} "
+            f"and {merged} merged component(s) need {serving.min_instances + merged} copies of "
+            f"{serving.accelerators_per_copy} accelerator(s), but max_instances {serving.max_instances} of "
+            f"{config.serving_instance_type} hold {slots}: raise serving.max_instances in cdk.json"
+        )
+    return slots - merged
 
 
 def has_local_nvme(instance_type: str) -> bool:
@@ -100,6 +142,7 @@ class ServingStack(cdk.Stack):
             },
         )
         components = serving.mode == "inference-components"
+        self.max_base_copies = component_capacity(config) if components else None
         variant: dict[str, Any] = {
             "VariantName": endpoints.VARIANT,
             "InstanceType": config.serving_instance_type,
@@ -250,7 +293,7 @@ class ServingStack(cdk.Stack):
             resource_id=resource,
             scalable_dimension=dimension,
             min_capacity=serving.min_instances,
-            max_capacity=serving.max_instances,
+            max_capacity=self.max_base_copies or serving.max_instances,
         )
         target.node.add_dependency(owner)
         target.scale_to_track_metric(

@@ -54,7 +54,16 @@ class StudioStack(cdk.Stack):
                 ),
                 dlc_account=training_base_image(config.region).split(".", 1)[0],
             ),
-            *execution_role.sagemaker_statements(self),
+            *execution_role.sagemaker_statements(
+                self,
+                execution_role.training_job_conditions(
+                    [s.subnet_id for s in placement.subnets],
+                    [placement.security_group.security_group_id],
+                    key.key_arn,
+                    config.allowed_instance_types,
+                ),
+                config.studio_instance_types,
+            ),
             *execution_role.serving_guard_statements(),
         ]
         policy = iam.Policy(self, "ExecutionPolicy", statements=statements)

@@ -1,5 +1,6 @@
 """The fine-tune workflow: a Step Functions state machine (definition in ``infra/workflow.py``) that trains the
-newest approved base model with the trainer image; ``loraops finetune start`` starts it."""
+newest approved base model with the trainer image; ``loraops finetune start`` starts it. A failed or timed-out
+execution notifies the environment's alarm topic."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import json
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from infra import execution_role
+from infra import alarms, execution_role
 from infra.config import EnvironmentConfig
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency
@@ -24,7 +26,7 @@ WILDCARD_REASONS = {
     "FindApprovedBase": "Package versions of the base group are numbered at run time (model-package/<group>/<n>).",
     "ListModelPackages": "ListModelPackages supports no resource-level permissions; it only accepts '*'.",
     "StartTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs, and by conditions to the "
-    "VPC's subnets, network isolation and the artifact key.",
+    "VPC's subnets and security group, network isolation, the artifact key and the allowed instance types.",
     "TagTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs (tagged on creation).",
     "WatchTrainingJobs": "Job names are chosen per request; limited to loraops-* jobs.",
     "DeliverLogs": "CloudWatch Logs delivery APIs support no resource-level permissions.",
@@ -68,7 +70,7 @@ class WorkflowStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
             description=f"loraops {config.name}: the fine-tune workflow",
         )
-        statements = self._statements(config, key, execution_role_arn, subnets)
+        statements = self._statements(config, key, execution_role_arn, subnets, settings.security_group_ids)
         policy = iam.Policy(self, "WorkflowPolicy", statements=statements)
         policy.attach_to_role(self.role)
         for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
@@ -102,9 +104,32 @@ class WorkflowStack(cdk.Stack):
             description="loraops fine-tune workflow (loraops finetune start)",
         )
         cdk.CfnOutput(self, "FineTuneWorkflowArn", value=self.state_machine.state_machine_arn)
+        self._alarms(config)
+
+    def _alarms(self, config: EnvironmentConfig) -> None:
+        """A fine-tune that fails or times out notifies the environment's alarm topic."""
+        topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarms.topic_arn(self, config))
+        for construct_id, name, metric in (
+            ("FailedAlarm", "finetune-failed", self.state_machine.metric_failed),
+            ("TimedOutAlarm", "finetune-timed-out", self.state_machine.metric_timed_out),
+        ):
+            alarms.alarm(
+                self,
+                construct_id,
+                config,
+                name,
+                "A fine-tune workflow execution failed or timed out (its execution history says where)",
+                metric(period=alarms.PERIOD, statistic="Sum"),
+                topic,
+            )
 
     def _statements(
-        self, config: EnvironmentConfig, key: kms.IKey, execution_role_arn: str, subnets: list[str]
+        self,
+        config: EnvironmentConfig,
+        key: kms.IKey,
+        execution_role_arn: str,
+        subnets: list[str],
+        security_groups: list[str],
     ) -> list[iam.PolicyStatement]:
         def arn(resource: str, name: str) -> str:
             return self.format_arn(service="sagemaker", resource=resource, resource_name=name)
@@ -121,14 +146,9 @@ class WorkflowStack(cdk.Stack):
                 sid="StartTrainingJobs",
                 actions=["sagemaker:CreateTrainingJob"],
                 resources=[jobs],
-                conditions={
-                    "Bool": {
-                        "sagemaker:NetworkIsolation": "true",
-                        "sagemaker:InterContainerTrafficEncryption": "true",
-                    },
-                    "ForAllValues:StringEquals": {"sagemaker:VpcSubnets": subnets},
-                    "ArnEquals": {"sagemaker:VolumeKmsKey": key.key_arn, "sagemaker:OutputKmsKey": key.key_arn},
-                },
+                conditions=execution_role.training_job_conditions(
+                    subnets, security_groups, key.key_arn, config.allowed_instance_types
+                ),
             ),
             iam.PolicyStatement(sid="TagTrainingJobs", actions=["sagemaker:AddTags"], resources=[jobs]),
             iam.PolicyStatement(

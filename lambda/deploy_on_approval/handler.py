@@ -5,11 +5,13 @@ Environment: ``ARTIFACT_BUCKET``, ``AWS_REGION``, ``NAME_PREFIX``, ``SERVING_MOD
 ``ROLLBACK_ALARMS``. Deployments are serialised (reserved concurrency 1) and idempotent by construction: each one
 compares what the endpoint serves with the package's current state, so a repeated event changes nothing. A package
 that cannot be served (an adapter of other base weights) is answered with the reason and changes nothing; AWS
-errors (an endpoint still updating) raise, and EventBridge retries them.
+errors and an endpoint not InService (still updating) raise, and the approval buffer (an SQS FIFO queue) hands the
+event out again.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -33,8 +35,19 @@ def deploy(event: EventBridgeEvent, deployer: Deployer) -> dict[str, Any]:
     return result
 
 
+def events_of(event: dict[str, Any]) -> list[EventBridgeEvent]:
+    """The EventBridge events of an invocation: one from the approval buffer's SQS records (the event is each
+    record's body), or the event itself when EventBridge or an operator invokes the function directly."""
+    if "Records" in event:
+        return [EventBridgeEvent(json.loads(record["body"])) for record in event["Records"]]
+    return [EventBridgeEvent(event)]
+
+
 @log.inject_lambda_context
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any] | list[dict[str, Any]]:
+    """An error raised here (an AWS error, the endpoint not InService) fails the invocation: the buffer hands the
+    approval out again later."""
     registry = Registry.from_environment()
     deployer = Deployer(registry, boto3.client("ssm", region_name=registry.region), ServingTarget.from_environment())
-    return deploy(EventBridgeEvent(event), deployer)
+    results = [deploy(item, deployer) for item in events_of(event)]
+    return results if "Records" in event else results[0]

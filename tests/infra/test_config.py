@@ -100,3 +100,40 @@ def test_environment_name_rules(context_copy):
     _envs(context_copy)["Dev_1"] = _envs(context_copy)["dev"]
     with pytest.raises(ConfigError, match=r"loraops:environments\.Dev_1: environment names"):
         load_environments(context_copy)
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_manual_approval_needs_approvers(context_copy, env):
+    """Without approvers, 'manual' would mean 'any administrator': synth refuses the configuration."""
+    del _envs(context_copy)[env]["approvers"]
+    with pytest.raises(ConfigError, match=rf"loraops:environments\.{env}: approval is 'manual' but no 'approvers'"):
+        load_environments(context_copy)
+
+
+def test_every_manual_environment_in_cdk_json_names_its_approvers(context_copy):
+    for config in load_environments(context_copy):
+        assert config.auto_approve or config.approvers, config.name
+
+
+def test_instance_type_allow_list(context_copy):
+    dev = _envs(context_copy)["dev"]
+    (config,) = load_environments(context_copy, "dev")
+    assert config.allowed_instance_types == sorted({dev["training_instance_type"], dev["serving_instance_type"]})
+    dev["instance_types"] = ["ml.g5.2xlarge", "ml.g5.12xlarge"]
+    (config,) = load_environments(context_copy, "dev")
+    assert config.allowed_instance_types == ["ml.g5.12xlarge", "ml.g5.2xlarge"]
+    dev["instance_types"] = ["ml.g5.12xlarge"]
+    with pytest.raises(ConfigError, match=r"dev: training_instance_type 'ml.g5.2xlarge' is not in instance_types"):
+        load_environments(context_copy, "dev")
+    dev["instance_types"] = ["g5.2xlarge"]
+    with pytest.raises(ConfigError, match=r"dev\.instance_types: instance type 'g5.2xlarge' is not of the form"):
+        load_environments(context_copy, "dev")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("alarm_topic_arn", "arn:aws:sqs:us-east-1:111111111111:q"), ("alarm_email", "oncall")]
+)
+def test_alarm_destination_is_validated(context_copy, key, value):
+    _envs(context_copy)["dev"][key] = value
+    with pytest.raises(ConfigError, match=rf"loraops:environments\.dev\.{key}: String should match pattern"):
+        load_environments(context_copy)

@@ -30,6 +30,7 @@ ARN_SHAPES = {
     "AWS::S3::Bucket": "arn:aws:s3:::resolved",
     "AWS::EC2::VPC": "vpc-resolved",
     "AWS::EC2::Subnet": "subnet-resolved",
+    "AWS::EC2::SecurityGroup": "sg-resolved",
     "AWS::SQS::Queue": "arn:aws:sqs:{region}:{account}:resolved",
     "AWS::DynamoDB::Table": "arn:aws:dynamodb:{region}:{account}:table/resolved",
 }

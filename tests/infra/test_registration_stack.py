@@ -57,7 +57,8 @@ def test_idempotency_table_and_dead_letters_are_encrypted(env, templates):
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
     assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert table["SSESpecification"]["SSEEnabled"] is True and table["SSESpecification"]["KMSMasterKeyId"]
-    assert _one(t, "AWS::SQS::Queue")["Properties"]["KmsMasterKeyId"]
+    queues = t.find_resources("AWS::SQS::Queue").values()
+    assert queues and all(q["Properties"]["KmsMasterKeyId"] for q in queues)
 
 
 def _rules(template) -> dict[str, dict]:

@@ -134,9 +134,10 @@ def test_approver_role_may_approve_only_this_environments_packages(cdk_context):
     assert allowed["s3:GetBucketTagging"] == f"arn:aws:s3:::{staging.config.artifact_bucket_name}"
 
 
-def test_no_approver_role_without_approvers(templates):
+def test_an_approver_role_exactly_where_approvers_are_configured(templates, synthesized):
     for env in ENVIRONMENTS:
-        assert templates[(env, "registry")].find_resources("AWS::IAM::Role") == {}
+        roles = templates[(env, "registry")].find_resources("AWS::IAM::Role")
+        assert len(roles) == (1 if synthesized[env].config.approvers else 0), env
 
 
 def test_two_environments_in_one_account_and_region_are_refused(context_copy):

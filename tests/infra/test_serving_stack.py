@@ -13,7 +13,7 @@ from aws_cdk.assertions import Template
 
 from infra.app_factory import build_app
 from infra.config import ConfigError, load_environments
-from infra.stacks.serving import DJL_ENTRY_MODULE
+from infra.stacks.serving import DJL_ENTRY_MODULE, accelerators, component_capacity
 from loraops import endpoints, s3_layout
 from loraops.events import package_state_changed
 from loraops.images import image_uri
@@ -263,3 +263,33 @@ def test_properties_become_container_environment():
     }
     with pytest.raises(ValueError, match="not a property line"):
         endpoints.properties_environment("option.dtype")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_endpoint_holds_the_base_copies_and_every_merged_component(env, templates, synthesized):
+    """Managed instance scaling may add instances up to max_instances; base copies autoscale only into what one
+    copy per merged line (deploy-on-approval's merged components, the base's compute each) leaves."""
+    config = synthesized[env].config
+    t = templates[(env, "serving")]
+    (variant,) = _one(t, "AWS::SageMaker::EndpointConfig")["ProductionVariants"]
+    max_instances = variant["ManagedInstanceScaling"]["MaxInstanceCount"]
+    copies = _one(t, "AWS::ApplicationAutoScaling::ScalableTarget")
+    merged = sum(1 for line in config.fine_tuned_lines if line.mode.value == "merged")
+    per_copy = _one(t, "AWS::SageMaker::InferenceComponent")["Specification"]["ComputeResourceRequirements"]
+    slots = max_instances * accelerators(variant["InstanceType"]) // per_copy["NumberOfAcceleratorDevicesRequired"]
+    assert copies["MaxCapacity"] + merged <= slots
+    assert copies["MinCapacity"] <= copies["MaxCapacity"]
+    if env == "dev":  # one g5.2xlarge GPU each: the base's copy and the merged line's component need two instances
+        assert (max_instances, copies["MaxCapacity"], merged) == (2, 1, 1)
+
+
+def test_a_fleet_too_small_for_its_components_fails_synth_with_the_numbers(context_copy):
+    raw = context_copy["loraops:environments"]
+    raw["dev"]["serving"]["max_instances"] = 1
+    (config,) = load_environments(context_copy, selected="dev")
+    with pytest.raises(ConfigError) as error:
+        component_capacity(config)
+    assert str(error.value) == (
+        "dev.serving: 1 base copy and 1 merged component(s) need 2 copies of 1 accelerator(s), but max_instances 1 "
+        "of ml.g5.2xlarge hold 1: raise serving.max_instances in cdk.json"
+    )

@@ -105,6 +105,8 @@ def test_network_is_isolated_with_flow_logs_and_endpoints(env, templates, synthe
         "logs",
         "kms",
         "s3",
+        ".resource-groups",  # Studio's collections (resource-groups:*) and their members (the tagging API)
+        ".tagging",
     ):
         assert any(suffix in s for s in services), f"no VPC endpoint for {suffix}: {services}"
     t.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway"})
@@ -267,3 +269,55 @@ def test_trainer_image_uri_is_published(env, templates):
     templates[(env, "training")].has_resource_properties(
         "AWS::SSM::Parameter", {"Name": f"/loraops-{env}/trainer-image-uri", "Type": "String"}
     )
+
+
+def test_stacks_deploy_after_every_stack_they_name(env, synthesized):
+    """Every dependency (references and the explicit ones for literal names) comes earlier in make deploy's order, and
+    the stacks that name the execution role (studio's) literally depend on studio."""
+    from infra.deploy import DEPLOY_ORDER
+
+    stacks = synthesized[env]
+    position = {concern: DEPLOY_ORDER.index(concern) for concern in CONCERNS}
+    for concern in CONCERNS:
+        for dependency in getattr(stacks, concern).dependencies:
+            before = dependency.stack_name.removeprefix(f"{stacks.config.prefix}-")
+            assert position[before] < position[concern], f"{concern} deploys before {before}, which it depends on"
+
+    def depends(concern: str) -> set[str]:
+        return {d.stack_name.removeprefix(f"{stacks.config.prefix}-") for d in getattr(stacks, concern).dependencies}
+
+    assert {"studio", "network", "storage"} <= depends("serving")
+    assert {"studio", "training", "network", "storage"} <= depends("workflow")
+    assert {"studio", "registry"} <= depends("registration")
+
+
+#: Types whose retained, statically named resources CloudFormation's auto-import (``--import-existing-resources``)
+#: adopts on a redeploy: their primary identifier is the name in the template.
+ADOPTABLE = {
+    "AWS::S3::Bucket": "BucketName",
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::ResourceGroups::Group": "Name",
+}
+
+
+def test_retained_named_resources_are_adopted_or_checked_on_redeploy(env, synthesized, templates):
+    """A destroyed ``retain`` environment leaves these behind; make deploy adopts each (or, for package groups, whose
+    identifier is their read-only ARN, the preflight names each one left outside a stack)."""
+    from infra import deploy
+
+    config = synthesized[env].config
+    for concern in CONCERNS:
+        for logical, resource in templates[(env, concern)].to_json()["Resources"].items():
+            if resource.get("DeletionPolicy") not in ("Retain", "RetainExceptOnCreate"):
+                continue
+            kind, properties = resource["Type"], resource.get("Properties", {})
+            if kind == "AWS::SageMaker::ModelPackageGroup":
+                assert properties["ModelPackageGroupName"] in deploy.package_groups(config)
+            elif kind in ADOPTABLE:
+                name = properties.get(ADOPTABLE[kind])
+                assert name is None or isinstance(name, str), f"{logical}: auto-import needs a literal name"
+            else:
+                assert not any(k.endswith("Name") for k in properties), f"{logical} ({kind}): named, retained"
+    adopt = "--import-existing-resources" in deploy.deploy_command(config, deploy.StackPlan([]))
+    assert adopt == (config.removal_policy == "retain")

@@ -76,3 +76,20 @@ def test_workflow_role_starts_only_guarded_loraops_jobs(env, templates, synthesi
     assert statements["FindApprovedBase"]["Resource"].endswith(f":model-package/{config.base_group}/*")
     stars = sorted(sid for sid, s in statements.items() if s["Resource"] == "*")
     assert stars == ["ListModelPackages"]
+
+
+def test_every_task_retries_throttling_with_backoff(env, templates):
+    """A throttled SageMaker call (the account shares its API rate with Studio users) does not fail the fine-tune;
+    job creation also waits for a training-job quota held by other jobs."""
+    states = _definition(templates[(env, "workflow")])["States"]
+    tasks = {name: state for name, state in states.items() if state["Type"] == "Task"}
+    assert sorted(tasks) == ["DescribeBase", "DescribeTrainingJob", "FindApprovedBase", "Train", "TrainWithValidation"]
+    for name, state in tasks.items():
+        throttling = state["Retry"][0]
+        assert {"SageMaker.ThrottlingException", "SageMaker.AmazonSageMakerException"} <= set(
+            throttling["ErrorEquals"]
+        ), name
+        assert throttling["BackoffRate"] > 1 and throttling["MaxAttempts"] >= 5 and throttling["MaxDelaySeconds"], name
+        assert throttling["JitterStrategy"] == "FULL", name
+        quota = [r for r in state["Retry"] if "SageMaker.ResourceLimitExceededException" in r["ErrorEquals"]]
+        assert bool(quota) is (state["Resource"] == "arn:aws:states:::sagemaker:createTrainingJob"), name

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import warnings
 
 import pytest
 
 from loraops.naming import OutputMode
-from loraops_trainer.config import ConfigError, TrainConfig, decode_sagemaker_value, load_settings
+from loraops_trainer.hyperparameters import decode_sagemaker_value, load_settings
+from loraops_trainer.settings import ConfigError, TrainConfig
 
 REQUIRED = ["--base_model_dir", "/b", "--train_path", "/t", "--model_dir", "/m"]
 
@@ -33,20 +37,42 @@ def test_booleans_parse_properly(text, expected):
 
 def test_false_string_is_false_not_truthy():
     """The reference recipe's `type=bool` turned '--merge_weights False' into True; this must not."""
-    settings = load_settings([*REQUIRED, "--gradient_checkpointing", "False", "--double-quant", "false"], environ={})
-    assert settings.training.gradient_checkpointing is False and settings.config.double_quant is False
+    settings = load_settings([*REQUIRED, "--activation_checkpointing", "False", "--double-quant", "false"], environ={})
+    assert settings.training.activation_checkpointing is False and settings.config.double_quant is False
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_the_deprecated_gradient_checkpointing_alias_is_still_honoured(value):
+    """transformers 5 reads ``gradient_checkpointing`` only where ``activation_checkpointing`` is unset, which
+    loraops' default sets: a user's alias must still win over that default (transformers says it is deprecated)."""
+    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated"):
+        settings = load_settings([*REQUIRED, "--gradient_checkpointing", str(value)], environ={})
+    assert settings.training.activation_checkpointing is value
+    assert settings.hyperparameters["activation_checkpointing"] is value
+
+
+def test_loraops_own_settings_raise_no_deprecation_warning():
+    """loraops' defaults and derived TrainingArguments use no name transformers deprecates (gradient_checkpointing
+    printed a FutureWarning in every run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        settings = load_settings(REQUIRED, environ={})
+    assert settings.training.activation_checkpointing is True
 
 
 def test_bad_boolean_names_the_hyperparameter():
-    with pytest.raises(ConfigError, match="hyperparameter 'gradient_checkpointing': Truthy value expected: got maybe"):
-        load_settings([*REQUIRED, "--gradient_checkpointing", "maybe"], environ={})
+    with pytest.raises(
+        ConfigError, match="hyperparameter 'activation_checkpointing': Truthy value expected: got maybe"
+    ):
+        load_settings([*REQUIRED, "--activation_checkpointing", "maybe"], environ={})
 
 
 def test_loraops_defaults_for_training_arguments():
     settings = load_settings(REQUIRED, environ={})
     training = settings.training
     assert (training.learning_rate, training.num_train_epochs, training.max_grad_norm) == (2e-4, 1.0, 0.3)
-    assert training.lr_scheduler_type.value == "cosine" and training.gradient_checkpointing is True
+    assert training.lr_scheduler_type.value == "cosine" and training.activation_checkpointing is True
     assert training.per_device_train_batch_size == 1 and training.remove_unused_columns is False
     assert training.use_cpu is True  # without it, torchrun on CPU trains one unsynchronised copy per rank
     assert settings.config.output_modes == (OutputMode.ADAPTER,)
@@ -194,3 +220,20 @@ def test_without_a_gpu_the_micro_batch_defaults_to_2048_tokens():
     assert load_settings(REQUIRED, environ={}).config.tokens_per_step == 2048
     assert load_settings([*REQUIRED, "--max_seq_length", "4096"], environ={}).config.tokens_per_step == 4096
     assert load_settings([*REQUIRED, "--tokens_per_step", "16384"], environ={}).config.tokens_per_step == 16384
+
+
+def test_without_the_trainers_dependencies_the_hp_check_says_what_is_missing():
+    """``loraops finetune start --hp`` checks values with this parser; where torch and transformers are absent (a
+    plain ``pip install .``), importing the parser fails, so the CLI names what is missing (a traceback from inside
+    load_settings before)."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = sys.modules['transformers'] = None  # as if not installed\n"
+        "from loraops.finetune import FineTuneError, validate_hyperparameters\n"
+        "try:\n"
+        "    validate_hyperparameters({'lora_r': '8'})\n"
+        "except FineTuneError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "checking --hp needs the trainer's settings parser (import of torch halted" in result.stdout, result.stderr

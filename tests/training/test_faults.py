@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from loraops_trainer.guards import FINGERPRINT_FILE, TrainingFault, claim_checkpoint_dir, run_fingerprint
 from tests.helpers import DOLLY, TRAIN_SCRIPT, fast_args, train_in_process
 
 
@@ -262,3 +263,16 @@ def test_sigterm_saves_a_checkpoint_exits_non_zero_and_publishes_nothing(tiny_ba
     saved = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     assert len(saved) == 1 and int(saved[0].name.split("-")[1]) < 100_000
     assert _nothing_published(out)
+
+
+def test_a_checkpoint_fingerprinted_under_the_old_checkpointing_name_still_resumes(tmp_path):
+    """Fingerprints written before the rename record ``gradient_checkpointing``; the same run resumes, a changed
+    value is still refused."""
+    new = run_fingerprint({"activation_checkpointing": True, "lora_r": 8}, "sha256:b", "sha256:d")
+    (tmp_path / FINGERPRINT_FILE).write_text(
+        json.dumps({**new, "settings": {"gradient_checkpointing": True, "lora_r": 8}})
+    )
+    claim_checkpoint_dir(tmp_path, new, has_checkpoints=True)
+    changed = run_fingerprint({"activation_checkpointing": False, "lora_r": 8}, "sha256:b", "sha256:d")
+    with pytest.raises(TrainingFault, match=r"activation_checkpointing \(True -> False\)"):
+        claim_checkpoint_dir(tmp_path, changed, has_checkpoints=True)

@@ -27,7 +27,7 @@ def test_nf4_training_and_merge_on_cuda(tmp_path):
             max_seq_length=512,
             max_steps=8,
             lora_r=16,
-            gradient_checkpointing="true",
+            activation_checkpointing="true",
             learning_rate=1e-2,
         )
     )
@@ -45,11 +45,11 @@ def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path, shape):
     through SDPA. (That withheld boundaries change the loss is shown on CPU, test_packing.py: on this random model
     in bf16 the change is within the kernels' rounding.)"""
     from loraops_trainer import synthetic_base
-    from loraops_trainer.config import TrainConfig
     from loraops_trainer.data import read_records, tokenize
     from loraops_trainer.model import load_base_model
     from loraops_trainer.packing import PackedCollator, pad_batch
     from loraops_trainer.run import load_tokenizer
+    from loraops_trainer.settings import TrainConfig
 
     texts = synthetic_base.dolly_texts(DOLLY)
     shapes = {

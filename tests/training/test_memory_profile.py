@@ -4,12 +4,23 @@ size, explicit settings winning, and transformers recomputing exactly the layers
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 
-from loraops_trainer.config import ConfigError, TrainConfig, apply_memory_profile, derived_training_arguments
-from loraops_trainer.memory_profile import GIB, USABLE, ModelShape, choose, estimate_peak_bytes, recomputed_layers
+from loraops_trainer import hyperparameters
+from loraops_trainer.memory_profile import (
+    GIB,
+    USABLE,
+    ModelShape,
+    apply_memory_profile,
+    choose,
+    estimate_peak_bytes,
+    recomputed_layers,
+)
+from loraops_trainer.settings import ConfigError, TrainConfig
+from loraops_trainer.training_arguments import derived_training_arguments
 
 LLAMA2_7B = ModelShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
 H200, H100, L40S, A10G = 139.7 * GIB, 79.2 * GIB, 44.4 * GIB, 22.0 * GIB  # what torch reports as total memory
@@ -51,8 +62,9 @@ def _config(base, **overrides) -> TrainConfig:
     return TrainConfig(base_model_dir=str(base), train_path="t", model_dir="m", **overrides)
 
 
-def test_explicit_settings_win_and_cpu_runs_keep_the_defaults(tmp_path):
-    (tmp_path / "config.json").write_text(
+def _llama2_7b_folder(folder):
+    """A base model folder with Llama-2-7B's shape (its config.json only: the profile reads nothing else)."""
+    (folder / "config.json").write_text(
         json.dumps(
             {
                 "hidden_size": 4096,
@@ -64,15 +76,20 @@ def test_explicit_settings_win_and_cpu_runs_keep_the_defaults(tmp_path):
             }
         )
     )
-    training = {"gradient_checkpointing": True}
+    return folder
+
+
+def test_explicit_settings_win_and_cpu_runs_keep_the_defaults(tmp_path):
+    _llama2_7b_folder(tmp_path)
+    training = {"activation_checkpointing": True}
     config, chosen, profile = apply_memory_profile(_config(tmp_path), training, set(), int(A10G))
     assert profile.recompute_every_n_layers == 1 and config.tokens_per_step == profile.tokens_per_step
     config, chosen, profile = apply_memory_profile(_config(tmp_path), training, set(), int(H200))
-    assert chosen["gradient_checkpointing"] is False and config.tokens_per_step == profile.tokens_per_step
+    assert chosen["activation_checkpointing"] is False and config.tokens_per_step == profile.tokens_per_step
 
-    given = {"tokens_per_step", "gradient_checkpointing"}
+    given = {"tokens_per_step", "activation_checkpointing"}
     config, chosen, profile = apply_memory_profile(_config(tmp_path, tokens_per_step=8192), training, given, int(H200))
-    assert config.tokens_per_step == 8192 and chosen["gradient_checkpointing"] is True  # the user's, untouched
+    assert config.tokens_per_step == 8192 and chosen["activation_checkpointing"] is True  # the user's, untouched
     assert profile.tokens_per_step == 8192 and profile.recompute_every_n_layers == 1  # and estimated as such
 
     config, chosen, profile = apply_memory_profile(_config(tmp_path), training, set(), 0)  # no CUDA device
@@ -82,6 +99,29 @@ def test_explicit_settings_win_and_cpu_runs_keep_the_defaults(tmp_path):
 
     with pytest.raises(ConfigError, match="memory_budget_gib"):
         apply_memory_profile(_config(tmp_path, memory_budget_gib=3), training, set(), int(H200))
+
+
+@pytest.mark.parametrize(
+    ("flags", "recompute"),
+    [
+        (["--activation_checkpointing", "false"], False),
+        (["--activation_checkpointing", "true"], True),
+        (["--gradient_checkpointing", "false"], False),  # transformers' deprecated alias
+        (["--gradient_checkpointing", "true"], True),
+    ],
+)
+def test_recomputation_the_user_sets_is_the_one_estimated_and_trained(tmp_path, monkeypatch, flags, recompute):
+    """Through load_settings, under either of transformers' names. The GPU's size is the one thing mocked: this
+    machine has no CUDA device, and the profile runs only with one."""
+    monkeypatch.setattr(hyperparameters, "gpu_memory_bytes", lambda: int(H200))
+    base = _llama2_7b_folder(tmp_path)
+    argv = ["--base_model_dir", str(base), "--train_path", "/t", "--model_dir", "/m", *flags]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the alias's deprecation notice (test_config.py checks it)
+        settings = hyperparameters.load_settings(argv, environ={})
+    assert settings.training.activation_checkpointing is recompute
+    assert settings.memory_profile.activation_checkpointing is recompute  # estimated as it will train
+    assert settings.memory_profile.recompute_every_n_layers == (1 if recompute else 0)
 
 
 def test_transformers_recomputes_exactly_every_nth_layer(tiny_base):

@@ -18,8 +18,6 @@ from typing import Any
 import torch
 
 NAME = "loraops_packed_varlen"
-#: The batch keys that carry sample boundaries (transformers' FlashAttentionKwargs names).
-BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def boundaries(lengths: list[int]) -> dict[str, Any]:

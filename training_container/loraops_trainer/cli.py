@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # micro-batches of varying length fragment fixed blocks (read when CUDA first allocates; a user's setting wins).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
-        from loraops_trainer.config import load_settings
+        from loraops_trainer.hyperparameters import load_settings
         from loraops_trainer.run import train
     except ImportError as error:
         print(

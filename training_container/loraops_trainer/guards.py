@@ -171,13 +171,24 @@ def run_fingerprint(hyperparameters: dict[str, Any], base_digest: str, dataset_d
     return {"base_weights_digest": base_digest, "dataset_digest": dataset_digest, "settings": settings}
 
 
+#: Settings renamed since a fingerprint may have been written: old name -> current name (a checkpoint written
+#: before transformers 5 deprecated ``gradient_checkpointing`` still resumes).
+RENAMED_SETTINGS = {"gradient_checkpointing": "activation_checkpointing"}
+
+
+def _current_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with renamed keys under their current names (a current name already present wins)."""
+    renamed = {RENAMED_SETTINGS.get(k, k): v for k, v in settings.items() if k in RENAMED_SETTINGS}
+    return {**renamed, **{k: v for k, v in settings.items() if k not in RENAMED_SETTINGS}}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     found = [
         f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
         for k in ("base_weights_digest", "dataset_digest")
         if old.get(k) != new.get(k)
     ]
-    a, b = old.get("settings", {}), new.get("settings", {})
+    a, b = _current_names(old.get("settings", {})), new.get("settings", {})
     found += [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return found
 

@@ -19,14 +19,21 @@ Speed is scored as ``T / (T + STEP_OVERHEAD_TOKENS)`` (each step's fixed cost; t
 tokens, 14.9k at 18k, no recomputation) divided by ``1 + RECOMPUTE_COST * recomputed / layers`` (recomputing every
 layer was 1.37-1.43x slower there). The profile with the best score whose estimate fits
 ``USABLE`` of the budget wins. The estimate is a model: the benchmark reports the measured peak beside it.
+
+:func:`apply_memory_profile` applies the choice to a run's settings (``memory_profile=auto`` on a GPU), leaving what
+the user set alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from loraops_trainer.settings import ConfigError, TrainConfig
 
 GIB = 2**30
 ACTIVATION = 49.6  # bytes per token, layer and hidden unit, activations kept
@@ -156,3 +163,55 @@ def choose(
         f"{len(fitting)} profiles that fit"
     )
     return MemoryProfile(tokens, every_n, recomputed, round(peak / GIB, 1), round(budget_bytes / GIB, 1), reason)
+
+
+#: Names under which a user sets recomputation explicitly (the profile then leaves it alone): transformers'
+#: ``activation_checkpointing`` and its deprecated alias ``gradient_checkpointing``.
+CHECKPOINTING_NAMES = {"activation_checkpointing", "gradient_checkpointing"}
+
+
+def recomputes(training: dict[str, Any]) -> bool:
+    """Whether TrainingArguments' values turn recomputation on, read as transformers reads them:
+    ``activation_checkpointing``, or where that is unset (None) its deprecated alias ``gradient_checkpointing``."""
+    value = training.get("activation_checkpointing")
+    return bool(training.get("gradient_checkpointing") if value is None else value)
+
+
+def gpu_memory_bytes() -> int:
+    """Total memory of this process's GPU (0 without CUDA)."""
+    import torch
+
+    return (
+        torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if torch.cuda.is_available() else 0
+    )
+
+
+def apply_memory_profile(
+    config: TrainConfig, training: dict[str, Any], given: set[str], gpu_bytes: int
+) -> tuple[TrainConfig, dict[str, Any], MemoryProfile | None]:
+    """With ``memory_profile=auto`` on a GPU (``gpu_bytes`` > 0): the profile's micro-batch size and recomputation
+    for whatever of them the user did not set. Returns the settings and the profile (None when it did not run)."""
+    if config.memory_profile != "auto" or gpu_bytes <= 0:
+        return config, training, None
+    budget = config.memory_budget_gib * 2**30 if config.memory_budget_gib else gpu_bytes
+    fixed_tokens = config.tokens_per_step if "tokens_per_step" in given else None
+    fixed_recompute = given & CHECKPOINTING_NAMES
+    every_n = ((1,) if recomputes(training) else (0,)) if fixed_recompute else EVERY_N_LAYERS
+    try:
+        profile = choose(
+            ModelShape.from_folder(config.base_model_dir),
+            budget,
+            min_tokens=fixed_tokens or config.max_seq_length,
+            max_tokens=fixed_tokens or 32768,
+            quantization=config.quantization,
+            lora_rank=config.lora_r,
+            every_n_choices=every_n,
+        )
+    except MemoryError as error:
+        raise ConfigError(f"hyperparameter 'memory_budget_gib': {error}") from None
+    except (OSError, KeyError, ValueError) as error:
+        raise ConfigError(f"hyperparameter 'base_model_dir': cannot read the model's shape ({error})") from None
+    config = dataclasses.replace(config, tokens_per_step=profile.tokens_per_step)
+    if not fixed_recompute:
+        training = {**training, "activation_checkpointing": profile.activation_checkpointing}
+    return config, training, profile

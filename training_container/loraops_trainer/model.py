@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from loraops_trainer import attention as packed_attention
-from loraops_trainer.config import TrainConfig
+from loraops_trainer.settings import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ def uses_boundaries(config: TrainConfig) -> bool:
 def fused_kernels_enabled(config: TrainConfig) -> bool:
     """Liger kernels (Triton; applied by the Trainer through ``use_liger_kernel``) when asked, or by default
     on CUDA when the package is installed."""
-    from loraops_trainer.config import ConfigError
-
     if config.fused_kernels == "off":
         return False
     try:
@@ -104,8 +102,6 @@ def check_target_modules(config: TrainConfig) -> None:
     """Refuse LoRA target names the base model does not have, from its config alone (no weights loaded)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from loraops_trainer.config import ConfigError
 
     if config.target_modules == "all-linear":
         return

@@ -32,7 +32,6 @@ from loraops_trainer.accounting import (
     run_train_loss,
     trained_amount,
 )
-from loraops_trainer.config import Settings, TrainConfig
 from loraops_trainer.evaluation import (
     EVALUATION_FILE,
     SAMPLES_FILE,
@@ -54,6 +53,7 @@ from loraops_trainer.model import add_lora, check_target_modules, load_base_mode
 from loraops_trainer.outputs import copy_reports, write_artifacts
 from loraops_trainer.packing import PackedCollator, PackedDataset
 from loraops_trainer.publish import check_model_dir, staged
+from loraops_trainer.settings import Settings, TrainConfig
 from loraops_trainer.tracking import LOSS_CURVE_FILE, METRICS_FILE, TrackingCallback, backends_from_environment
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,486 @@
+"""Operations and guards (issue #21): the create actions' IAM conditions hold for what the product itself sends and
+refuse what it must not; dead letters can arrive; failures alarm; approvals outlast an endpoint update.
+
+The conditions are evaluated by a small evaluator of the IAM operators they use (``Null``, ``Bool``, ``ArnEquals``,
+``ForAllValues:StringEquals``), over the synthesized policies and the requests the product builds: the workflow's
+CreateTrainingJob parameters with a real execution input, and ``Deployer``'s CreateModel from the serving stack's
+model. CloudFormation tokens become placeholders, the same token the same placeholder in every template.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from loraops.deployment import Deployer, ServingTarget
+from loraops.finetune import FineTuneRequest
+from loraops.naming import OutputMode
+from tests.infra.conftest import ENVIRONMENTS
+
+_TOKENS: dict[str, str] = {}
+
+
+def _placeholders(node: Any) -> Any:
+    """``node`` with every intrinsic (``Ref``, ``Fn::*``) replaced by one placeholder per distinct token."""
+    if isinstance(node, list):
+        return [_placeholders(v) for v in node]
+    if isinstance(node, dict):
+        if len(node) == 1 and (next(iter(node)) == "Ref" or next(iter(node)).startswith("Fn::")):
+            if "Fn::Join" in node and node["Fn::Join"][0] == "":
+                return "".join(str(_placeholders(p)) for p in node["Fn::Join"][1])
+            return _TOKENS.setdefault(json.dumps(node, sort_keys=True), f"TOKEN{len(_TOKENS)}")
+        return {k: _placeholders(v) for k, v in node.items()}
+    return node
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def allows(conditions: dict[str, dict[str, Any]], context: dict[str, list[str]]) -> bool:
+    """Whether IAM would find every condition of a statement true for a request with ``context`` (key -> values;
+    an absent key is not in it)."""
+    for operator, keys in conditions.items():
+        for key, wanted in keys.items():
+            present = key in context
+            values, wanted = (
+                context.get(key, []),
+                [str(w).lower() if operator == "Bool" else w for w in _as_list(wanted)],
+            )
+            if operator == "Null":
+                if present == (wanted == ["true"]):
+                    return False
+            elif operator == "ForAllValues:StringEquals":
+                if any(v not in wanted for v in values):
+                    return False
+            elif operator in ("Bool", "ArnEquals", "StringEquals"):
+                if not present or not any(v in wanted for v in values):
+                    return False
+            else:
+                raise AssertionError(f"no evaluator for {operator}")
+    return True
+
+
+def _statement(template, sid: str, logical_prefix: str) -> dict:
+    for logical_id, policy in template.find_resources("AWS::IAM::Policy").items():
+        if logical_id.startswith(logical_prefix):
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if statement.get("Sid") == sid:
+                    return _placeholders(statement)
+    raise AssertionError(f"no statement {sid} in {logical_prefix}*")
+
+
+def _path(document: dict, path: str) -> Any:
+    node = document
+    for part in path.removeprefix("$.").split("."):
+        node = node[part]
+    return node
+
+
+def _fill(parameters: Any, execution_input: dict) -> Any:
+    """ASL ``Parameters`` with ``"Key.$": "$.path"`` taken from the execution input (intrinsics left out)."""
+    if isinstance(parameters, list):
+        return [_fill(v, execution_input) for v in parameters]
+    if not isinstance(parameters, dict):
+        return parameters
+    filled = {}
+    for key, value in parameters.items():
+        if key.endswith(".$"):
+            if value.startswith("$.") and value.split(".")[1] in execution_input:  # not the workflow's own results
+                filled[key[:-2]] = _path(execution_input, value)
+        else:
+            filled[key] = _fill(value, execution_input)
+    return filled
+
+
+def training_job_context(request: dict) -> dict[str, list[str]]:
+    """The condition keys SageMaker sets for a CreateTrainingJob request (absent fields: absent keys)."""
+    context: dict[str, list[str]] = {"sagemaker:InstanceTypes": [request["ResourceConfig"]["InstanceType"]]}
+    if "VpcConfig" in request:
+        context["sagemaker:VpcSubnets"] = request["VpcConfig"]["Subnets"]
+        context["sagemaker:VpcSecurityGroupIds"] = request["VpcConfig"]["SecurityGroupIds"]
+    for field, key in (
+        ("EnableNetworkIsolation", "sagemaker:NetworkIsolation"),
+        ("EnableInterContainerTrafficEncryption", "sagemaker:InterContainerTrafficEncryption"),
+    ):
+        if field in request:
+            context[key] = [str(request[field]).lower()]
+    if "VolumeKmsKeyId" in request["ResourceConfig"]:
+        context["sagemaker:VolumeKmsKey"] = [request["ResourceConfig"]["VolumeKmsKeyId"]]
+    if "KmsKeyId" in request.get("OutputDataConfig", {}):
+        context["sagemaker:OutputKmsKey"] = [request["OutputDataConfig"]["KmsKeyId"]]
+    return context
+
+
+def model_context(request: dict) -> dict[str, list[str]]:
+    context = {}
+    if "VpcConfig" in request:
+        context["sagemaker:VpcSubnets"] = request["VpcConfig"]["Subnets"]
+        context["sagemaker:VpcSecurityGroupIds"] = request["VpcConfig"]["SecurityGroupIds"]
+    if "EnableNetworkIsolation" in request:
+        context["sagemaker:NetworkIsolation"] = [str(request["EnableNetworkIsolation"]).lower()]
+    return context
+
+
+def _training_request(env, templates, synthesized) -> dict:
+    """The CreateTrainingJob request the workflow sends for a default ``loraops finetune start``."""
+    config = synthesized[env].config
+    (machine,) = templates[(env, "workflow")].find_resources("AWS::StepFunctions::StateMachine").values()
+    definition = json.loads(_placeholders(machine["Properties"]["DefinitionString"]))
+    request = FineTuneRequest(
+        model_id=config.base_model_id,
+        training_uri=f"s3://{config.artifact_bucket_name}/datasets/dolly/",
+        output_mode=OutputMode.ADAPTER,
+        instance_type=config.training_instance_type,
+    )
+    return _fill(definition["States"]["Train"]["Parameters"], request.execution_input(config.artifact_bucket_name))
+
+
+def _without(request: dict, *path: str) -> dict:
+    copy = json.loads(json.dumps(request))
+    node = copy
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]
+    return copy
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize(
+    ("stack", "sid", "policy"),
+    [("workflow", "StartTrainingJobs", "WorkflowPolicy"), ("studio", "CreateGuardedTrainingJobs", "ExecutionPolicy")],
+)
+def test_training_job_guards_admit_the_workflows_job_and_nothing_looser(
+    env, templates, synthesized, stack, sid, policy
+):
+    statement = _statement(templates[(env, stack)], sid, policy)
+    assert statement["Action"] == "sagemaker:CreateTrainingJob"
+    request = _training_request(env, templates, synthesized)
+    assert allows(statement["Condition"], training_job_context(request))
+    looser = {
+        "no VpcConfig (ForAllValues alone holds for no subnets)": _without(request, "VpcConfig"),
+        "internet access": {**request, "EnableNetworkIsolation": False},
+        "no network-isolation field": _without(request, "EnableNetworkIsolation"),
+        "unencrypted volumes": _without(request, "ResourceConfig", "VolumeKmsKeyId"),
+        "unencrypted output": _without(request, "OutputDataConfig", "KmsKeyId"),
+        "another subnet": {**request, "VpcConfig": {**request["VpcConfig"], "Subnets": ["subnet-elsewhere"]}},
+        "another security group": {
+            **request,
+            "VpcConfig": {**request["VpcConfig"], "SecurityGroupIds": ["sg-open"]},
+        },
+        "an instance type off the list": {
+            **request,
+            "ResourceConfig": {**request["ResourceConfig"], "InstanceType": "ml.p5.48xlarge"},
+        },
+    }
+    for why, other in looser.items():
+        assert not allows(statement["Condition"], training_job_context(other)), why
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_execution_role_creates_no_models_or_endpoints(env, templates):
+    """CreateModel/CreateEndpoint(Config) stay the deploy function's: the execution role is denied them."""
+    deny = _statement(templates[(env, "studio")], "DenyServingChanges", "ExecutionPolicy")
+    assert deny["Effect"] == "Deny" and "Condition" not in deny
+    assert {"sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:CreateEndpoint"} <= set(
+        deny["Action"]
+    )
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_model(self, **request: Any) -> dict:
+        self.calls.append(("CreateModel", request))
+        return {}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_deploy_functions_models_are_guarded_and_deployments_models_pass(env, templates, synthesized):
+    config = synthesized[env].config
+    if config.serving is None:
+        pytest.skip("no serving in this environment")
+    statement = _statement(templates[(env, "registration")], "CreateGuardedModels", "DeployOnApprovalPolicy")
+    assert statement["Action"] == "sagemaker:CreateModel"
+    (model,) = templates[(env, "serving")].find_resources("AWS::SageMaker::Model").values()
+    served = _placeholders(model["Properties"])  # what DescribeModel answers for the serving model
+    recorder = _Recorder()
+    deployer = Deployer(
+        SimpleNamespace(sagemaker=recorder, bucket=config.artifact_bucket_name),
+        ssm=None,
+        target=ServingTarget(config.prefix, config.serving.mode, f"{config.prefix}-endpoint"),
+    )
+    package = SimpleNamespace(group="g", version=3, model_data_prefix="merged/g/loraops-m-1/")
+    deployer._model_like(served, package)  # the model a merged approval deploys
+    ((operation, request),) = recorder.calls
+    assert operation == "CreateModel" and allows(statement["Condition"], model_context(request))
+    assert not allows(statement["Condition"], model_context(_without(request, "VpcConfig")))
+    assert not allows(statement["Condition"], model_context({**request, "EnableNetworkIsolation": False}))
+    configs = _statement(templates[(env, "registration")], "CreateGuardedEndpointConfigs", "DeployOnApprovalPolicy")
+    (endpoint_config,) = templates[(env, "serving")].find_resources("AWS::SageMaker::EndpointConfig").values()
+    variant_types = [v["InstanceType"] for v in endpoint_config["Properties"]["ProductionVariants"]]
+    assert allows(configs["Condition"], {"sagemaker:InstanceTypes": variant_types})
+    assert not allows(configs["Condition"], {"sagemaker:InstanceTypes": ["ml.p5.48xlarge"]})
+    assert not allows(configs["Condition"], {})
+
+
+def test_the_evaluator_knows_its_operators():
+    conditions = {"Null": {"k": "false"}, "ForAllValues:StringEquals": {"k": ["a", "b"]}, "Bool": {"b": "true"}}
+    assert allows(conditions, {"k": ["a"], "b": ["true"]})
+    assert not allows(conditions, {"b": ["true"]})
+    assert not allows(conditions, {"k": ["c"], "b": ["true"]})
+    assert not allows(conditions, {"k": ["a"]})
+    assert allows({"ForAllValues:StringEquals": {"k": ["a"]}}, {})  # the hole the Null guard closes
+
+
+# ------------------------------------------------------------------------------------------------ operations
+def _resources(template, type_: str) -> dict[str, dict]:
+    return template.find_resources(type_)
+
+
+def _operations_key(template) -> tuple[str, dict]:
+    ((logical_id, key),) = [
+        (lid, r) for lid, r in _resources(template, "AWS::KMS::Key").items() if lid.startswith("OperationsKey")
+    ]
+    return logical_id, key
+
+
+def _key_ref(logical_id: str) -> dict:
+    return {"Fn::GetAtt": [logical_id, "Arn"]}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_eventbridge_may_write_dead_letters_of_every_rule(env, templates, synthesized):
+    """EventBridge encrypts a dead letter with the queue's key as itself: the key policy must let it, for this
+    environment's rules (the artifact key let it do nothing, so dead letters could not arrive)."""
+    config = synthesized[env].config
+    t = templates[(env, "registration")]
+    key_id, key = _operations_key(t)
+    assert key["Properties"]["EnableKeyRotation"] is True
+    grants = [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal") == {"Service": "events.amazonaws.com"}
+        and "Condition" in s
+        and "ArnLike" in s["Condition"]
+    ]
+    (grant,) = grants
+    assert {"kms:GenerateDataKey", "kms:Decrypt"} <= set(grant["Action"])
+    assert grant["Condition"]["StringEquals"] == {"aws:SourceAccount": config.account}
+    pattern = grant["Condition"]["ArnLike"]["aws:SourceArn"]
+    rules = _resources(t, "AWS::Events::Rule").values()
+    assert rules
+    for rule in rules:
+        arn = f"arn:aws:events:{config.region}:{config.account}:rule/{rule['Properties']['Name']}"
+        assert fnmatch.fnmatchcase(arn, pattern), arn
+        for target in rule["Properties"]["Targets"]:
+            dlq = target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+            assert t.to_json()["Resources"][dlq]["Properties"]["KmsMasterKeyId"] == _key_ref(key_id)
+    # another account's or environment's rules may not
+    assert not fnmatch.fnmatchcase(f"arn:aws:events:{config.region}:{config.account}:rule/other-rule", pattern)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_functions_may_encrypt_their_dead_letters(env, templates):
+    """Lambda writes a failed asynchronous event to the function's dead-letter queue with the function's role."""
+    t = templates[(env, "registration")]
+    key_id, _ = _operations_key(t)
+    functions = _resources(t, "AWS::Lambda::Function")
+    with_dlq = [lid for lid, f in functions.items() if "DeadLetterConfig" in f["Properties"]]
+    assert with_dlq
+    policies = _resources(t, "AWS::IAM::Policy")
+    for lid in with_dlq:
+        role = functions[lid]["Properties"]["Role"]["Fn::GetAtt"][0]
+        statements = [
+            s
+            for p in policies.values()
+            if {"Ref": role} in p["Properties"].get("Roles", [])
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+        ]
+        kms = [s for s in statements if s.get("Resource") == _key_ref(key_id) and "kms:GenerateDataKey" in s["Action"]]
+        assert kms, lid
+
+
+def _alarms(template) -> dict[str, dict]:
+    return {
+        a["Properties"]["AlarmName"]: a["Properties"] for a in _resources(template, "AWS::CloudWatch::Alarm").values()
+    }
+
+
+def _topic(config) -> str:
+    return config.alarm_topic_arn or f"arn:aws:sns:{config.region}:{config.account}:{config.prefix}-alarms"
+
+
+def _notifies(alarm: dict, topic_arn: str, template) -> bool:
+    for action in alarm["AlarmActions"]:
+        if action == topic_arn:
+            return True
+        if isinstance(action, dict) and "Ref" in action:  # the topic created in this stack
+            topic = template.to_json()["Resources"][action["Ref"]]["Properties"]
+            if topic_arn.endswith(f":{topic['TopicName']}"):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_dead_letters_function_errors_and_failed_fine_tunes_alarm(env, templates, synthesized):
+    config = synthesized[env].config
+    registration, workflow = templates[(env, "registration")], templates[(env, "workflow")]
+    found = _alarms(registration)
+    queues = {lid: q["Properties"] for lid, q in _resources(registration, "AWS::SQS::Queue").items()}
+    dead_letter_queues = {lid for lid, q in queues.items() if lid.startswith(("DeadLetters", "ApprovalDeadLetters"))}
+    assert len(dead_letter_queues) == (2 if config.serving else 1)
+    for lid in dead_letter_queues:
+        (alarm,) = [
+            a
+            for a in found.values()
+            if a["MetricName"] == "ApproximateNumberOfMessagesVisible"
+            and a["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [lid, "QueueName"]}}]
+        ]
+        assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert _notifies(alarm, _topic(config), registration)
+    functions = _resources(registration, "AWS::Lambda::Function")
+    errors = [a for a in found.values() if a["MetricName"] == "Errors"]
+    assert sorted(a["Dimensions"][0]["Value"]["Ref"] for a in errors) == sorted(functions)
+    assert all(
+        a["Statistic"] == "Sum" and a["Threshold"] == 0 and _notifies(a, _topic(config), registration) for a in errors
+    )
+    workflow_alarms = _alarms(workflow)
+    assert sorted(a["MetricName"] for a in workflow_alarms.values()) == ["ExecutionsFailed", "ExecutionsTimedOut"]
+    assert all(_notifies(a, _topic(config), workflow) for a in workflow_alarms.values())
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_alarm_topic_is_created_encrypted_with_its_arn_as_an_output(env, templates, synthesized):
+    config = synthesized[env].config
+    assert config.alarm_topic_arn is None  # cdk.json names none: the stack creates it
+    t = templates[(env, "registration")]
+    key_id, key = _operations_key(t)
+    (topic,) = _resources(t, "AWS::SNS::Topic").values()
+    assert topic["Properties"]["TopicName"] == f"{config.prefix}-alarms"
+    assert topic["Properties"]["KmsMasterKeyId"] == _key_ref(key_id)
+    cloudwatch = [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert cloudwatch and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(cloudwatch[0]["Action"])
+    outputs = t.to_json()["Outputs"]
+    (output,) = [o for name, o in outputs.items() if name.startswith("AlarmTopicArn")]
+    assert "nothing is subscribed" in output["Description"]
+
+
+def test_a_configured_topic_is_used_and_an_email_is_subscribed(cdk_context):
+    from aws_cdk.assertions import Template
+
+    from infra.app_factory import build_app
+
+    topic = "arn:aws:sns:us-east-1:111111111111:ml-platform-pager"
+    cdk_context["loraops:environments"]["dev"]["alarm_topic_arn"] = topic
+    cdk_context["env"] = "dev"
+    app, (dev,) = build_app(context=cdk_context)
+    registration, workflow = Template.from_stack(dev.registration), Template.from_stack(dev.workflow)
+    assert registration.find_resources("AWS::SNS::Topic") == {}
+    for template in (registration, workflow):
+        assert all(a["AlarmActions"] == [topic] for a in _alarms(template).values())
+    del cdk_context["loraops:environments"]["dev"]["alarm_topic_arn"]
+    cdk_context["loraops:environments"]["dev"]["alarm_email"] = "ml-oncall@example.com"
+    app, (dev,) = build_app(context=cdk_context)
+    (subscription,) = Template.from_stack(dev.registration).find_resources("AWS::SNS::Subscription").values()
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert subscription["Properties"]["Endpoint"] == "ml-oncall@example.com"
+
+
+# --------------------------------------------------------------------------------------------------- approvals
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_approvals_wait_in_a_fifo_buffer_that_outlasts_an_endpoint_update(env, templates, synthesized):
+    """An approval during a blue/green roll (the endpoint Updating for up to about an hour) comes back every
+    visibility timeout for 6 hours; Lambda's own asynchronous retries (2, within 3 minutes) did not outlast it."""
+    config = synthesized[env].config
+    t = templates[(env, "registration")]
+    if not config.serving:
+        pytest.skip("no serving")
+    resources = t.to_json()["Resources"]
+    (buffer_id,) = [
+        lid for lid in resources if lid.startswith("ApprovalBuffer") and resources[lid]["Type"] == "AWS::SQS::Queue"
+    ]
+    buffer = resources[buffer_id]["Properties"]
+    functions = {f["Properties"]["FunctionName"]: lid for lid, f in _resources(t, "AWS::Lambda::Function").items()}
+    deploy_id = functions[f"{config.prefix}-deploy-on-approval"]
+    timeout = resources[deploy_id]["Properties"]["Timeout"]
+    assert buffer["FifoQueue"] is True and buffer["ContentBasedDeduplication"] is True
+    assert buffer["VisibilityTimeout"] >= timeout  # an attempt ends before the approval is handed out again
+    window = buffer["VisibilityTimeout"] * buffer["RedrivePolicy"]["maxReceiveCount"]
+    assert window >= 6 * 3600 and buffer["MessageRetentionPeriod"] > window
+    dead = buffer["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+    assert resources[dead]["Properties"]["FifoQueue"] is True
+    (mapping,) = _resources(t, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [buffer_id, "Arn"]}
+    assert mapping["Properties"]["FunctionName"] == {"Ref": deploy_id} and mapping["Properties"]["BatchSize"] == 1
+    (rule,) = [
+        r
+        for r in _resources(t, "AWS::Events::Rule").values()
+        if "Package" in r["Properties"]["EventPattern"]["detail-type"][0]
+    ]
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [buffer_id, "Arn"]}
+    assert target["SqsParameters"]["MessageGroupId"]  # one group: one deployment at a time, in order
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0 and target["DeadLetterConfig"]["Arn"]
+    waiting = [a for a in _alarms(t).values() if a["MetricName"] == "ApproximateAgeOfOldestMessage"]
+    assert waiting and waiting[0]["Dimensions"][0]["Value"] == {"Fn::GetAtt": [buffer_id, "QueueName"]}
+
+
+class _BusyEndpoint:
+    """DescribeEndpoint answers Updating; any other call would change something and fails the test."""
+
+    def describe_endpoint(self, EndpointName: str) -> dict:  # noqa: N803 (boto3's parameter name)
+        return {"EndpointName": EndpointName, "EndpointStatus": "Updating", "EndpointConfigName": "c"}
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"{name} called while the endpoint is Updating")
+
+
+@pytest.mark.parametrize("mode", ["endpoint", "inference-components"])
+def test_a_merged_approval_during_an_update_changes_nothing_and_fails_retryably(mode):
+    from loraops.deployment import EndpointBusy
+
+    deployer = Deployer(SimpleNamespace(sagemaker=_BusyEndpoint(), bucket="b"), None, ServingTarget("p", mode, "p-e"))
+    package = SimpleNamespace(group="g", version=2, model_data_prefix="merged/g/j/", arn="arn:p")
+    with pytest.raises(EndpointBusy, match="p-e is Updating"):
+        deployer._serve_merged(package)
+
+
+def test_the_handler_takes_approvals_from_the_buffer_and_lets_a_busy_endpoint_fail_the_attempt():
+    from demo.functions import load_handler
+    from loraops.deployment import EndpointBusy
+
+    function = load_handler("deploy_on_approval")
+    event = {"detail-type": "SageMaker Model Package State Change", "detail": {"ModelPackageArn": "arn:p"}}
+    (parsed,) = function.events_of({"Records": [{"body": json.dumps(event)}]})
+    assert parsed.detail == event["detail"]
+    assert function.events_of(event)[0].detail == event["detail"]  # direct invocation still works
+
+    def busy(arn, detail):
+        raise EndpointBusy("p-e is Updating")
+
+    with pytest.raises(EndpointBusy):  # not answered as 'refused': the buffer hands the approval out again
+        function.deploy(parsed, SimpleNamespace(apply=busy))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_studio_apps_run_only_on_the_environments_studio_instance_types(env, templates, synthesized):
+    config = synthesized[env].config
+    statement = _statement(templates[(env, "studio")], "CreateStudioApps", "ExecutionPolicy")
+    assert sorted(statement["Action"]) == ["sagemaker:CreateApp", "sagemaker:CreateSpace"]
+    assert allows(statement["Condition"], {"sagemaker:InstanceTypes": ["ml.t3.medium"]})
+    assert allows(statement["Condition"], {})  # no instance type named: the domain's default
+    assert not allows(statement["Condition"], {"sagemaker:InstanceTypes": ["ml.p5.48xlarge"]})
+    work = _statement(templates[(env, "studio")], "SageMakerLoraopsWork", "ExecutionPolicy")
+    creates = [a for a in work["Action"] if a.startswith("sagemaker:Create")]
+    assert "sagemaker:CreateApp" not in creates and "sagemaker:CreateTrainingJob" not in creates
+    assert config.studio_instance_types
