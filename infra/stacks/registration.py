@@ -261,6 +261,7 @@ class RegistrationStack(cdk.Stack):
             )
         functions = [self.register_finetune, self.register_base, self.import_base]
         functions += [self.deploy_on_approval] if self.deploy_on_approval is not None else []
+        functions += [self.promote] if self.promote is not None else []
         for function in functions:
             construct_id = function.node.id
             alarms.alarm(
