@@ -7,10 +7,10 @@ Llama-2-7B shape, random bf16 weights, 8 random LoRA adapters (r=64, all linear 
 1. Closed batches: 128-token prompts from the dolly sample, 128 new tokens (greedy, every token counted: no EOS
    stop on either side), batch 1 and 16, for (a) plain weights, (b) base + 1 adapter on every row, (c) 8 distinct
    adapters mixed in one batch. Timed from the prompts to the last token (prefill included).
-2. Open loop: Poisson arrivals at several rates, dolly prompts (instruction + context, at most 384 tokens) and
-   lengths (the reference response's token count, 16..256), each request's adapter drawn among the 8. Requests
-   join the running batch at step boundaries (at most 4 prefills per step) and leave when done; per rate:
-   generated tokens/s, time to first token and inter-token latency p50/p95.
+2. Open loop through the product's scheduler (``Engine.scheduler``: its admission, prefill, continuous batching
+   over the graph backend): Poisson arrivals at several rates, dolly prompts (instruction + context, at most 384
+   tokens) and lengths (the reference response's token count, 16..256), each request's adapter drawn among the 8;
+   per rate: generated tokens/s, time to first token and inter-token latency p50/p95.
 
 3. The served path: the same closed batches (plain, 8 mixed; batch 1 and 16) sent as requests through the
    engine's scheduler (``Engine.generate``: tokenizing, per-row sampling, stop checks, text decoding per token),
@@ -19,6 +19,7 @@ Llama-2-7B shape, random bf16 weights, 8 random LoRA adapters (r=64, all linear 
     python bench/serve_throughput.py --runs 2   # writes bench/results/serve_throughput.json, prints both tables
     python bench/serve_throughput.py --quick    # closed batches only, loraops direct and scheduled, one run each
     python bench/serve_throughput.py --quick --scheduler-only    # only the scheduled rows of --quick
+    python bench/serve_throughput.py --open-loop-only --out ...  # only the open loop (2.)
 """
 
 from __future__ import annotations
@@ -267,10 +268,34 @@ def closed_batches(args, ours: Loraops, base: Path, tokenizer, results: list) ->
     torch.cuda.empty_cache()
 
 
-def open_loop(args, ours: Loraops, tokenizer) -> list[dict]:
-    """Poisson arrivals at each rate; a minimal step-boundary scheduler around the decoder."""
-    decoder = ours.decoder
-    requests = open_requests(tokenizer, args.open_requests, 0, 384, 256)
+def open_texts(tokenizer, count: int, seed: int, max_prompt: int, max_new: int) -> list[tuple[str, int]]:
+    """The requests of :func:`open_requests` as prompt texts (what a client sends)."""
+    return [(tokenizer.decode(ids, skip_special_tokens=True), new) for ids, new in open_requests(
+        tokenizer, count, seed, max_prompt, max_new)]  # fmt: skip
+
+
+def scheduled_open_loop(args, base: Path, adapters: list[Path], tokenizer) -> list[dict]:
+    """The open loop through the product: Poisson arrivals submitted to the engine's :class:`Scheduler` (its own
+    admission, prefill and continuous batching over the graph backend), greedy, each request's adapter drawn
+    among the 8. Token times are those of the scheduler's ``token`` events (a piece the detokenizer holds back, a
+    partial character, arrives with the next one); tokens counted are those the requests produced."""
+
+    from loraops_serving.engine import Engine, Row
+    from loraops_serving.settings import ServingSettings
+
+    settings = ServingSettings(
+        max_batch_size=args.open_batch,
+        max_resident_adapters=8,
+        max_new_tokens=256,
+        max_total_tokens=1024,
+        allow_unverified_adapters=True,
+    )
+    engine = Engine(base, settings, adapters)
+    names = [folder.name for folder in adapters]
+    requests = open_texts(tokenizer, args.open_requests, 0, 384, 256)
+    engine.generate([Row(requests[0][0], names[k], 4) for k in range(8)])  # adapters resident
+    if hasattr(engine.backend, "warm_up"):  # a warmed server: every decode graph captured before the load
+        print(f"captured {engine.backend.warm_up(every_bucket=True)} graphs (decode and prefill)", flush=True)
     out = []
     for rate in args.rates:
         rng = random.Random(int(rate * 1000))
@@ -278,62 +303,43 @@ def open_loop(args, ours: Loraops, tokenizer) -> list[dict]:
         for _ in requests:
             t += rng.expovariate(rate) if rate > 0 else 0.0
             arrivals.append(t)
-        adapters = [rng.randint(1, 8) for _ in requests]
-        pending = list(range(len(requests)))
-        free = list(range(decoder.max_batch))
-        running: dict[int, dict] = {}
-        first, token_times, finished = {}, {k: [] for k in pending}, 0
-        generated = 0
-        sync()
+        chosen = [names[rng.randrange(8)] for _ in requests]
+        stamps: list[list[float]] = [[] for _ in requests]
+        tickets = []
+        steps_before = engine.scheduler.steps
         t0 = time.perf_counter()
-        while finished < len(requests):
-            now = time.perf_counter() - t0
-            admit = []
-            while pending and arrivals[pending[0]] <= now and len(admit) < min(4, len(free)):
-                admit.append(pending.pop(0))
-            if admit:
-                rows = [free.pop(0) for _ in admit]
-                logits = decoder.prefill(rows, [requests[k][0] for k in admit], [adapters[k] for k in admit])
-                tokens = logits.argmax(-1).tolist()
-                stamp = time.perf_counter() - t0
-                for k, row, token in zip(admit, rows, tokens):
-                    first[k] = stamp - arrivals[k]
-                    token_times[k].append(stamp)
-                    running[row] = {"id": k, "token": token, "pos": len(requests[k][0]), "left": requests[k][1] - 1}
-                    generated += 1
-            for row in [r for r, s in running.items() if s["left"] == 0]:
-                running.pop(row)
-                free = sorted([*free, row])
-                finished += 1
-            if not running:
-                if pending:
-                    time.sleep(max(0.0, arrivals[pending[0]] - (time.perf_counter() - t0)))
-                continue
-            n = max(running) + 1
-            tokens = [running[r]["token"] if r in running else 0 for r in range(n)]
-            positions = [running[r]["pos"] if r in running else -1 for r in range(n)]
-            slots = [adapters[running[r]["id"]] if r in running else 0 for r in range(n)]
-            next_tokens = decoder.decode(tokens, positions, slots).argmax(-1).tolist()
-            stamp = time.perf_counter() - t0
-            for r, state in running.items():
-                state["token"], state["pos"], state["left"] = next_tokens[r], state["pos"] + 1, state["left"] - 1
-                token_times[state["id"]].append(stamp)
-                generated += 1
+        for k, ((prompt, new), adapter) in enumerate(zip(requests, chosen)):
+            delay = arrivals[k] - (time.perf_counter() - t0)
+            if delay > 0:
+                time.sleep(delay)
+
+            def sink(kind, payload, times=stamps[k]) -> None:
+                if kind == "token":
+                    times.append(time.perf_counter())
+
+            tickets.append(engine.scheduler.submit([Row(prompt, adapter, new)], sink))
+        outcomes = [ticket.wait(600) for ticket in tickets]
         elapsed = time.perf_counter() - t0
-        gaps = [b - a for times in token_times.values() for a, b in zip(times, times[1:])]
-        ttft = list(first.values())
+        failed = [o for o in outcomes if not isinstance(o, list)]
+        generated = sum(g.tokens for o in outcomes if isinstance(o, list) for g in o)
+        ttft = [times[0] - t0 - arrivals[k] for k, times in enumerate(stamps) if times]
+        gaps = [b - a for times in stamps for a, b in zip(times, times[1:])]
         row = {
             "rate_per_s": rate if rate > 0 else "all at once",
             "requests": len(requests),
+            "failed": len(failed),
             "tokens_per_s": generated / elapsed,
             "ttft_p50_ms": 1000 * percentile(ttft, 0.5),
             "ttft_p95_ms": 1000 * percentile(ttft, 0.95),
             "itl_p50_ms": 1000 * percentile(gaps, 0.5),
             "itl_p95_ms": 1000 * percentile(gaps, 0.95),
+            "decode_steps": engine.scheduler.steps - steps_before,
             "seconds": elapsed,
+            "max_batch": args.open_batch,
         }
         out.append(row)
         print(row, flush=True)
+    engine.scheduler.shutdown()
     return out
 
 
@@ -346,6 +352,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rates", type=float, nargs="*", default=[4, 8, 16, 32, 0], help="req/s; 0: all at once")
     parser.add_argument("--open-requests", type=int, default=64)
+    parser.add_argument("--open-batch", type=int, default=32, help="the scheduler's max batch in the open loop")
+    parser.add_argument(
+        "--open-loop-only", action="store_true", help="only the open loop through the engine's scheduler"
+    )
     parser.add_argument("--skip-closed", action="store_true")
     parser.add_argument(
         "--quick", action="store_true", help="closed batches only (plain, 8 mixed), loraops direct and scheduled"
@@ -373,7 +383,9 @@ def main() -> int:
     results: list[dict] = []
     floor: dict = {}
     load: list[dict] = []
-    if args.scheduler_only:  # the product's path alone: no GraphDecoder of its own, no bandwidth floor
+    if args.open_loop_only:  # the product's path under load alone
+        load = scheduled_open_loop(args, base, adapters, tokenizer)
+    elif args.scheduler_only:  # the product's path alone: no GraphDecoder of its own, no bandwidth floor
         scheduled_batches(args, base, adapters, tokenizer, results)
     else:
         ours = Loraops(base, adapters, max_batch=32, max_len=640, device=device)
@@ -395,13 +407,12 @@ def main() -> int:
 
         if not args.skip_closed:
             closed_batches(args, ours, base, tokenizer, results)
-        if args.rates:
-            ours.decoder.warm_up()
-        load = open_loop(args, ours, tokenizer) if args.rates else []
+        del ours
+        torch.cuda.empty_cache()
         if not args.skip_closed:
-            del ours.decoder
-            torch.cuda.empty_cache()
             scheduled_batches(args, base, adapters, tokenizer, results)
+            torch.cuda.empty_cache()
+        load = scheduled_open_loop(args, base, adapters, tokenizer) if args.rates else []
 
     def speed(impl: str, layout: str, batch: int) -> float:
         hits = [r["tokens_per_s"] for r in results if (r["impl"], r["layout"], r["batch"]) == (impl, layout, batch)]

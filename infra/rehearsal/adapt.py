@@ -113,7 +113,24 @@ def _variant_model(resource: dict[str, Any], resources: dict[str, Any]) -> bool:
     return True
 
 
+def _fifo_queue_name(resource: dict[str, Any], resources: dict[str, Any]) -> bool:
+    properties = resource["Properties"]
+    if str(properties.get("FifoQueue")).lower() != "true" or "QueueName" in properties:
+        return False
+    logical_id = next(lid for lid, other in resources.items() if other is resource)
+    properties["QueueName"] = {"Fn::Sub": f"${{AWS::StackName}}-{logical_id}"[:75] + ".fifo"}
+    return True
+
+
 WORKAROUNDS: tuple[Workaround, ...] = (
+    Workaround(
+        "AWS::SQS::Queue",
+        "a FIFO queue without QueueName named <stack>-<logical id>.fifo (as CloudFormation names it)",
+        "cloudformation/utils.py generate_resource_name gives every unnamed resource '<stack>-<id>-<suffix>', "
+        "without the '.fifo' that CloudFormation appends for FIFO queues, and sqs/models.py Queue refuses it: "
+        "InvalidParameterValue 'Queue name must end in .fifo for FIFO queues'",
+        _fifo_queue_name,
+    ),
     Workaround(
         "AWS::KMS::Key",
         "KeyPolicy written as a JSON string (Fn::ToJsonString)",

@@ -188,9 +188,12 @@ class GraphBackend:
         self.lock, self.max_len = lock, max_len
         self.pool = RowPool(max_batch)
 
-    def warm_up(self) -> int:
-        """Capture the smallest step now: on CUDA this compiles the fused pieces at start-up, not on a request."""
+    def warm_up(self, every_bucket: bool = False) -> int:
+        """Capture the smallest step now (on CUDA this compiles the fused pieces at start-up, not on a request), or,
+        ``every_bucket``, every (batch, window, adapters) step, so that no step under load waits for a capture."""
         with self.lock:
+            if every_bucket:
+                return self.decoder.warm_up()
             return self.decoder.warm_up(batches=[1], windows=[self.decoder.window_buckets[0]])
 
     @torch.no_grad()

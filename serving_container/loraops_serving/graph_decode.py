@@ -1,5 +1,6 @@
 """One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as
-CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill runs eagerly beside it.
+CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill one prompt at a time, padded
+to a length bucket, also captured per (bucket, adapters on/off) on CUDA (eager, all prompts at once, elsewhere).
 
 The running batch is a set of cache rows ``0 .. max_batch-1``. A scheduler gives each request a free row, calls
 :meth:`GraphDecoder.prefill` once for the requests it admits (writes their prompts' keys and values into their rows
@@ -8,6 +9,10 @@ row ``0 .. n-1``, the token to feed, its position (the number of tokens already 
 slot; a row that is free in between is passed with position ``-1``. Requests join and leave at any step boundary
 without changing a shape: the inputs are copied into static device buffers that the graphs read, adapter slots
 included (``Routing.rows`` points at the slot buffer), so mixing adapters replays the same graph.
+
+On CUDA the projections run as fused groups (``multi_lora.FusedGroup``: q/k/v and gate/up one product each, every
+slot's ``A`` under the weights, one grouped Triton expand per group); elsewhere the layers' own forward runs, or the
+same groups with the torch expand when ``grouped=True`` (what the CPU tests hold against peft).
 
 Keys and values of idle rows are written to a scratch row, never to a row someone owns. Each graph attends over a
 window of the cache (the smallest bucket that holds the longest running row), so a step reads only what is used.
@@ -25,7 +30,8 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from loraops_serving.multi_lora import Routing
+from loraops_serving.multi_lora import FusedGroup, MultiLoRALinear, Routing
+from loraops_serving.ops import triton_available
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -52,6 +58,10 @@ class Pieces:
     (a step of eager pieces launches ~40 small kernels a layer, most of a 7B step's time at small batches)."""
 
     def __init__(self, fuse: bool) -> None:
+        if fuse:  # shapes (batch, prompt length) and strides (fused groups' views, with or without adapters) vary:
+            # each variant compiles once; the default limit of 8 failed the step once it was reached
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, 64)
         wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if fuse else (lambda f: f)
         self.rms_norm, self.add_rms_norm = wrap(rms_norm), wrap(add_rms_norm)
         self.silu_mul, self.rope = wrap(silu_mul), wrap(apply_rotary_pos_emb)
@@ -77,6 +87,8 @@ class GraphDecoder:
         graphs: bool | None = None,
         window_first: int = 128,
         fuse: bool | None = None,
+        grouped: bool | None = None,
+        bucketed_prefill: bool | None = None,
     ) -> None:
         self.check_supported(model)
         self.model, self.routing = model, routing or Routing()
@@ -99,7 +111,18 @@ class GraphDecoder:
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.positions = torch.full((max_batch,), -1, dtype=torch.long, device=self.device)
         self.slots = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        # prefill one prompt at a time, right-padded to a length bucket, from static buffers (a CUDA graph per
+        # bucket on CUDA): [ids..., row, slot, last index]
+        self.bucketed_prefill = self.graphs_on if bucketed_prefill is None else bucketed_prefill
+        self.prefill_buckets = _buckets(max_len, min(16, max_len))
+        self.prefill_in = torch.zeros(max_len + 3, dtype=torch.long, device=self.device)
         self.captured: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # q/k/v and gate/up as one product each, every slot's A under the weights, one grouped expand per group
+        self.grouped = self.device.type == "cuda" if grouped is None else grouped
+        self.kernel = self.device.type == "cuda" and triton_available()
+        self.groups: list[dict[str, FusedGroup]] | None = None
+        self.groups_version = -1
+        self._sync_groups()
         self.captured_version = self.routing.version
         self.pool = torch.cuda.graph_pool_handle() if self.graphs_on else None
         self.pieces = Pieces(self.device.type == "cuda" if fuse is None else fuse)
@@ -122,6 +145,27 @@ class GraphDecoder:
             raise ValueError(f"graph decode needs static rotary frequencies, not {rope!r}")
 
     # ------------------------------------------------------------------------------------------ the layers
+    def _sync_groups(self) -> None:
+        """(Re)build the fused groups when the adapted layers changed (their tensors are new)."""
+        if not self.grouped or self.groups_version == self.routing.version:
+            return
+        self.groups = None
+        names = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj")}
+        names["down"] = ("down_proj",)
+        members = []
+        for layer in self.layers:
+            parts = {"qkv": layer.self_attn, "o": layer.self_attn, "gate_up": layer.mlp, "down": layer.mlp}
+            members.append({key: [getattr(parts[key], n) for n in ns] for key, ns in names.items()})
+        plain = all(
+            type(m.base if isinstance(m, MultiLoRALinear) else m) is torch.nn.Linear
+            for layer in members
+            for group in layer.values()
+            for m in group
+        )
+        if plain:  # quantized or custom layers keep their own forward
+            self.groups = [{key: FusedGroup(group) for key, group in layer.items()} for layer in members]
+        self.groups_version = self.routing.version
+
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, write, attend) -> torch.Tensor:
         """Hidden states after the final norm for ``ids [B, T]`` at ``positions [B, T]``; ``write(i, k, v)`` stores
         layer ``i``'s keys and values, ``attend(i, q, k, v)`` returns its attention output ``[B, H, T, D]``."""
@@ -132,17 +176,31 @@ class GraphDecoder:
         norms = [norm for layer in self.layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)]
         norms.append(model.norm)
         x = pieces.rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
+        rows = self.routing.rows if self.routing.active else None
+        token_slots = rows  # one slot per token
+        if rows is not None and length > 1:
+            token_slots = rows[:, None].expand(-1, length).contiguous().view(-1)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q = attn.q_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            if self.groups is not None:
+                group = self.groups[i]
+                q, k, v = group["qkv"](x, token_slots, self.kernel)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q = q.view(batch, length, -1, self.head_dim).transpose(1, 2)
+            k = k.view(batch, length, -1, self.head_dim).transpose(1, 2)
+            v = v.view(batch, length, -1, self.head_dim).transpose(1, 2)
             q, k = pieces.rope(q, k, cos, sin)
             write(i, k, v)
             out = attend(i, q, k, v).transpose(1, 2).reshape(batch, length, -1)
             norm = norms[2 * i + 1]
-            hidden, x = pieces.add_rms_norm(hidden, attn.o_proj(out), norm.weight, norm.variance_epsilon)
-            out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+            out = group["o"](out, token_slots, self.kernel)[0] if self.groups is not None else attn.o_proj(out)
+            hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
+            if self.groups is not None:
+                gate, up = group["gate_up"](x, token_slots, self.kernel)
+                out = group["down"](pieces.silu_mul(gate, up), token_slots, self.kernel)[0]
+            else:
+                out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
             norm = norms[2 * i + 2]
             hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
         return x
@@ -165,6 +223,9 @@ class GraphDecoder:
             raise ValueError(
                 f"prompt lengths {lengths} must be in 1..{self.max_len - 1} (the cache holds {self.max_len})"
             )
+        self._sync_groups()
+        if self.bucketed_prefill:
+            return torch.cat([self._prefill_one(*args) for args in zip(rows, prompts, slots)])
         width = max(lengths)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         for j, prompt in enumerate(prompts):  # right-padded: padding only ever follows a row's real tokens
@@ -187,6 +248,41 @@ class GraphDecoder:
             self._route(None, False)
         last = hidden[torch.arange(len(rows), device=self.device), torch.as_tensor(lengths, device=self.device) - 1]
         return self.model.lm_head(last)
+
+    def _prefill_one(self, row: int, prompt: Sequence[int], slot: int) -> torch.Tensor:
+        """One prompt through the static prefill buffers, padded to its bucket; its last token's logits ``[1, V]``
+        (a copy: the graph's output is overwritten by the next replay)."""
+        length = next(b for b in self.prefill_buckets if b >= len(prompt))
+        host = torch.zeros(self.max_len + 3, dtype=torch.long)
+        host[: len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
+        host[-3:] = torch.tensor([row, slot, len(prompt) - 1])
+        self.prefill_in.copy_(host, non_blocking=False)
+        lora = bool(slot) and self.routing.version > 0
+        if not self.graphs_on:
+            return self._prefill_step(length, lora).clone()
+        return self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora)).clone()
+
+    def _prefill_step(self, length: int, lora: bool) -> torch.Tensor:
+        """The captured prefill of one prompt padded to ``length`` (the padding's keys and values land past the
+        prompt in its own row, where decode overwrites them before any step attends to them)."""
+        meta = self.prefill_in[-3:]
+        ids = self.prefill_in[None, :length]
+        positions = torch.arange(length, device=self.device)[None, :]
+        row = meta[0:1]
+
+        def write(i, k, v):
+            self.keys[i, row, :, :length] = k
+            self.values[i, row, :, :length] = v
+
+        def attend(i, q, k, v):
+            return self._sdpa(q, k, v, is_causal=True)
+
+        self._route(meta[1:2] if lora else None, lora)
+        try:
+            hidden = self._forward(ids, positions, write, attend)
+        finally:
+            self._route(None, False)
+        return self.model.lm_head(hidden[0].index_select(0, meta[2:3]))
 
     # ---------------------------------------------------------------------------------------------- decode
     def _step(self, batch: int, window: int) -> torch.Tensor:
@@ -224,6 +320,7 @@ class GraphDecoder:
         if top is not None and top >= self.max_len:
             raise ValueError(f"position {top} is past the cache ({self.max_len} positions)")
         batch = next(b for b in self.batch_buckets if b >= n)
+        self._sync_groups()
         self.tokens[:n].copy_(tokens, non_blocking=True)
         self.positions[:n].copy_(positions, non_blocking=True)
         self.slots[:n].copy_(slots, non_blocking=True)
@@ -242,34 +339,39 @@ class GraphDecoder:
             self._route(None, False)
 
     def _replay(self, batch: int, window: int, lora: bool) -> torch.Tensor:
+        return self._graph((batch, window, lora), lambda: self._step(batch, window))
+
+    def _graph(self, key: tuple, step) -> torch.Tensor:
+        """Replay the graph of ``key`` (captured from ``step()`` the first time); its output buffer."""
         if self.routing.version != self.captured_version:  # adapted layers changed: old graphs hold stale tensors
             self.captured.clear()
             self.pool = torch.cuda.graph_pool_handle()  # the old pool is released with its graphs
             self.captured_version = self.routing.version
-        key = (batch, window, lora)
         if key not in self.captured:
-            self.captured[key] = self._capture(batch, window)
+            self.captured[key] = self._capture(step)
         graph, out = self.captured[key]
         graph.replay()
         return out
 
-    def _capture(self, batch: int, window: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture the step for these buckets. The warm-up run computes the very step about to be replayed (same
-        buffers), so it writes only what the replay writes again."""
+    def _capture(self, step) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture ``step()``. The warm-up run computes the very step about to be replayed (same buffers), so it
+        writes only what the replay writes again."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(batch, window)
+            step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self._step(batch, window)
+            out = step()
         return graph, out
 
     def warm_up(self, batches: Sequence[int] | None = None, windows: Sequence[int] | None = None) -> int:
-        """Capture the graphs ahead of traffic (all rows idle, so nothing owned is written); returns how many."""
+        """Capture the graphs ahead of traffic (all rows idle, so nothing owned is written; with neither argument,
+        the prefill buckets too, into the scratch row); returns how many."""
         if not self.graphs_on:
             return 0
+        self._sync_groups()
         count = 0
         for batch in batches or self.batch_buckets:
             for window in windows or self.window_buckets:
@@ -283,4 +385,11 @@ class GraphDecoder:
                         self._route(None, False)
                     count += 1
         self.slots.zero_()
+        if self.bucketed_prefill and batches is None and windows is None:  # every prefill bucket, scratch row
+            for length in self.prefill_buckets:
+                for lora in (False, True) if self.routing.version > 0 else (False,):
+                    self.prefill_in.zero_()
+                    self.prefill_in[-3:-1] = torch.tensor([self.max_batch, int(lora)])
+                    self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora))  # noqa: B023
+                    count += 1
         return count

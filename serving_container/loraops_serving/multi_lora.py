@@ -9,7 +9,8 @@ Three ways to apply them, one function: the torch gather below (``reference_delt
 which copies each row's ``A`` and ``B``); on CUDA, one token per row (decode) goes to the Triton BGMV kernels
 (``ops.bgmv``), which read each row's pair in place and skip slot-0 rows, and several tokens per row (prefill) to
 two matrix products over all slots at once (``stacked_delta``), which copies no adapter per row and needs no host
-synchronisation.
+synchronisation. The graph decoder goes further with :class:`FusedGroup`: layers that read one input share one
+matrix product with every slot's ``A`` stacked under their weights, and one grouped expand (``ops.sgmv``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from loraops_serving.ops import add_lora_bgmv, triton_available
+from loraops_serving.ops.sgmv import add_lora_grouped, add_lora_grouped_reference
 
 
 @dataclass
@@ -111,6 +113,73 @@ def stacked_delta(x: torch.Tensor, rows: torch.Tensor, lora_a, lora_b, scale) ->
     xa = xa * keep[:, None, :, None]
     delta = xa.reshape(-1, slots * rank) @ lora_b.permute(1, 0, 2).reshape(-1, slots * rank).T
     return delta.reshape(*shape[:-1], -1)
+
+
+class FusedGroup:
+    """Linear layers that read the same input (``q/k/v``, ``gate/up``; or one layer alone) as one matrix product
+    with, on adapted groups, every slot's ``A`` stacked under the weights, so that a single product gives the base
+    outputs and every slot's shrink; then one grouped expand (``ops.sgmv``) adds each row's adapter delta. Two
+    launches per group and step whatever the adapters mix, each slot's ``A`` and ``B`` read once.
+
+    The members keep working as before: their weights, ``lora_a``, ``lora_b`` and ``scale`` become views into the
+    group's tensors (no second copy of the base weights; an adapter loaded into a slot later lands in the group).
+    Build again after :attr:`Routing.version` moves (a new adapted layer, a larger rank)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        linears = [m.base if isinstance(m, MultiLoRALinear) else m for m in members]
+        adapted = [m for m in members if isinstance(m, MultiLoRALinear)]
+        first = linears[0].weight
+        fan_in = first.shape[1]
+        if any(lin.in_features != fan_in for lin in linears):
+            raise ValueError("a fused group's layers must read the same input")
+        sizes = [lin.out_features for lin in linears]
+        self.starts = [0]
+        for size in sizes:
+            self.starts.append(self.starts[-1] + size)
+        total, count = self.starts[-1], len(members)
+        self.slots = adapted[0].lora_a.shape[0] if adapted else 0
+        self.rank = max((m.rank for m in adapted), default=0)
+        for m in adapted:
+            if m.lora_a.shape[0] != self.slots:
+                raise ValueError("a fused group's adapted layers must have the same slots")
+            m.grow_rank(self.rank)
+        extra = self.slots * count * self.rank
+        weight = torch.zeros(total + extra, fan_in, device=first.device, dtype=first.dtype)
+        biased = any(lin.bias is not None for lin in linears)
+        bias = torch.zeros(total + extra, device=first.device, dtype=first.dtype) if biased else None
+        stacked_a = weight[total:].view(self.slots, count, self.rank, fan_in)
+        self.lora_b = torch.zeros(self.slots, total, self.rank, device=first.device, dtype=first.dtype)
+        self.scale = torch.zeros(count, self.slots, device=first.device, dtype=first.dtype)
+        for j, (member, lin) in enumerate(zip(members, linears)):
+            lo, hi = self.starts[j], self.starts[j + 1]
+            weight[lo:hi] = lin.weight.data
+            lin.weight = nn.Parameter(weight[lo:hi], requires_grad=False)
+            if bias is not None:
+                if lin.bias is not None:
+                    bias[lo:hi] = lin.bias.data
+                lin.bias = nn.Parameter(bias[lo:hi], requires_grad=False) if lin.bias is not None else None
+            if isinstance(member, MultiLoRALinear):
+                stacked_a[:, j] = member.lora_a.data
+                self.lora_b[:, lo:hi] = member.lora_b.data
+                self.scale[j] = member.scale.data
+                member.lora_a = nn.Parameter(stacked_a[:, j], requires_grad=False)
+                member.lora_b = nn.Parameter(self.lora_b[:, lo:hi], requires_grad=False)
+                member.scale = nn.Parameter(self.scale[j], requires_grad=False)
+        self.weight, self.bias, self.total = weight, bias, total
+
+    def __call__(self, x: torch.Tensor, token_slots: torch.Tensor | None, kernel: bool) -> list[torch.Tensor]:
+        """The members' outputs for ``x [..., K]``, each with its rows' adapter deltas when ``token_slots`` (one
+        slot per token of ``x``) is given; ``kernel``: the Triton expand, else the torch reference."""
+        if token_slots is None or not self.rank:
+            bias = None if self.bias is None else self.bias[: self.total]
+            out = nn.functional.linear(x, self.weight[: self.total], bias)
+        else:
+            both = nn.functional.linear(x, self.weight, self.bias)
+            flat = both.view(-1, both.shape[-1])
+            expand = add_lora_grouped if kernel else add_lora_grouped_reference
+            expand(flat[:, : self.total], flat[:, self.total :], self.lora_b, self.scale, token_slots, self.starts)
+            out = both[..., : self.total]
+        return list(out.split([hi - lo for lo, hi in zip(self.starts, self.starts[1:])], dim=-1))
 
 
 @dataclass

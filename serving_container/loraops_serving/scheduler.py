@@ -78,6 +78,10 @@ class Ticket:
 
 
 class Scheduler:
+    #: Prompt tokens prefilled in one step at most (a request alone may exceed it): the running rows wait for a
+    #: step's prefill, so a burst of arrivals is spread over several steps instead of stalling the batch at once.
+    max_prefill_tokens = 512
+
     def __init__(self, engine) -> None:
         self.engine = engine
         self.cond = threading.Condition()
@@ -153,8 +157,8 @@ class Scheduler:
         return taken
 
     def _admit(self, tickets: list[Ticket]) -> list[Sequence]:
-        engine, seqs = self.engine, []
-        for ticket in tickets:
+        engine, seqs, tokens = self.engine, [], 0
+        for position, ticket in enumerate(tickets):
             mine: list[Sequence] = []
             try:
                 for index, row in enumerate(ticket.rows):
@@ -175,6 +179,14 @@ class Scheduler:
                         with self.cond:
                             self.waiting.appendleft(ticket)  # its adapters' slots are busy: next step
                 continue
+            cost = sum(len(seq.prompt_ids) for seq in mine)
+            if seqs and tokens + cost > self.max_prefill_tokens:  # over this step's prefill: it and the rest wait
+                for seq in mine:
+                    self._release(seq)
+                with self.cond:
+                    self.waiting.extendleft(reversed(tickets[position:]))
+                break
+            tokens += cost
             with self.cond:
                 self.live.add(ticket)
             ticket.emit("admitted")

@@ -32,6 +32,7 @@ EXPECTED_STOOD_IN = {
     "AWS::EC2::SecurityGroupEgress",
     "AWS::ResourceGroups::Group",
     "AWS::S3::BucketPolicy",
+    "AWS::SNS::TopicPolicy",
     "AWS::SQS::QueuePolicy",
     "AWS::SageMaker::Domain",
     "AWS::SageMaker::InferenceComponent",
@@ -304,6 +305,7 @@ WORKAROUND_CASES = {
         {"ModelName": {"Fn::GetAtt": ["Model", "ModelName"]}, "InstanceType": "ml.g5.2xlarge"}
     ),
     "endpoint-without-model": _endpoint_config({"InstanceType": "ml.m5.large"}),
+    "fifo-queue-name": {"Q": {"Type": "AWS::SQS::Queue", "Properties": {"FifoQueue": True}}},
 }
 
 
@@ -326,6 +328,9 @@ def test_each_workaround_avoids_a_moto_failure(aws, tmp_path, case):
     if case == "kms-tags":  # the tags survive the rewrite
         (key,) = new_keys
         assert kms.list_resource_tags(KeyId=key)["Tags"] == [{"TagKey": "a", "TagValue": "b"}]
+    if case == "fifo-queue-name":  # a FIFO queue, named as CloudFormation would
+        (url,) = aws.client("sqs", REGION).list_queues(QueueNamePrefix=f"adapted-{case}")["QueueUrls"]
+        assert url.endswith(f"adapted-{case}-Q.fifo")
     if case == "ssm-tags":
         tags = aws.client("ssm", REGION).list_tags_for_resource(ResourceType="Parameter", ResourceId="/t")["TagList"]
         assert tags == [{"Key": "a", "Value": "b"}]

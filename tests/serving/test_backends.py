@@ -108,3 +108,28 @@ def test_the_engine_sizes_the_cache_for_its_largest_request(tiny_base):
     graph = Engine(tiny_base, settings).backend
     assert graph.decoder.max_batch == 5  # one request of max_inputs rows runs even when it outnumbers the batch
     assert graph.max_len == Engine(tiny_base, ServingSettings()).context  # never past the model's context
+
+
+def test_a_burst_of_arrivals_is_prefilled_over_several_steps(graph_engine, monkeypatch):
+    """Requests that arrive together are prefilled at most ``max_prefill_tokens`` prompt tokens a step (the first
+    always), so the running rows are not held for one long prefill; all of them still finish."""
+    from loraops_serving.scheduler import Scheduler, Ticket
+
+    scheduler = graph_engine.scheduler
+    assert scheduler.wait_for(scheduler.idle, 60)
+    real, prefills = graph_engine.prefill, []
+
+    def observed(seqs):
+        prefills.append(len(seqs))
+        return real(seqs)
+
+    monkeypatch.setattr(graph_engine, "prefill", observed)
+    monkeypatch.setattr(Scheduler, "max_prefill_tokens", 2 * len(graph_engine.encode(Row(PROMPTS[1], None, 4))))
+    tickets = [Ticket([Row(PROMPTS[k % 3], ("alpha", None, "beta")[k % 3], 6)]) for k in range(4)]
+    with scheduler.cond:  # all four queued before the worker looks: one admission decision over all of them
+        scheduler.waiting.extend(tickets)
+        scheduler.cond.notify_all()
+    outcomes = [ticket.wait(300) for ticket in tickets]
+    assert all(isinstance(o, list) and o[0].tokens == 6 for o in outcomes), outcomes
+    assert prefills == [2, 2]  # two prompts fit the budget each step, not four at once
+    assert scheduler.wait_for(scheduler.idle, 60) and sum(graph_engine.in_use.values()) == 0

@@ -101,3 +101,54 @@ def test_graph_decode_matches_peft_and_recaptures_for_new_layers(tiny_base, adap
     got = run_requests(decoder, plan)
     for k, (_, prompt, slot, new) in enumerate(plan):
         assert got[k] == peft_greedy(tiny_base, adapters, prompt, "beta" if slot else None, new, "cuda"), k
+
+
+GROUPS = [(9, 64, [0, 4096, 8192, 12288], 16), (9, 64, [0, 11008, 22016], 16), (9, 64, [0, 4096], 1)]
+GROUPS += [(3, 8, [0, 520, 600, 680], 33), (5, 16, [0, 300], 130)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("slots", "rank", "starts", "batch"), GROUPS)
+def test_grouped_expand_matches_float64(dtype, slots, rank, starts, batch):
+    from loraops_serving.ops.sgmv import add_lora_grouped
+
+    generator = torch.Generator(device="cuda").manual_seed(batch * rank + len(starts))
+    members, total = len(starts) - 1, starts[-1]
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=generator) * scale).to(dtype)
+
+    xa, lora_b = rand(batch, slots * members * rank), rand(slots, total, rank, scale=rank**-0.5)
+    scale = torch.rand(members, slots, device="cuda", generator=generator).to(dtype) + 0.5
+    wide = rand(batch, total + slots * members * rank)
+    base = wide[:, :total]  # rows of the fused product's output, as served
+    rows = torch.randint(0, slots, (batch,), device="cuda", generator=generator)
+    rows[0] = 0 if batch > 1 else slots - 1
+    if batch > 1:
+        rows[1] = slots - 1
+    expect = base.double().clone()
+    parts = xa.double().view(batch, slots, members, rank)[torch.arange(batch, device="cuda"), rows]
+    for j in range(members):
+        lo, hi = starts[j], starts[j + 1]
+        y = parts[:, j] * scale.double()[j, rows][:, None]
+        expect[:, lo:hi] += torch.einsum("mnr,mr->mn", lora_b.double()[rows, lo:hi], y) * (rows > 0)[:, None]
+    out = add_lora_grouped(base.clone(), xa, lora_b, scale, rows, starts)
+    error = ((out.double() - expect).norm() / (expect - base.double()).norm()).item()
+    assert error < (1e-2 if dtype == torch.bfloat16 else 1e-5), error
+    assert torch.equal(out[rows == 0], base[rows == 0])
+
+
+def test_grouped_expand_takes_slots_of_any_stride():
+    """One slot for every token of a prompt is an expanded (stride-0) view; the kernel must read it as its values."""
+    from loraops_serving.ops.sgmv import add_lora_grouped, add_lora_grouped_reference
+
+    generator = torch.Generator(device="cuda").manual_seed(5)
+    xa = torch.randn(7, 3 * 2 * 8, device="cuda", generator=generator)
+    lora_b = torch.randn(3, 48, 8, device="cuda", generator=generator)
+    scale = torch.rand(2, 3, device="cuda", generator=generator)
+    base = torch.randn(7, 48, device="cuda", generator=generator)
+    rows = torch.tensor([2], device="cuda")[:, None].expand(-1, 7).reshape(-1)
+    assert rows.stride(0) == 0
+    got = add_lora_grouped(base.clone(), xa, lora_b, scale, rows, [0, 16, 48])
+    expect = add_lora_grouped_reference(base.clone(), xa, lora_b, scale, rows.clone(), [0, 16, 48])
+    torch.testing.assert_close(got, expect)

@@ -4,11 +4,16 @@ leaving a running batch of mixed adapters, produces peft's greedy tokens for eve
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from loraops_serving.graph_decode import GraphDecoder
-from loraops_serving.multi_lora import Routing, reference_delta, stacked_delta
+from loraops_serving.multi_lora import FusedGroup, MultiLoRALinear, Routing, reference_delta, stacked_delta
 from tests.serving.fast_decode_helpers import load_with_adapters, peft_greedy, run_requests
 
 PROMPTS = ["What is a llama?", "Name three rivers in Europe and say which is longest.", "Why is the sky blue?"]
@@ -40,10 +45,19 @@ def _prompt_ids(tiny_base) -> list[list[int]]:
     return [tokenizer(p)["input_ids"] for p in PROMPTS]
 
 
-def test_continuous_batch_of_mixed_adapters_matches_peft(tiny_base, adapters, served):
+@pytest.mark.parametrize(
+    ("grouped", "bucketed"), [(False, False), (True, False), (True, True)], ids=["per-layer", "fused", "bucketed"]
+)
+def test_continuous_batch_of_mixed_adapters_matches_peft(tiny_base, adapters, served, grouped, bucketed):
+    """Also with the fused groups, and with prefill one prompt at a time from the static buffers, right-padded to
+    its length bucket (what CUDA captures as one graph per bucket)."""
     model, routing, _, slots = served
     prompts = _prompt_ids(tiny_base)
-    decoder = GraphDecoder(model, routing, max_batch=4, max_len=64, window_first=16)
+    decoder = GraphDecoder(
+        model, routing, max_batch=4, max_len=64, window_first=16, grouped=grouped, bucketed_prefill=bucketed
+    )
+    assert (decoder.groups is not None) == grouped and decoder.bucketed_prefill == bucketed
+    assert any(len(p) not in decoder.prefill_buckets for p in prompts)  # some prompts are padded
     # (join step, prompt, slot, new tokens): the second joins while the first runs, the first leaves before the
     # third joins and takes its row back; rows run at different positions with different adapters
     plan = [(0, prompts[0], slots["alpha"], 9), (2, prompts[1], slots["beta"], 12), (12, prompts[2], slots[None], 6)]
@@ -82,3 +96,77 @@ def test_bad_input_is_refused(tiny_base, served):
             GraphDecoder(model, Routing())
     finally:
         model.config.model_type = "llama"
+
+
+def _group_case(seed: int):
+    """q/k/v-like layers (the middle one not adapted) with adapters of ranks 3 and 5 in slots 1 and 2."""
+    generator = torch.Generator().manual_seed(seed)
+    routing, fan_in = Routing(), 24
+    layers = [torch.nn.Linear(fan_in, n, bias=n == 16) for n in (40, 16, 16)]
+    members = [MultiLoRALinear(layers[0], 3, 3, routing), layers[1], MultiLoRALinear(layers[2], 3, 3, routing)]
+    for member in (members[0], members[2]):
+        for slot, rank in ((1, 3), (2, 5)):
+            a = torch.randn(rank, fan_in, generator=generator)
+            b = torch.randn(member.base.out_features, rank, generator=generator)
+            member.put(slot, a, b, 0.5 * slot)
+    return members, torch.randn(6, fan_in, generator=generator), torch.tensor([2, 0, 1, 2, 1, 0])
+
+
+def _per_layer(members, x, rows):
+    routing = members[0].routing
+    routing.rows, routing.active = rows, True
+    try:
+        with torch.no_grad():
+            return [m(x) for m in members]
+    finally:
+        routing.rows, routing.active = None, False
+
+
+def test_fused_group_equals_its_layers_and_shares_their_tensors():
+    members, x, rows = _group_case(0)
+    expect = _per_layer(members, x, rows)
+    group = FusedGroup(members)
+    assert members[0].rank == members[2].rank == 5  # grown to the group's rank
+    with torch.no_grad():
+        got = group(x, rows, kernel=False)
+        plain = group(x, None, kernel=False)
+    for mine, theirs in zip(got, expect):
+        torch.testing.assert_close(mine, theirs)
+    for mine, layer in zip(plain, [members[0].base, members[1], members[2].base]):
+        torch.testing.assert_close(mine, layer(x).detach())
+    # the layers' tensors are views of the group's: an adapter loaded into a slot afterwards reaches the group
+    members[2].put(1, torch.ones(2, x.shape[1]), torch.ones(16, 2), 2.0)
+    with torch.no_grad():
+        torch.testing.assert_close(group(x, rows, kernel=False)[2], _per_layer(members, x, rows)[2])
+        assert not torch.allclose(group(x, rows, kernel=False)[2], got[2])
+
+
+INTERPRETED = """
+import torch
+from loraops_serving.ops import sgmv
+
+generator = torch.Generator().manual_seed(3)
+for slots, rank, starts, batch in [(4, 8, [0, 40, 56, 72], 5), (3, 4, [0, 24], 17), (5, 16, [0, 64, 160], 3)]:
+    members, total = len(starts) - 1, starts[-1]
+    xa = torch.randn(batch, slots * members * rank, generator=generator)
+    lora_b = torch.randn(slots, total, rank, generator=generator)
+    scale = torch.rand(members, slots, generator=generator)
+    rows = torch.randint(0, slots, (batch,), generator=generator)
+    rows[0] = 0
+    out = torch.randn(batch, 2 * total, generator=generator)[:, :total]  # rows of a wider tensor, as served
+    expect = sgmv.add_lora_grouped_reference(out.clone(), xa, lora_b, scale, rows, starts)
+    got = sgmv.add_lora_grouped(out.clone(), xa, lora_b, scale, rows, starts)
+    torch.testing.assert_close(got, expect)
+    assert torch.equal(got[0], out[0])  # a slot-0 row is left alone
+print("interpreted ok")
+"""
+
+
+def test_triton_grouped_expand_in_interpreter_mode():
+    """The Triton kernel's logic on the CPU, in a process started with ``TRITON_INTERPRET=1`` (read when Triton is
+    first imported); skipped where Triton is not installed, as in CI: the GPU tests run it compiled."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "interpreted ok" in done.stdout, done.stderr[-3000:]
