@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from loraops.naming import (
     NamingError,
@@ -100,6 +100,23 @@ class ServingConfig(_Strict):
         return self
 
 
+class PromotionPeer(_Strict):
+    """The other end of a promotion (``promote_from``): an environment's name, account and region."""
+
+    name: str
+    account: str = Field(pattern=r"^\d{12}$")
+    region: str = Field(pattern=_REGION)
+
+    @property
+    def bucket(self) -> str:
+        return f"loraops-{self.name}-artifacts-{self.account}-{self.region}"
+
+    @property
+    def promote_role_name(self) -> str:
+        """The role of the promote function of this (target) environment, named so the source can grant it."""
+        return f"loraops-{self.name}-promote"
+
+
 class EnvironmentConfig(_Strict):
     """Settings of one deployment environment (dev, staging, prod, ...)."""
 
@@ -139,6 +156,11 @@ class EnvironmentConfig(_Strict):
         description="Secrets Manager secret holding a Hugging Face token (gated models such as Llama-2)",
     )
     fine_tuned_lines: list[FineTunedLine] = Field(default_factory=list)
+    promote_from: str | None = Field(
+        default=None,
+        description="the environment whose approved packages `loraops models promote` copies here; its bucket and "
+        "key grant this environment's promote function read of base/, adapters/ and merged/",
+    )
     serving: ServingConfig | None = Field(default=None, description="the endpoint; none: no serving stack")
     tags: dict[str, str] = Field(default_factory=dict)
     # --- operations and guards (issue #21) ---------------------------------------------------------------------
@@ -247,6 +269,31 @@ class EnvironmentConfig(_Strict):
                 raise ValueError(f"{what} {getattr(self, what)!r} is not in instance_types {self.instance_types}")
         return self
 
+    #: Set by :func:`load_environments` from ``promote_from`` (the source) and the other environments' (targets).
+    _promotion_source: PromotionPeer | None = PrivateAttr(default=None)
+    _promotion_targets: tuple[PromotionPeer, ...] = PrivateAttr(default=())
+
+    @property
+    def promotion_source(self) -> PromotionPeer | None:
+        return self._promotion_source
+
+    @property
+    def promotion_targets(self) -> tuple[PromotionPeer, ...]:
+        """The environments that promote from this one (``promote_from`` names it)."""
+        return self._promotion_targets
+
+    @property
+    def promote_role_name(self) -> str:
+        return f"{self.prefix}-promote"
+
+    @property
+    def import_base_role_name(self) -> str:
+        return f"{self.prefix}-import-base"
+
+    @property
+    def dataset_upload_role_name(self) -> str:
+        return f"{self.prefix}-dataset-upload"
+
     @property
     def allowed_instance_types(self) -> list[str]:
         """The IAM allow-list of instance types (``sagemaker:InstanceTypes``) of jobs and endpoint configs."""
@@ -310,10 +357,34 @@ def load_environments(context: dict[str, Any], selected: str | None = None) -> l
             known = ", ".join(sorted(raw))
             raise ConfigError(f"-c {ENV_SELECTOR_KEY}={selected}: unknown environment (configured: {known})")
         check_no_shared_account_region(raw)
-        return [parse_environment(selected, raw[selected])]
+        return [link_promotions(parse_environment(selected, raw[selected]), raw)]
     environments = [parse_environment(name, value) for name, value in raw.items()]
     check_no_shared_account_region(raw)
-    return environments
+    return [link_promotions(config, raw) for config in environments]
+
+
+def _peer(name: str, raw: Any, where: str) -> PromotionPeer:
+    try:
+        return PromotionPeer(name=name, account=raw.get("account"), region=raw.get("region"))
+    except ValidationError as error:
+        raise ConfigError(f"{where}: environment {name!r} has no valid account and region ({error})") from None
+
+
+def link_promotions(config: EnvironmentConfig, raw: dict[str, Any]) -> EnvironmentConfig:
+    """Resolve ``promote_from`` in both directions from the raw context (also when one environment is selected):
+    the target learns its source's account and region, the source the targets it grants read to."""
+    where = f"{CONTEXT_KEY}.{config.name}.promote_from"
+    if config.promote_from is not None:
+        if config.promote_from == config.name or not isinstance(raw.get(config.promote_from), dict):
+            known = ", ".join(sorted(n for n in raw if n != config.name))
+            raise ConfigError(f"{where}: {config.promote_from!r} is not another environment (configured: {known})")
+        config._promotion_source = _peer(config.promote_from, raw[config.promote_from], where)
+    config._promotion_targets = tuple(
+        _peer(name, env, f"{CONTEXT_KEY}.{name}.promote_from")
+        for name, env in sorted(raw.items())
+        if isinstance(env, dict) and env.get("promote_from") == config.name and name != config.name
+    )
+    return config
 
 
 def check_no_shared_account_region(raw: dict[str, Any]) -> None:

@@ -740,6 +740,21 @@ class Registry:
         except self.s3.exceptions.ClientError:
             return False
 
+    def group_tags(self, group: str) -> dict[str, str]:
+        """``group``'s tags, once it is known to be this environment's (:class:`RegistryError` otherwise)."""
+        tags = self._group_tags(group)
+        self._check_environment(group, tags)
+        return tags
+
+    def register_copy(
+        self, group: str, prefix: str, metadata: dict[str, str], description: str, metrics: dict | None = None
+    ) -> Package:
+        """Register bytes copied in from another environment (:mod:`loraops.promotion`) at ``prefix``: one package
+        per ``metadata["contentDigest"]`` in ``group``, through the same lookup and claim as :meth:`register_base`."""
+        tags, digest = self.group_tags(group), metadata["contentDigest"]
+        create = lambda: self._create(group, tags, prefix, metadata, description, metrics)  # noqa: E731
+        return self._find(group, "contentDigest", digest) or self._register_once(group, "contentDigest", digest, create)
+
     def find(self, group: str, key: str, value: str, status: str | None = None) -> Package | None:
         """The first package of ``group`` whose metadata ``key`` is ``value`` (and status ``status``), or None."""
         return self._find(group, key, value, status)

@@ -14,7 +14,10 @@ approval and function errors alarm.
 - **import-base**: copies a base model from another S3 location or the Hugging Face Hub into ``base/`` and
   registers it. It runs outside the VPC: the VPC has no route to the internet by design, and the Hub is there.
 
-All three share one DynamoDB table for Powertools idempotency (one package per job, digest or import).
+- **promote** (where ``promote_from`` is configured): copies an approved package of the source environment into this
+  one's bucket inside S3 and registers it (``loraops.promotion``; grants in ``infra.promotion``). Outside the VPC.
+
+They share one DynamoDB table for Powertools idempotency (one package per job, digest or import).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import alarms, execution_role
+from infra import alarms, execution_role, promotion
 from infra.config import EnvironmentConfig
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
@@ -80,6 +83,7 @@ WILDCARD_REASONS = {
     "time; limited to this environment's name prefix.",
     "ReadServingResources": "The serving stack's model and endpoint config carry names CloudFormation generates; "
     "describe only.",
+    **promotion.WILDCARD_REASONS,
 }
 #: How long an approval is retried (an endpoint stays Updating for up to about an hour during a blue/green roll), and
 #: how long each attempt may take before the buffer hands the approval out again (at least the function's timeout).
@@ -107,6 +111,7 @@ class FunctionSpec:
     dead_letters: sqs.IQueue | None = None
     registers: bool = True  # creates packages (and keeps idempotency records); False: reads packages only
     checkov_skips: dict[str, str] = field(default_factory=dict)
+    role_name: str | None = None  # fixed where a bucket or key policy names the role
 
 
 class RegistrationStack(cdk.Stack):
@@ -174,11 +179,29 @@ class RegistrationStack(cdk.Stack):
                 memory_mb=3008,  # Lambda's network bandwidth grows with its memory
                 concurrency=2,
                 environment={"HUB_TOKEN_SECRET": _secret_name(config.hub_token_secret_arn)},
+                role_name=config.import_base_role_name,  # prod's VPC-only bucket policy exempts it by name
                 checkov_skips={
                     **SYNCHRONOUS,
                     "CKV_AWS_117": "Reaches the Hugging Face Hub; the loraops VPC has no route to the internet.",
                 },
             )
+        )
+        self.promote = (
+            self._function(
+                FunctionSpec(
+                    "promote",
+                    promotion.promote_statements(self, config),
+                    in_vpc=False,
+                    timeout=cdk.Duration.minutes(15),
+                    memory_mb=3008,  # verifying a merged model reads it: Lambda's bandwidth grows with its memory
+                    concurrency=2,
+                    environment=promotion.promote_environment(config),
+                    role_name=config.promote_role_name,  # the source's policies and prod's bucket name it
+                    checkov_skips={**SYNCHRONOUS, "CKV_AWS_117": promotion.OUTSIDE_VPC},
+                )
+            )
+            if config.promotion_source
+            else None
         )
         self.approval_buffer: sqs.Queue | None = None
         self.approval_dead_letters: sqs.Queue | None = None
@@ -249,6 +272,7 @@ class RegistrationStack(cdk.Stack):
             )
         functions = [self.register_finetune, self.register_base, self.import_base]
         functions += [self.deploy_on_approval] if self.deploy_on_approval is not None else []
+        functions += [self.promote] if self.promote is not None else []
         for function in functions:
             construct_id = function.node.id
             alarms.alarm(
@@ -270,6 +294,7 @@ class RegistrationStack(cdk.Stack):
         role = iam.Role(
             self,
             f"{construct}Role",
+            role_name=spec.role_name,
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description=f"loraops {config.name}: the {spec.name} function",
         )

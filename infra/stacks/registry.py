@@ -9,7 +9,7 @@ from aws_cdk import aws_resourcegroups as resourcegroups
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra import execution_role
+from infra import execution_role, promotion
 from infra.config import EnvironmentConfig
 from infra.nag import acknowledge
 from infra.stacks.storage import removal_policy
@@ -71,6 +71,7 @@ class RegistryStack(cdk.Stack):
             construct_id,
             model_package_group_name=name,
             model_package_group_description=description,
+            model_package_group_policy=promotion.group_policy(self, config, name),
             tags=_tags(tags),
         )
         group.apply_removal_policy(removal_policy(config))

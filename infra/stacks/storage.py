@@ -9,6 +9,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from infra import execution_role, promotion
 from infra.config import EnvironmentConfig
 from infra.nag import acknowledge, acknowledge_cdk_provider, skip_checkov
 from loraops import s3_layout
@@ -112,6 +113,9 @@ class StorageStack(cdk.Stack):
         self._write_once_finetune_versions(config)
         if config.vpc_endpoint_only_bucket_access:
             self._confine_objects_to_the_vpc(config, s3_endpoint)
+            self.dataset_upload_role = self._dataset_upload_role(config)
+        if config.promotion_targets:
+            promotion.grant_promotion_reads(self, config, self.bucket, self.key)
         if destroy:
             self._acknowledge_auto_delete_provider()
         cdk.CfnOutput(self, "ArtifactBucketName", value=self.bucket.bucket_name)
@@ -192,9 +196,15 @@ class StorageStack(cdk.Stack):
         )
 
     def _confine_objects_to_the_vpc(self, config: EnvironmentConfig, s3_endpoint: ec2.IGatewayVpcEndpoint) -> None:
-        """Objects are reached only through the VPC's S3 endpoint, except by the SageMaker execution role, which
-        SageMaker also uses from its own network (model downloads for endpoints, job output uploads)."""
-        execution_role = f"arn:{self.partition}:iam::{config.account}:role/{config.execution_role_name}"
+        """Objects are reached only through the VPC's S3 endpoint, except by roles named here: the SageMaker execution
+        role, which SageMaker also uses from its own network (model downloads for endpoints, job output uploads); the
+        import-base function's (it reaches the Hub, and the VPC has no route to the internet); the promote function's
+        (the source environment's registry and bucket may be in another region); the dataset-upload role operators
+        assume to put training data under ``datasets/`` and nowhere else."""
+        names = [config.execution_role_name, config.import_base_role_name, config.dataset_upload_role_name]
+        if config.promotion_source:
+            names.append(config.promote_role_name)
+        exempt = [f"arn:{self.partition}:iam::{config.account}:role/{name}" for name in names]
         self.bucket.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="ObjectsOnlyThroughTheVpcEndpoint",
@@ -204,10 +214,48 @@ class StorageStack(cdk.Stack):
                 resources=[self.bucket.bucket_arn, self.bucket.arn_for_objects("*")],
                 conditions={
                     "StringNotEquals": {"aws:SourceVpce": s3_endpoint.vpc_endpoint_id},
-                    "ArnNotEquals": {"aws:PrincipalArn": execution_role},
+                    "ArnNotEquals": {"aws:PrincipalArn": exempt},
                 },
             )
         )
+
+    def _dataset_upload_role(self, config: EnvironmentConfig) -> iam.Role:
+        """Operators upload datasets to a VPC-only bucket with this role (``aws s3 cp`` from anywhere): it may put
+        objects under ``datasets/`` and list that prefix, nothing else. Whoever the account's IAM lets assume it may."""
+        role = iam.Role(
+            self,
+            "DatasetUploadRole",
+            role_name=config.dataset_upload_role_name,
+            assumed_by=iam.AccountRootPrincipal(),
+            description=f"loraops {config.name}: uploads training data under datasets/ from outside the VPC",
+        )
+        bucket = f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"
+        statements = [
+            iam.PolicyStatement(
+                sid="UploadDatasets",
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[f"{bucket}/{s3_layout.DATASETS}*"],
+            ),
+            iam.PolicyStatement(
+                sid="ListDatasets",
+                actions=["s3:ListBucket"],
+                resources=[bucket],
+                conditions={"StringLike": {"s3:prefix": [f"{s3_layout.DATASETS}*"]}},
+            ),
+            # multipart uploads of SSE-KMS objects need Decrypt as well as GenerateDataKey
+            iam.PolicyStatement(
+                sid="EncryptDatasets", actions=["kms:GenerateDataKey", "kms:Decrypt"], resources=[self.key.key_arn]
+            ),
+        ]
+        policy = iam.Policy(self, "DatasetUploadPolicy", statements=statements)
+        policy.attach_to_role(role)
+        reasons = {
+            "UploadDatasets": "Datasets lie under datasets/<name>/<digest>/, named at upload time; nothing else.",
+            "ListDatasets": "ListBucket is limited by an s3:prefix condition to datasets/.",
+        }
+        for finding, reason in execution_role.wildcard_findings(statements, reasons):
+            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        return role
 
     def _acknowledge_auto_delete_provider(self) -> None:
         """CDK's singleton provider behind ``auto_delete_objects`` (dev only): its role and runtime are CDK's."""

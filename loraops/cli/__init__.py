@@ -17,6 +17,7 @@ EPILOG = """examples:
   loraops models tree --bucket B --json
   loraops models describe arn:aws:sagemaker:...:model-package/g/3 --bucket B --json
   loraops models approve arn:aws:sagemaker:...:model-package/g/3 --bucket B
+  loraops models promote arn:aws:sagemaker:us-east-1:<staging>:model-package/g/3 --to prod --region us-west-2
   loraops storage report --bucket B
   loraops serve pin arn:aws:sagemaker:...:model-package/<base-group>/1 --prefix loraops-dev --bucket B
   (add --endpoint-url http://127.0.0.1:5000 to talk to a local AWS emulator)"""

@@ -1,16 +1,17 @@
-"""``loraops models tree | describe | approve | reject | migrate``."""
+"""``loraops models tree | describe | approve | reject | migrate | promote`` (promote: :mod:`loraops.cli.promote`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from loraops.cli import promote
 from loraops.cli.common import add_registry_options, emit, open_registry, package_json, registry_errors, size
 
 
 def add_commands(nouns) -> None:
     models = nouns.add_parser("models", help="the registry's models").add_subparsers(
-        dest="verb", metavar="{tree,describe,approve,reject,migrate}", help="what to do"
+        dest="verb", metavar="{tree,describe,approve,reject,migrate,promote}", help="what to do"
     )
     tree = models.add_parser("tree", help="base -> collections -> groups -> versions (this environment's only)")
     add_registry_options(tree)
@@ -42,6 +43,7 @@ def add_commands(nouns) -> None:
     )
     add_registry_options(migrate)
     migrate.set_defaults(run=migrate_packages)
+    promote.add_command(models)
 
 
 def render_tree(data):

@@ -33,6 +33,7 @@ def test_functions_run_with_their_guards(env, templates, synthesized):
     expected = ["import-base", "register-base", "register-finetune"] + (
         ["deploy-on-approval"] if config.serving else []
     )
+    expected += ["promote"] if config.promotion_source else []
     assert sorted(functions) == sorted(expected)
     for name, function in functions.items():
         assert function["Runtime"] == "python3.14" and function["Handler"] == "handler.handler", name
