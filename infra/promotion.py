@@ -6,8 +6,8 @@
   source's packages of the groups both environments have, decrypts through S3 with the source's key, and writes the
   same prefixes of its own bucket. Prod's VPC-only bucket Deny exempts it by that name (``infra.stacks.storage``).
 - **source** (staging): its bucket policy and key policy let that one role (named by ``aws:PrincipalArn``, the
-  principal being its account, so a policy never names a role that does not exist yet) read ``base/``, ``adapters/``
-  and ``merged/`` and nothing else; each group's resource policy lets it describe the group's packages.
+  principal being its account, so a policy never names a role that does not exist yet) read ``base/`` and
+  ``finetuned/`` and nothing else; each group's resource policy lets it describe the group's packages.
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from infra.config import EnvironmentConfig
 from loraops import s3_layout
 
 #: What promotions read in the source: the prefixes registered packages point at.
-PROMOTED_PREFIXES = s3_layout.REGISTERED_PREFIXES
+PROMOTED_PREFIXES = s3_layout.VERSION_PREFIXES
 
 WILDCARD_REASONS = {
-    "ReadPromotionSource": "Packages lie under base/, adapters/ and merged/ of the source bucket, named at run time; "
+    "ReadPromotionSource": "Packages lie under base/ and finetuned/ of the source bucket, named at run time; "
     "the source's bucket policy grants only these prefixes.",
-    "ListPromotionSource": "ListBucket on the source bucket, limited by an s3:prefix condition to base/, adapters/ "
-    "and merged/.",
+    "ListPromotionSource": "ListBucket on the source bucket, limited by an s3:prefix condition to base/ and "
+    "finetuned/.",
     "DescribeSourcePackages": "Package versions of the source's groups are numbered at run time; only the groups "
     "this environment also has.",
     "DecryptPromotionSource": "The source's key id is generated (it lives in the source's stacks); decryption is "
     "limited to S3 in the source's region and to objects of the source bucket (encryption context).",
-    "WritePromotedArtifacts": "A promotion writes the package's own prefix (under base/, adapters/ or merged/), "
-    "named at run time; under base/ the bucket policy admits only conditional writes.",
+    "WritePromotedArtifacts": "A promotion writes the package's own prefix (under base/ or finetuned/), "
+    "named at run time; the bucket policy admits only conditional writes there.",
 }
 OUTSIDE_VPC = (
     "Reads the source environment's registry and bucket, which may be in another region (out of reach of the VPC's "

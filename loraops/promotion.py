@@ -100,6 +100,8 @@ class Promotion:
         manifest, manifest_digest = self._manifest(manifest_key, pinned)
         digests = {prefix + name: digest for name, digest in (manifest.get("files") or {}).items()}
         digests[manifest_key] = manifest_digest
+        if archive := package.metadata.get("adapterArchive"):  # verify_content checked it against archiveDigest
+            digests[prefix + archive] = package.metadata.get("archiveDigest", "")
         if set(digests) != set(pinned):
             raise PromotionError(f"s3://{self.source.bucket}/{prefix}: the objects are not the manifest's files")
         held = {key for key in pinned if self._existing(key, digests[key])}  # other bytes: refused before any write
@@ -128,8 +130,11 @@ class Promotion:
                 f"{package_arn} serves {package.model_data_uri or 'nothing'}, not {origin.name}'s bucket "
                 f"{self.source.bucket}"
             )
-        if not package.model_data_prefix.startswith(s3_layout.REGISTERED_PREFIXES):
-            raise PromotionError(f"{package_arn} serves {package.model_data_uri}, outside the registered prefixes")
+        if not package.model_data_prefix.startswith(s3_layout.VERSION_PREFIXES):
+            raise PromotionError(
+                f"{package_arn} serves {package.model_data_uri}, outside the write-once version prefixes "
+                f"({', '.join(s3_layout.VERSION_PREFIXES)}); run: loraops models migrate {package_arn}"
+            )
         if package.deleting or package.status != APPROVED:
             status = "being deleted" if package.deleting else package.status or "without a status"
             raise PromotionError(f"{package_arn} is {status} in {origin.name}; only Approved packages are promoted")

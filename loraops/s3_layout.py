@@ -46,6 +46,9 @@ WRITE_ONCE_PREFIXES = (BASE,)
 FINETUNED_PREFIXES = (FINETUNED,)
 #: Prefixes registered packages point at (earlier versions registered job outputs in place): never deleted.
 REGISTERED_PREFIXES = (BASE, ADAPTERS, MERGED)
+#: Where this loraops's packages live, content-addressed and written once: what deployments and promotions accept
+#: (a package registered in place under ADAPTERS or MERGED is migrated first: ``loraops models migrate``).
+VERSION_PREFIXES = WRITE_ONCE_PREFIXES + FINETUNED_PREFIXES
 #: The adapter packed for inference components (``ArtifactUrl`` must name one .tar.gz), in its version's prefix.
 ADAPTER_ARCHIVE = "adapter.tar.gz"
 

@@ -11,7 +11,7 @@ import pytest
 from infra.config import CONTEXT_KEY, ConfigError, load_environments
 from tests.infra.conftest import ENVIRONMENTS
 
-PREFIXES = ("adapters", "base", "merged")
+PREFIXES = ("base", "finetuned")
 
 
 def _bucket_statements(template) -> list[dict]:
@@ -56,7 +56,7 @@ def test_staging_grants_prods_promote_role_read_of_the_registered_prefixes_only(
     assert read["Condition"] == named and sorted(read["Action"]) == ["s3:GetObject", "s3:GetObjectVersion"]
     assert sorted(_suffix(r) for r in read["Resource"]) == [f"/{p}/*" for p in PREFIXES]
     assert listing["Action"] == "s3:ListBucket"
-    assert listing["Condition"] == {**named, "StringLike": {"s3:prefix": ["base/*", "adapters/*", "merged/*"]}}
+    assert listing["Condition"] == {**named, "StringLike": {"s3:prefix": ["base/*", "finetuned/*"]}}
     (decrypt,) = [s for s in _key_statements(storage) if s.get("Sid") == "PromotionDecryptsThroughS3"]
     assert decrypt["Action"] == "kms:Decrypt" and decrypt["Principal"] == read["Principal"]
     assert decrypt["Condition"] == {
