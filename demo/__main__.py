@@ -38,7 +38,7 @@ DOLLY = ROOT / "data" / "dolly" / "databricks-dolly-15k-sample.jsonl"
 DATASET = "databricks-dolly-15k"
 #: Trainer settings sized for a laptop CPU and the stand-in model; the rest are the trainer's own defaults. A model this
 #: small takes a high learning rate; LoRA r32 on every linear layer, no dropout and gradients clipped at 1.0 let 100
-#: steps (under four epochs) show it.
+#: steps (about three epochs) show it.
 HYPERPARAMETERS = {
     "quantization": "none",  # bitsandbytes' 4-bit path is proven on CUDA (tests/training/test_gpu.py); CPU: LoRA
     "tokens_per_step": "2048",

@@ -27,6 +27,7 @@ from demo.local_aws import LocalAWS
 from demo.report import render_html
 from demo.scores import rouge_l
 from demo.stand_in import CORPUS, HELD_OUT, corpus, split_dolly
+from demo.training_job import container_environment
 from tests.helpers import DOLLY, ROOT
 
 #: The stand-in in CI: the tiny shape, briefly pre-trained. Held-out loss falling under a fine-tune holds for any base
@@ -234,6 +235,13 @@ def test_the_held_out_records_are_in_neither_the_pre_training_nor_the_fine_tunin
     assert pre_training and not pre_training & {r[k].strip() for r in held_out for k in CORPUS if r.get(k, "").strip()}
     with pytest.raises(SystemExit):
         parse_args(["--prompts", str(HELD_OUT + 1)])  # answers come from the held-out records only
+
+
+def test_the_training_container_runs_on_one_thread_unless_told_otherwise(tmp_path):
+    environment = container_environment("job", tmp_path, {"PATH": "/bin"})
+    assert environment["OMP_NUM_THREADS"] == "1" and environment["PATH"] == "/bin"
+    assert environment["SM_MODEL_DIR"] == str(tmp_path / "model")
+    assert container_environment("job", tmp_path, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
 
 
 def test_rouge_l_is_the_f_measure_of_the_longest_common_word_subsequence():
