@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from demo.s3_folders import download_prefix, upload_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINT = ROOT / "training_container" / "train.py"
+#: Threads of the training container (``OMP_NUM_THREADS``) unless the environment sets them.
+THREADS = 1
 
 
 class JobFailed(RuntimeError):
@@ -35,14 +37,7 @@ def run_training_job(
     """Run ``job_name`` as described in the emulator; returns the EventBridge event SageMaker would send."""
     sagemaker, s3 = aws.client("sagemaker"), aws.client("s3")
     job = sagemaker.describe_training_job(TrainingJobName=job_name)
-    environment = {
-        **os.environ,
-        "TRAINING_JOB_NAME": job_name,
-        "SM_MODEL_DIR": str(opt_ml / "model"),
-        "SM_OUTPUT_DATA_DIR": str(opt_ml / "output" / "data"),
-        "SM_NUM_GPUS": "0",
-        "LORAOPS_FAILURE_FILE": str(opt_ml / "output" / "failure"),
-    }
+    environment = container_environment(job_name, opt_ml, os.environ)
     for channel in job["InputDataConfig"]:
         name = channel["ChannelName"]
         download_prefix(s3, channel["DataSource"]["S3DataSource"]["S3Uri"], opt_ml / "input" / "data" / name)
@@ -63,6 +58,23 @@ def run_training_job(
     upload_folder(s3, opt_ml / "model", output)
     tags = sagemaker.list_tags(ResourceArn=job["TrainingJobArn"]).get("Tags", [])
     return training_job_event(job, output, {t["Key"]: t["Value"] for t in tags})
+
+
+def container_environment(job_name: str, opt_ml: Path, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The training container's variables: ``inherited`` and SageMaker's ``SM_*`` ones (channels added later).
+
+    One thread (``OMP_NUM_THREADS``) unless ``inherited`` sets it: on the stand-in's small matrices a second thread
+    mostly spins on a busy 2-core machine (load average about 11: 100 steps took 79 CPU-seconds on one thread;
+    42 steps took 139 on two)."""
+    return {
+        "OMP_NUM_THREADS": str(THREADS),
+        **inherited,
+        "TRAINING_JOB_NAME": job_name,
+        "SM_MODEL_DIR": str(opt_ml / "model"),
+        "SM_OUTPUT_DATA_DIR": str(opt_ml / "output" / "data"),
+        "SM_NUM_GPUS": "0",
+        "LORAOPS_FAILURE_FILE": str(opt_ml / "output" / "failure"),
+    }
 
 
 def _run(command: list[str], environment: dict, opt_ml: Path, steps: int, on_step) -> None:

@@ -26,14 +26,15 @@ from demo.environment import resolve
 from demo.local_aws import LocalAWS
 from demo.report import render_html
 from demo.scores import rouge_l
-from demo.stand_in import CORPUS, HELD_OUT, split_dolly
-from loraops_trainer.synthetic_base import dolly_texts
+from demo.stand_in import CORPUS, HELD_OUT, corpus, split_dolly
+from demo.training_job import container_environment
 from tests.helpers import DOLLY, ROOT
 
-#: The stand-in's pre-training steps in CI: held-out loss falling under a fine-tune holds for any base that has not
-#: learnt the prompt template, so a briefly pre-trained one shows it as well as the demo's.
-BASE_STEPS = "40"
-REDUCED = ("--base-steps", BASE_STEPS, "--steps", "8", "--prompts", "2", "--max-new-tokens", "8")
+#: The stand-in in CI: the tiny shape, briefly pre-trained. Held-out loss falling under a fine-tune holds for any base
+#: that has not learnt the prompt template, so it shows that as well as the demo's larger one.
+BASE_STEPS = "150"
+STAND_IN = ("--size", "tiny", "--base-steps", BASE_STEPS)
+REDUCED = (*STAND_IN, "--steps", "8", "--prompts", "2", "--max-new-tokens", "8")
 #: Upper bounds for events on a busy 2-core machine (never waited for in full unless something hangs).
 DEMO_TIMEOUT = 1800
 EVENT_TIMEOUT = 900
@@ -185,7 +186,7 @@ def _containers(workdir: Path) -> str:
 
 def test_ctrl_c_stops_the_demo_its_training_container_and_the_emulator(demo_run, tmp_path):
     shutil.copytree(demo_run.workdir / "base-tiny", tmp_path / "base-tiny")  # a second run: the stand-in is kept
-    process = _demo(tmp_path, "--base-steps", BASE_STEPS, "--steps", "10000")
+    process = _demo(tmp_path, *STAND_IN, "--steps", "10000")
     lines = Lines(process)
     try:
         lines.wait_for("reusing the stand-in base", EVENT_TIMEOUT)
@@ -230,10 +231,17 @@ def test_the_held_out_records_are_in_neither_the_pre_training_nor_the_fine_tunin
     assert len(held_out) == HELD_OUT
     held_texts = {json.dumps(record) for record in held_out}
     assert not held_texts & {json.dumps(json.loads(line)) for line in training.decode().splitlines()}
-    pre_training = set(dolly_texts(DOLLY, leave_out_last=HELD_OUT, fields=CORPUS))
-    assert not pre_training & {" ".join(r.get(k, "") for k in CORPUS) for r in held_out}
+    pre_training = set(corpus(DOLLY))
+    assert pre_training and not pre_training & {r[k].strip() for r in held_out for k in CORPUS if r.get(k, "").strip()}
     with pytest.raises(SystemExit):
         parse_args(["--prompts", str(HELD_OUT + 1)])  # answers come from the held-out records only
+
+
+def test_the_training_container_runs_on_one_thread_unless_told_otherwise(tmp_path):
+    environment = container_environment("job", tmp_path, {"PATH": "/bin"})
+    assert environment["OMP_NUM_THREADS"] == "1" and environment["PATH"] == "/bin"
+    assert environment["SM_MODEL_DIR"] == str(tmp_path / "model")
+    assert container_environment("job", tmp_path, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
 
 
 def test_rouge_l_is_the_f_measure_of_the_longest_common_word_subsequence():
