@@ -50,7 +50,7 @@ HYPERPARAMETERS = {
     "warmup_steps": "4",
     "max_grad_norm": "1.0",
     "logging_steps": "2",
-    "gradient_checkpointing": "false",
+    "activation_checkpointing": "false",
     "sample_generations": "0",
     "max_dropped_fraction": "0.5",
 }
