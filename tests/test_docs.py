@@ -173,7 +173,7 @@ def runnable(module: str) -> bool:
         return importlib.util.find_spec(f"{module}.__main__") is not None
     if spec.origin is None or not spec.origin.endswith(".py"):
         return True  # a compiled or built-in module: its spec resolving is all that can be checked
-    return "__name__ == \"__main__\"" in Path(spec.origin).read_text()
+    return '__name__ == "__main__"' in Path(spec.origin).read_text()
 
 
 def named_modules(code: Code) -> list[str]:
@@ -182,6 +182,41 @@ def named_modules(code: Code) -> list[str]:
 
 def unrunnable_modules(code: Code) -> list[str]:
     return [module for module in named_modules(code) if not runnable(module)]
+
+
+def _fields(source: Path, class_name: str) -> set[str]:
+    """The annotated fields of a dataclass, read from its source (importing the trainer would import torch)."""
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError(f"{class_name} not found in {source}")
+
+
+@cache
+def trainer_flags() -> frozenset[str]:
+    """``loraops-train``'s flags: loraops' TrainConfig and transformers' TrainingArguments, parsed together."""
+    settings = ROOT / package_dirs()["loraops_trainer"] / "settings.py"
+    training_args = Path(importlib.util.find_spec("transformers.training_args").origin)
+    names = _fields(settings, "TrainConfig") | _fields(training_args, "TrainingArguments")
+    return frozenset(f"--{name}" for name in names)
+
+
+def named_trainer_flags(code: Code, trainer_page: bool) -> list[str]:
+    """Flags on ``loraops-train`` / ``train.py`` lines, and ``--flag`` spans (every one on the trainer's page,
+    snake_case ones elsewhere: the ``loraops`` command's flags are kebab-case)."""
+    found = []
+    for text in code.texts():
+        for match in re.finditer(r"(?:loraops-train|train\.py)((?:\\\n|[^\n#])*)", text):
+            found += _FLAG.findall(match.group(1))
+    for span in code.spans:
+        flag = re.match(r"^(--[a-z][\w-]*)(?: [^<]*)?$", span)
+        if flag and (trainer_page or "_" in flag.group(1)):
+            found.append(flag.group(1))
+    return found
+
+
+def unknown_trainer_flags(code: Code, trainer_page: bool) -> list[str]:
+    return [flag for flag in named_trainer_flags(code, trainer_page) if flag not in trainer_flags() | {"--help"}]
 
 
 def _defines(source_path: Path, names: list[str]) -> bool:
@@ -256,6 +291,7 @@ def test_every_name_in_the_docs_exists(page: Path) -> None:
         "make targets": missing_make_targets(code),
         "loraops commands": wrong_cli_commands(code),
         "python -m modules": unrunnable_modules(code),
+        "loraops-train flags": unknown_trainer_flags(code, page.name == "trainer.md"),
         "dotted names": unresolved_dotted(code),
         "links": broken_links(page, markdown),
     }
@@ -270,8 +306,11 @@ def test_the_checks_see_what_the_docs_name() -> None:
         target for c in code for target in named_make_targets(c)
     }
     assert {(noun, verb) for c in code for noun, verb, _ in named_cli_commands(c)} == set(cli_commands())
-    assert {"demo", "infra.images", "infra.rehearsal", "infra.image_build"} <= {m for c in code for m in named_modules(c)}
+    assert {"demo", "infra.images", "infra.rehearsal", "infra.image_build"} <= {
+        m for c in code for m in named_modules(c)
+    }
     assert sum(len(named_dotted(c)) for c in code) >= 3
+    assert len({flag for c, page in zip(code, DOCS) for flag in named_trainer_flags(c, page.name == "trainer.md")}) > 15
 
 
 def test_the_readme_is_a_door_to_every_page() -> None:
@@ -288,21 +327,28 @@ See `infra/dlc_images.json` and `loraops_trainer/nowhere.py`; run `make deploy E
 loraops models approve <arn> --approver-role R
 loraops models bless <arn>
 loraops base import ./m --model-id m --no-such-flag
+loraops-train --base_model_dir B --learning_rate 1e-4 --lora_rank 8
 python -m infra.images
 python -m loraops.naming
 cat data/dolly/no-such-file.jsonl
 ```
 
-`loraops.collections.migrate_member_tags`, `loraops.collections.no_such_function`, [here](docs/nowhere.md),
+`--tokens_per_step`, `--token_budget`, `loraops.collections.migrate_member_tags`,
+`loraops.collections.no_such_function`, [here](docs/nowhere.md),
 [anchor](README.md#no-such-heading).
 """
 
 
 def test_the_checks_fail_on_planted_mistakes() -> None:
     code = code_of(PLANTED)
-    assert missing_paths(code) == ["infra/dlc_images.json", "loraops_trainer/nowhere.py", "data/dolly/no-such-file.jsonl"]
+    assert missing_paths(code) == [
+        "infra/dlc_images.json",
+        "loraops_trainer/nowhere.py",
+        "data/dolly/no-such-file.jsonl",
+    ]
     assert missing_make_targets(code) == ["shipit"]
     assert wrong_cli_commands(code) == ["loraops models bless", "loraops base import --no-such-flag"]
+    assert unknown_trainer_flags(code, trainer_page=False) == ["--lora_rank", "--token_budget"]
     assert unrunnable_modules(code) == ["loraops.naming"]  # resolves, but has nothing to run
     assert unresolved_dotted(code) == ["loraops.collections.no_such_function"]
     assert broken_links(ROOT / "README.md", PLANTED) == ["docs/nowhere.md", "README.md#no-such-heading"]
