@@ -50,6 +50,8 @@ def synthesize(model_id: str) -> DemoEnvironment:
     dev = context[CONTEXT_KEY][ENVIRONMENT]
     dev["base_model_id"] = model_id  # the stand-in's own groups and collections, named by the same code
     dev["approval"] = "manual"  # registration leaves packages pending; `loraops models approve` decides
+    # a manual environment names who may approve (synth refuses it otherwise): here the emulated account itself
+    dev["approvers"] = [f"arn:aws:iam::{dev['account']}:root"]
     context["env"] = ENVIRONMENT
     with tempfile.TemporaryDirectory(prefix="loraops-demo-cdk-") as outdir:
         app, (stacks,) = build_app(context=context, outdir=outdir)
