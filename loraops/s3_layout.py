@@ -99,10 +99,6 @@ def model_prefix(mode: OutputMode, group: str, job_name: str) -> str:
     return f"{training_output_root(mode, group)}{_segment(job_name, 'job name')}/output/model/"
 
 
-def evaluation_prefix(group: str, job_name: str) -> str:
-    return f"{EVALUATION}{_segment(group, 'group')}/{_segment(job_name, 'job name')}/"
-
-
 def checkpoint_prefix(job_name: str) -> str:
     return f"{CHECKPOINTS}{_segment(job_name, 'job name')}/"
 

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, folder_weights_digest
 from loraops_serving.multi_lora import AdapterWeights
 
-MODEL_DIR = Path("/opt/ml/model")
 ADDITIONAL_SOURCES = Path("/opt/ml/additional-model-data-sources")
 PEFT_PREFIX = "base_model.model."
 
