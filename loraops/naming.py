@@ -86,7 +86,7 @@ def adapter_group_name(model_id: str, task: str) -> str:
     return _checked_group_name(f"{base}-finetuned-{check_slug(task, 'task')}", f"task {task!r}")
 
 
-def base_group_tags(model_id: str) -> dict[str, str]:
+def base_group_tags() -> dict[str, str]:
     """Tags of the base model's package group."""
     return {TAG_MODEL_TYPE: ModelType.BASE.value, TAG_FINE_TUNED: "False"}
 
