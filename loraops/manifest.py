@@ -19,6 +19,8 @@ from loraops.naming import OutputMode
 MANIFEST_FILE = "loraops-manifest.json"
 #: What a base import records beside the weights (per-file digests, sizes, source, licence).
 BASE_MANIFEST = "loraops-base.json"
+#: A fine-tune's evaluation report (ModelMetrics statistics), written by the trainer beside the model.
+EVALUATION_FILE = "evaluation.json"
 SCHEMA_VERSION = 2
 #: Files that hold a Hugging Face model's weights (what the base digest covers).
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
