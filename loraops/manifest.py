@@ -92,6 +92,20 @@ def folder_file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILE,
     }
 
 
+def recorded_base_weights(folder: Path) -> str:
+    """The base weights digest that ``folder``'s manifest records; "" where it has no manifest or the manifest records
+    none. Only that field is read: what a server needs to match an adapter to the loaded base."""
+    path = Path(folder) / MANIFEST_FILE
+    return json.loads(path.read_text()).get("base_weights_digest", "") if path.is_file() else ""
+
+
+def recorded_weights_digest(folder: Path) -> str | None:
+    """The weights digest that a base import's ``loraops-base.json`` beside the weights records; None where there is
+    none."""
+    path = Path(folder) / BASE_MANIFEST
+    return json.loads(path.read_text())["weights_digest"] if path.is_file() else None
+
+
 @dataclass
 class Manifest:
     """Lineage of one fine-tuned artifact."""
