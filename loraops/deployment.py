@@ -94,7 +94,7 @@ class Deployer:
 
     # -------------------------------------------------------------------------------------------- adapters
     def _serve_adapter(self, package: Package) -> dict[str, Any]:
-        if self.target.mode != "inference-components":
+        if self.target.mode != endpoints.INFERENCE_COMPONENTS:
             raise DeploymentError(
                 f"{package.arn}: endpoint {self.target.endpoint} serves one model (mode endpoint); adapters are "
                 "deployed as inference components (serving mode inference-components)"
@@ -121,7 +121,7 @@ class Deployer:
 
     # --------------------------------------------------------------------------------------------- merged
     def _serve_merged(self, package: Package) -> dict[str, Any]:
-        if self.target.mode == "endpoint":
+        if self.target.mode == endpoints.ENDPOINT:
             return self._roll_endpoint(package)
         self._endpoint_in_service()  # before the model is created: a retry must not find it half-made
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
@@ -164,7 +164,7 @@ class Deployer:
     # ------------------------------------------------------------------------------------------- withdraw
     def _withdraw(self, package: Package, kind: str) -> dict[str, Any]:
         why = "deleted" if package.deleting else package.status
-        if self.target.mode == "endpoint":
+        if self.target.mode == endpoints.ENDPOINT:
             if kind == OutputMode.MERGED and self._endpoint_uri() == self._uri(package):
                 return _reply(
                     package, "kept", f"{why}, but {self.target.endpoint} serves it: approve another version to roll"
