@@ -22,9 +22,9 @@ WILDCARD_REASONS: dict[str, str] = {
     "ListLoraopsPrefixes": "ListBucket is limited by an s3:prefix condition to the loraops prefixes.",
     "ReadBaseModelsAndDatasets": "Base models and datasets are keyed by digest under base/ and datasets/; "
     "reading every version under those two prefixes is the job's purpose.",
-    "ReadWriteFineTuneOutputs": "Training jobs write under adapters/, merged/, evaluation/ and checkpoints/ "
+    "ReadWriteFineTuneOutputs": "Training jobs write under adapters/, merged/ and checkpoints/ "
     "with job names chosen at run time; access is confined to those prefixes of the one bucket.",
-    "DeleteScratchObjects": "Checkpoints, evaluation reports and captured data are named per job or endpoint at "
+    "DeleteScratchObjects": "Checkpoints and captured data are named per job or endpoint at "
     "run time; no registered package points under these prefixes.",
     "CollectionsCreate": "resource-groups:CreateGroup takes no resource ARN (only '*'); the request must tag the "
     "new group sagemaker:collection=true, with collection tag keys only (conditions).",
@@ -86,7 +86,7 @@ def wildcard_findings(
 
 
 def bucket_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
-    """Read the base models and datasets; read-write the fine-tune outputs, evaluation, checkpoints."""
+    """Read the base models and datasets; read-write the fine-tune outputs, checkpoints and captured data."""
     read_only = [bucket.arn_for_objects(f"{p}*") for p in s3_layout.READ_ONLY_PREFIXES]
     read_write = [bucket.arn_for_objects(f"{p}*") for p in s3_layout.READ_WRITE_PREFIXES]
     prefixes = (*s3_layout.READ_ONLY_PREFIXES, *s3_layout.READ_WRITE_PREFIXES)

@@ -26,9 +26,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from loraops import endpoints, s3_layout
+from loraops.naming import Metadata, OutputMode
 from loraops.registry import APPROVED, Package, Registry, RegistryError
-
-ADAPTER, MERGED = "adapter", "merged"
 
 
 class DeploymentError(RegistryError):
@@ -82,26 +81,26 @@ class Deployer:
             if not event_detail or event_detail.get("ModelPackageArn") != package_arn:
                 raise
             package = replace(Package.from_description(event_detail), deleting=True)
-        kind = package.metadata.get("outputMode")
-        if kind not in (ADAPTER, MERGED):
+        kind = package.metadata.get(Metadata.OUTPUT_MODE)
+        if kind not in (OutputMode.ADAPTER, OutputMode.MERGED):
             return _reply(package, "none", "base packages are served by pinning them: loraops serve pin")
         if package.status == APPROVED and not package.deleting:
             try:
                 self.registry.verify_content(package)  # what is served is what was registered, byte for byte
             except RegistryError as error:
                 raise DeploymentError(f"not served: {error}") from None
-            return self._serve_adapter(package) if kind == ADAPTER else self._serve_merged(package)
+            return self._serve_adapter(package) if kind == OutputMode.ADAPTER else self._serve_merged(package)
         return self._withdraw(package, kind)
 
     # -------------------------------------------------------------------------------------------- adapters
     def _serve_adapter(self, package: Package) -> dict[str, Any]:
-        if self.target.mode != "inference-components":
+        if self.target.mode != endpoints.INFERENCE_COMPONENTS:
             raise DeploymentError(
                 f"{package.arn}: endpoint {self.target.endpoint} serves one model (mode endpoint); adapters are "
                 "deployed as inference components (serving mode inference-components)"
             )
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
-        wanted = package.metadata.get("baseWeightsDigest", "")
+        wanted = package.metadata.get(Metadata.BASE_WEIGHTS_DIGEST, "")
         try:
             served = self._model_digest(base["Specification"]["ModelName"])
         except DeploymentError as error:
@@ -111,7 +110,7 @@ class Deployer:
                 f"adapter {package.arn} was trained on base weights {wanted or '(unrecorded)'}; "
                 f"{self.target.base_component} serves {served}"
             )
-        if not package.metadata.get("adapterArchive"):
+        if not package.metadata.get(Metadata.ADAPTER_ARCHIVE):
             raise DeploymentError(f"{package.arn} has no adapter archive; run: loraops models migrate {package.arn}")
         specification = {
             "BaseInferenceComponentName": self.target.base_component,
@@ -122,7 +121,7 @@ class Deployer:
 
     # --------------------------------------------------------------------------------------------- merged
     def _serve_merged(self, package: Package) -> dict[str, Any]:
-        if self.target.mode == "endpoint":
+        if self.target.mode == endpoints.ENDPOINT:
             return self._roll_endpoint(package)
         self._endpoint_in_service()  # before the model is created: a retry must not find it half-made
         base = self.sagemaker.describe_inference_component(InferenceComponentName=self.target.base_component)
@@ -165,8 +164,8 @@ class Deployer:
     # ------------------------------------------------------------------------------------------- withdraw
     def _withdraw(self, package: Package, kind: str) -> dict[str, Any]:
         why = "deleted" if package.deleting else package.status
-        if self.target.mode == "endpoint":
-            if kind == MERGED and self._endpoint_uri() == self._uri(package):
+        if self.target.mode == endpoints.ENDPOINT:
+            if kind == OutputMode.MERGED and self._endpoint_uri() == self._uri(package):
                 return _reply(
                     package, "kept", f"{why}, but {self.target.endpoint} serves it: approve another version to roll"
                 )
@@ -235,10 +234,10 @@ class Deployer:
         parts = s3_layout.split_s3_uri(uri)[1].rstrip("/").split("/") if uri else []
         if len(parts) != 3 or parts[0] != s3_layout.BASE.rstrip("/"):
             raise DeploymentError(f"model {model_name} serves {uri or 'no S3 prefix'}, not a base/<group>/<hex>/")
-        base = self.registry.find(parts[1], "contentDigest", f"sha256:{parts[2]}")
+        base = self.registry.find(parts[1], Metadata.CONTENT_DIGEST, f"sha256:{parts[2]}")
         if base is None:
             raise DeploymentError(f"model {model_name} serves base content sha256:{parts[2]}, no registered base")
-        return base.metadata.get("weightsDigest", "")
+        return base.metadata.get(Metadata.WEIGHTS_DIGEST, "")
 
     def _endpoint_in_service(self) -> dict[str, Any]:
         """DescribeEndpoint's answer; :class:`EndpointBusy` unless the endpoint is InService."""
@@ -264,7 +263,8 @@ class Deployer:
     def _served_uri(self, package: Package) -> str:
         """What a component of ``package`` names: an adapter's archive, else (a merged model, or an adapter an earlier
         loraops deployed) the model's prefix."""
-        archive = package.metadata.get("adapterArchive") if package.metadata.get("outputMode") == ADAPTER else None
+        is_adapter = package.metadata.get(Metadata.OUTPUT_MODE) == OutputMode.ADAPTER
+        archive = package.metadata.get(Metadata.ADAPTER_ARCHIVE) if is_adapter else None
         return (
             s3_layout.s3_uri(self.registry.bucket, package.model_data_prefix + archive)
             if archive
@@ -310,7 +310,7 @@ def pin_served_model(registry: Registry, ssm: Any, prefix: str, package_arn: str
     package = registry.describe(package_arn)
     if package.status != APPROVED:
         raise DeploymentError(f"{package_arn} is {package.status or 'not approved'}; only approved packages are served")
-    if package.metadata.get("outputMode") == ADAPTER:
+    if package.metadata.get(Metadata.OUTPUT_MODE) == OutputMode.ADAPTER:
         raise DeploymentError(
             f"{package_arn} is an adapter: pin its base, and approving the adapter adds its inference component"
         )

@@ -13,11 +13,13 @@ from pathlib import Path
 
 #: Serving engines: ``vllm`` (LMI's vLLM backend with LoRA; adapter inference components) or ``loraops``
 #: (``loraops_serving`` in DJL's Python engine; adapters mounted beside the model).
-ENGINES = ("vllm", "loraops")
+VLLM, LORAOPS = "vllm", "loraops"
+ENGINES = (VLLM, LORAOPS)
 #: Serving modes: one model behind the endpoint, or a base inference component with adapter components.
-MODES = ("endpoint", "inference-components")
+ENDPOINT, INFERENCE_COMPONENTS = "endpoint", "inference-components"
+MODES = (ENDPOINT, INFERENCE_COMPONENTS)
 VARIANT = "main"
-_PROPERTIES = {"vllm": "vllm.properties", "loraops": "serving.properties"}
+_PROPERTIES = {VLLM: "vllm.properties", LORAOPS: "serving.properties"}
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 

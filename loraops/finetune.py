@@ -93,7 +93,6 @@ class FineTuneRequest:
             "job_name": job,
             "base_group": base_group_name(self.model_id),
             "package_group": self.package_group,
-            "output_mode": self.output_mode.value,
             "training_uri": self.training_uri,
             **({"validation_uri": self.validation_uri} if self.validation_uri else {}),
             "output_path": s3_layout.s3_uri(bucket, output_root),

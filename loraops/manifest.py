@@ -19,6 +19,8 @@ from loraops.naming import OutputMode
 MANIFEST_FILE = "loraops-manifest.json"
 #: What a base import records beside the weights (per-file digests, sizes, source, licence).
 BASE_MANIFEST = "loraops-base.json"
+#: A fine-tune's evaluation report (ModelMetrics statistics), written by the trainer beside the model.
+EVALUATION_FILE = "evaluation.json"
 SCHEMA_VERSION = 2
 #: Files that hold a Hugging Face model's weights (what the base digest covers).
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -88,6 +90,20 @@ def folder_file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILE,
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name not in exclude
     }
+
+
+def recorded_base_weights(folder: Path) -> str:
+    """The base weights digest that ``folder``'s manifest records; "" where it has no manifest or the manifest records
+    none. Only that field is read: what a server needs to match an adapter to the loaded base."""
+    path = Path(folder) / MANIFEST_FILE
+    return json.loads(path.read_text()).get("base_weights_digest", "") if path.is_file() else ""
+
+
+def recorded_weights_digest(folder: Path) -> str | None:
+    """The weights digest that a base import's ``loraops-base.json`` beside the weights records; None where there is
+    none."""
+    path = Path(folder) / BASE_MANIFEST
+    return json.loads(path.read_text())["weights_digest"] if path.is_file() else None
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Model package group names and registry tags.
+"""Model package group names, registry tags and package metadata keys: the registry's vocabulary.
 
 SageMaker model package group names must match ``^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$``: at most 63
 characters, alphanumerics separated by hyphens. Hugging Face ids (``org/model``) are mapped onto that
@@ -28,6 +28,36 @@ TAG_APPROVAL_POLICY = "loraops:approvalPolicy"
 TAG_ENVIRONMENT = "loraops:environment"
 
 
+class Metadata:
+    """Keys of a model package's ``CustomerMetadataProperties``: its lineage, as registration records it."""
+
+    MODEL_ID = "modelId"
+    #: The digest of every file a version serves (:func:`loraops.manifest.content_digest`): a version's identity.
+    CONTENT_DIGEST = "contentDigest"
+    WEIGHTS_DIGEST = "weightsDigest"
+    LICENCE = "licence"
+    BASE_PACKAGE_ARN = "baseModelPackageArn"
+    BASE_CONTENT_DIGEST = "baseContentDigest"
+    BASE_WEIGHTS_DIGEST = "baseWeightsDigest"
+    DATASET_NAME = "datasetName"
+    DATASET_DIGEST = "datasetDigest"
+    TRAINING_JOB = "trainingJob"
+    #: A fine-tune's :class:`OutputMode` value; absent on a base version.
+    OUTPUT_MODE = "outputMode"
+    CODE_VERSION = "codeVersion"
+    IMAGE = "image"
+    MANIFEST = "manifest"
+    EVAL_LOSS = "evalLoss"
+    #: An adapter's archive (``adapter.tar.gz``) in its version's prefix, and the archive's digest.
+    ADAPTER_ARCHIVE = "adapterArchive"
+    ARCHIVE_DIGEST = "archiveDigest"
+    #: Prefix of the hyperparameters copied from the manifest (``hp.lora_r``, ...).
+    HYPERPARAMETER_PREFIX = "hp."
+    #: A promoted copy's source package and environment.
+    SOURCE_PACKAGE_ARN = "sourcePackageArn"
+    SOURCE_ENVIRONMENT = "sourceEnvironment"
+
+
 class NamingError(ValueError):
     """A model id, dataset or task cannot be turned into a valid registry name."""
 
@@ -37,6 +67,12 @@ class OutputMode(StrEnum):
 
     MERGED = "merged"
     ADAPTER = "adapter"
+
+
+#: A training run that writes both an adapter and the merged model (the trainer's ``output_mode=both``).
+BOTH = "both"
+#: What the trainer's ``output_mode`` hyperparameter accepts: an output mode, or both.
+TRAINING_OUTPUTS = (OutputMode.ADAPTER.value, OutputMode.MERGED.value, BOTH)
 
 
 class ModelType(StrEnum):
@@ -86,7 +122,7 @@ def adapter_group_name(model_id: str, task: str) -> str:
     return _checked_group_name(f"{base}-finetuned-{check_slug(task, 'task')}", f"task {task!r}")
 
 
-def base_group_tags(model_id: str) -> dict[str, str]:
+def base_group_tags() -> dict[str, str]:
     """Tags of the base model's package group."""
     return {TAG_MODEL_TYPE: ModelType.BASE.value, TAG_FINE_TUNED: "False"}
 

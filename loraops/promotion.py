@@ -28,9 +28,15 @@ from typing import Any
 
 from loraops import s3_layout
 from loraops.artifacts import DIGEST_METADATA, is_precondition_failure, stored_digest
-from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE
-from loraops.naming import TAG_BASE_GROUP, TAG_MODEL_TYPE, TAG_OUTPUT_MODE, ModelType
-from loraops.registry import APPROVED, EVALUATION_FILE, Package, Registry, RegistryError
+from loraops.manifest import BASE_MANIFEST, EVALUATION_FILE, MANIFEST_FILE
+from loraops.naming import (
+    TAG_BASE_GROUP,
+    TAG_MODEL_TYPE,
+    TAG_OUTPUT_MODE,
+    Metadata,
+    ModelType,
+)
+from loraops.registry import APPROVED, Package, Registry, RegistryError
 
 #: Bytes per ``UploadPartCopy`` (S3: 5 MiB to 5 GiB per part, at most 10,000 parts).
 COPY_PART = 1024**3
@@ -74,34 +80,34 @@ class Promotion:
     def promote(self, package_arn: str) -> Package:
         """The target's package for the approved source package ``package_arn`` (the one already there, if any)."""
         package = self._approved_source_package(package_arn)
-        digest = package.metadata.get("contentDigest", "")
+        digest = package.metadata.get(Metadata.CONTENT_DIGEST, "")
         if not digest:
             raise PromotionError(f"{package_arn} records no content digest; register it again before promoting it")
         prefix = package.model_data_prefix
         tags = self.target.group_tags(package.group)
         self._check_kind(package, tags)
-        if found := self.target.find(package.group, "contentDigest", digest):
+        if found := self.target.find(package.group, Metadata.CONTENT_DIGEST, digest):
             return found
         metadata = {
             **package.metadata,
-            "sourcePackageArn": package.arn,
-            "sourceEnvironment": self.origin.name,
-            "contentDigest": digest,
+            Metadata.SOURCE_PACKAGE_ARN: package.arn,
+            Metadata.SOURCE_ENVIRONMENT: self.origin.name,
+            Metadata.CONTENT_DIGEST: digest,
         }
         if prefix.startswith(s3_layout.BASE):
             manifest_file = BASE_MANIFEST
         else:
             manifest_file = MANIFEST_FILE
-            metadata["baseModelPackageArn"] = self._target_base(package, tags).arn
-            metadata["image"] = self.target.image
-            metadata["manifest"] = s3_layout.s3_uri(self.target.bucket, prefix + MANIFEST_FILE)
+            metadata[Metadata.BASE_PACKAGE_ARN] = self._target_base(package, tags).arn
+            metadata[Metadata.IMAGE] = self.target.image
+            metadata[Metadata.MANIFEST] = s3_layout.s3_uri(self.target.bucket, prefix + MANIFEST_FILE)
         pinned = self._verified_objects(package)
         manifest_key = prefix + manifest_file
         manifest, manifest_digest = self._manifest(manifest_key, pinned)
         digests = {prefix + name: digest for name, digest in (manifest.get("files") or {}).items()}
         digests[manifest_key] = manifest_digest
-        if archive := package.metadata.get("adapterArchive"):  # verify_content checked it against archiveDigest
-            digests[prefix + archive] = package.metadata.get("archiveDigest", "")
+        if archive := package.metadata.get(Metadata.ADAPTER_ARCHIVE):  # verify_content checked it against archiveDigest
+            digests[prefix + archive] = package.metadata.get(Metadata.ARCHIVE_DIGEST, "")
         if set(digests) != set(pinned):
             raise PromotionError(f"s3://{self.source.bucket}/{prefix}: the objects are not the manifest's files")
         held = {key for key in pinned if self._existing(key, digests[key])}  # other bytes: refused before any write
@@ -145,16 +151,17 @@ class Promotion:
         is_base = package.model_data_prefix.startswith(s3_layout.BASE)
         if is_base and tags.get(TAG_MODEL_TYPE) != ModelType.BASE.value:
             raise PromotionError(f"{package.arn} is a base model; group {package.group} here holds other models")
-        if not is_base and tags.get(TAG_OUTPUT_MODE) != package.metadata.get("outputMode"):
+        mode = package.metadata.get(Metadata.OUTPUT_MODE)
+        if not is_base and tags.get(TAG_OUTPUT_MODE) != mode:
             raise PromotionError(
-                f"{package.arn} is a {package.metadata.get('outputMode') or '?'} fine-tune; group {package.group} "
+                f"{package.arn} is a {mode or '?'} fine-tune; group {package.group} "
                 f"here holds {tags.get(TAG_OUTPUT_MODE) or 'other'} models"
             )
 
     def _target_base(self, package: Package, tags: dict[str, str]) -> Package:
-        weights = package.metadata.get("baseWeightsDigest", "")
+        weights = package.metadata.get(Metadata.BASE_WEIGHTS_DIGEST, "")
         base = (
-            self.target.find(tags.get(TAG_BASE_GROUP, ""), "weightsDigest", weights, status=APPROVED)
+            self.target.find(tags.get(TAG_BASE_GROUP, ""), Metadata.WEIGHTS_DIGEST, weights, status=APPROVED)
             if weights
             else None
         )

@@ -43,20 +43,19 @@ from loraops.artifacts import (
     write_once,
 )
 from loraops.collections import PATH_TAG_PREFIX
-from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
+from loraops.manifest import BASE_MANIFEST, EVALUATION_FILE, MANIFEST_FILE, WEIGHT_SUFFIXES, content_digest
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_BASE_GROUP,
     TAG_ENVIRONMENT,
     TAG_MODEL_TYPE,
     TAG_OUTPUT_MODE,
+    Metadata,
     ModelType,
     OutputMode,
     base_group_name,
 )
 
-#: Written next to an imported base model's files: their digests and the combined weights digest.
-EVALUATION_FILE = "evaluation.json"
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 #: Hyperparameters copied into a package's metadata (the manifest, linked from it, holds them all).
 KEY_HYPERPARAMETERS = (
@@ -174,17 +173,17 @@ class Registry:
             raise RegistryError(f"s3://{self.bucket}/{prefix}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
         self._check_objects(prefix, sizes, files)
         tags = self._group_tags(group)
-        if found := self._find(group, "contentDigest", digest):
+        if found := self._find(group, Metadata.CONTENT_DIGEST, digest):
             return found
         metadata = {
-            "modelId": model_id,
-            "contentDigest": digest,
-            "weightsDigest": manifest.get("weights_digest", ""),
-            "licence": manifest.get("licence", ""),
+            Metadata.MODEL_ID: model_id,
+            Metadata.CONTENT_DIGEST: digest,
+            Metadata.WEIGHTS_DIGEST: manifest.get("weights_digest", ""),
+            Metadata.LICENCE: manifest.get("licence", ""),
         }
         description = f"{model_id} ({digest[:19]})"
         return self._register_once(
-            group, "contentDigest", digest, lambda: self._create(group, tags, prefix, metadata, description)
+            group, Metadata.CONTENT_DIGEST, digest, lambda: self._create(group, tags, prefix, metadata, description)
         )
 
     def write_base_manifest(self, prefix: str, manifest: dict[str, Any]) -> None:
@@ -278,23 +277,27 @@ class Registry:
         self._check_environment(manifest_base, self._group_tags(manifest_base))
         content = content_digest(files, model_prefix)
         prefix = s3_layout.finetuned_prefix(group, content)
-        if found := self._find(group, "contentDigest", content, prefix=prefix):
+        if found := self._find(group, Metadata.CONTENT_DIGEST, content, prefix=prefix):
             return found
         hyperparameters = manifest.get("hyperparameters", {})
         metadata = {
-            "baseModelPackageArn": base.arn,
-            "baseContentDigest": base.metadata.get("contentDigest", ""),
-            "baseWeightsDigest": manifest["base_weights_digest"],
-            "datasetName": manifest.get("dataset_name", ""),
-            "datasetDigest": manifest["dataset_digest"],
-            "trainingJob": training_job,
-            "outputMode": mode.value,
-            "codeVersion": manifest.get("code_version", ""),
-            "image": self.image,
-            "contentDigest": content,
-            "manifest": s3_layout.s3_uri(self.bucket, prefix + MANIFEST_FILE),
-            "evalLoss": str(manifest.get("metrics", {}).get("validation_loss", "")),
-            **{f"hp.{k}": str(hyperparameters[k]) for k in KEY_HYPERPARAMETERS if k in hyperparameters},
+            Metadata.BASE_PACKAGE_ARN: base.arn,
+            Metadata.BASE_CONTENT_DIGEST: base.metadata.get(Metadata.CONTENT_DIGEST, ""),
+            Metadata.BASE_WEIGHTS_DIGEST: manifest["base_weights_digest"],
+            Metadata.DATASET_NAME: manifest.get("dataset_name", ""),
+            Metadata.DATASET_DIGEST: manifest["dataset_digest"],
+            Metadata.TRAINING_JOB: training_job,
+            Metadata.OUTPUT_MODE: mode.value,
+            Metadata.CODE_VERSION: manifest.get("code_version", ""),
+            Metadata.IMAGE: self.image,
+            Metadata.CONTENT_DIGEST: content,
+            Metadata.MANIFEST: s3_layout.s3_uri(self.bucket, prefix + MANIFEST_FILE),
+            Metadata.EVAL_LOSS: str(manifest.get("metrics", {}).get("validation_loss", "")),
+            **{
+                f"{Metadata.HYPERPARAMETER_PREFIX}{k}": str(hyperparameters[k])
+                for k in KEY_HYPERPARAMETERS
+                if k in hyperparameters
+            },
         }
         metrics = {
             "ModelQuality": {
@@ -309,7 +312,7 @@ class Registry:
             metadata.update(self._place_finetune(model_prefix, prefix, files, sizes, mode, manifest_bytes))
             return self._create(group, tags, prefix, metadata, f"{training_job}: {mode.value}", metrics)
 
-        return self._register_once(group, "contentDigest", content, copy_and_create, prefix=prefix)
+        return self._register_once(group, Metadata.CONTENT_DIGEST, content, copy_and_create, prefix=prefix)
 
     def _place_finetune(
         self, source: str, prefix: str, files: dict[str, str], sizes: dict[str, int], mode: OutputMode, manifest: bytes
@@ -352,7 +355,7 @@ class Registry:
                 write_once(self.s3, self.bucket, prefix + s3_layout.ADAPTER_ARCHIVE, archive, size, digest)
             except ArtifactError as error:
                 raise RegistryError(str(error)) from None
-        return {"adapterArchive": s3_layout.ADAPTER_ARCHIVE, "archiveDigest": digest}
+        return {Metadata.ADAPTER_ARCHIVE: s3_layout.ADAPTER_ARCHIVE, Metadata.ARCHIVE_DIGEST: digest}
 
     def _finetune_base(self, arn: str | None, manifest: dict[str, Any]) -> Package:
         """The approved base package a job trained on: the one its manifest names (the workflow passes the package
@@ -362,10 +365,10 @@ class Registry:
         group, weights = base_group_name(manifest["base_model_id"]), manifest["base_weights_digest"]
         if arn:
             base = self.describe(arn)
-            if base.group != group or base.metadata.get("weightsDigest") != weights:
+            if base.group != group or base.metadata.get(Metadata.WEIGHTS_DIGEST) != weights:
                 raise RegistryError(
                     f"the manifest's base package {arn} is {base.group} with weights "
-                    f"{base.metadata.get('weightsDigest') or '(unrecorded)'}, not {group} with {weights}"
+                    f"{base.metadata.get(Metadata.WEIGHTS_DIGEST) or '(unrecorded)'}, not {group} with {weights}"
                 )
             if base.status != APPROVED:
                 raise RegistryError(f"the manifest's base package {arn} is {base.status or 'not approved'}")
@@ -375,14 +378,14 @@ class Registry:
             for s in self._summaries(group)
             if s.get("ModelApprovalStatus") == APPROVED
             and (p := self._package(self.sagemaker.describe_model_package(ModelPackageName=s["ModelPackageArn"])))
-            and p.metadata.get("weightsDigest") == weights
+            and p.metadata.get(Metadata.WEIGHTS_DIGEST) == weights
         ]
         if not candidates:
             raise RegistryError(
                 f"base weights {weights} of {manifest['base_model_id']} match no approved base package; register "
                 "and approve the base first"
             )
-        if len({p.metadata.get("contentDigest") for p in candidates}) > 1:
+        if len({p.metadata.get(Metadata.CONTENT_DIGEST) for p in candidates}) > 1:
             raise RegistryError(
                 f"{len(candidates)} approved versions of {group} share weights {weights} "
                 f"({', '.join(p.arn for p in candidates)}) and the manifest names no base_model_package_arn"
@@ -398,13 +401,13 @@ class Registry:
         its ``loraops-base.json`` lists. Anything else is left as it is (``action`` says which)."""
         package = self.describe(package_arn)
         self.check_in_environment(package)
-        prefix, mode = package.model_data_prefix, package.metadata.get("outputMode")
+        prefix, mode = package.model_data_prefix, package.metadata.get(Metadata.OUTPUT_MODE)
         result = {"package": package.arn, "group": package.group, "status": package.status}
         if mode and not prefix.startswith(s3_layout.FINETUNED):
-            job = package.metadata.get("trainingJob") or f"{package.group}/{package.version}"
-            new = self.register_finetune(package.group, prefix, job, package.metadata.get("baseModelPackageArn"))
+            job = package.metadata.get(Metadata.TRAINING_JOB) or f"{package.group}/{package.version}"
+            new = self.register_finetune(package.group, prefix, job, package.metadata.get(Metadata.BASE_PACKAGE_ARN))
             return {**result, "action": "copied", "migrated_to": new.arn, "migrated_status": new.status}
-        if not mode and not package.metadata.get("contentDigest"):
+        if not mode and not package.metadata.get(Metadata.CONTENT_DIGEST):
             files = self.read_json(prefix + BASE_MANIFEST, "base manifest").get("files") or {}
             for name, digest in sorted(files.items()):
                 if self._object_digest(prefix + name, trust_recorded=False) != digest:
@@ -412,12 +415,12 @@ class Registry:
                         f"s3://{self.bucket}/{prefix}{name} is not the file its import recorded ({digest}); "
                         "import the base again"
                     )
-            metadata = {**package.metadata, "contentDigest": content_digest(files, prefix)}
+            metadata = {**package.metadata, Metadata.CONTENT_DIGEST: content_digest(files, prefix)}
             # moto 5.2.5 resets the status of an update without one; AWS keeps it either way
             self.sagemaker.update_model_package(
                 ModelPackageArn=package.arn, ModelApprovalStatus=package.status, CustomerMetadataProperties=metadata
             )
-            return {**result, "action": "recorded", "content_digest": metadata["contentDigest"]}
+            return {**result, "action": "recorded", "content_digest": metadata[Metadata.CONTENT_DIGEST]}
         return {**result, "action": "none"}
 
     def migrate_all(self) -> dict[str, Any]:
@@ -438,9 +441,9 @@ class Registry:
 
     def needs_migration(self, package: Package) -> bool:
         """Whether :meth:`verify_content` refuses ``package`` for want of :meth:`migrate`."""
-        if not package.metadata.get("contentDigest"):
+        if not package.metadata.get(Metadata.CONTENT_DIGEST):
             return True
-        return bool(package.metadata.get("outputMode")) and not package.model_data_prefix.startswith(
+        return bool(package.metadata.get(Metadata.OUTPUT_MODE)) and not package.model_data_prefix.startswith(
             s3_layout.FINETUNED
         )
 
@@ -478,7 +481,7 @@ class Registry:
         A package registered before versions were content-addressed (no ``contentDigest``, or a fine-tune that points
         at its job's output) is refused with the command that migrates it. Raises :class:`RegistryError` naming the
         first difference."""
-        recorded = package.metadata.get("contentDigest", "")
+        recorded = package.metadata.get(Metadata.CONTENT_DIGEST, "")
         migrate = f"run: loraops models migrate {package.arn}"
         if not recorded:
             raise RegistryError(f"{package.arn} records no content digest (an earlier registration); {migrate}")
@@ -492,7 +495,7 @@ class Registry:
         files = self.read_json(prefix + manifest_file, "manifest").get("files") or {}
         if content_digest(files, prefix) != recorded:
             raise RegistryError(f"s3://{self.bucket}/{prefix}{manifest_file} no longer lists the registered files")
-        archive = package.metadata.get("adapterArchive")
+        archive = package.metadata.get(Metadata.ADAPTER_ARCHIVE)
         expected = set(files) | {manifest_file} | ({archive} if archive else set())
         present = {o["Key"][len(prefix) :] for o in self.objects(prefix)}
         if present != expected:
@@ -504,7 +507,7 @@ class Registry:
             if self._object_digest(prefix + name, trust_recorded=True) != digest:
                 raise RegistryError(f"s3://{self.bucket}/{prefix}{name} changed since it was registered ({digest})")
         if archive and self._object_digest(prefix + archive, trust_recorded=True) != package.metadata.get(
-            "archiveDigest"
+            Metadata.ARCHIVE_DIGEST
         ):
             raise RegistryError(f"s3://{self.bucket}/{prefix}{archive} is not the archive registered")
 
@@ -599,23 +602,23 @@ class Registry:
         report = []
         for base in self.tree():
             base_bytes = max((v["bytes"] for v in base["groups"][0]["versions"]), default=0)
-            variants = {
-                mode: [v for g in base["groups"][1:] if g["mode"] == mode for v in g["versions"]]
-                for mode in (OutputMode.ADAPTER.value, OutputMode.MERGED.value)
-            }
-            adapters = sum(v["bytes"] for v in variants["adapter"])
-            merged = sum(v["bytes"] for v in variants["merged"])
+            adapter_versions, merged_versions = (
+                [v for g in base["groups"][1:] if g["mode"] == mode for v in g["versions"]]
+                for mode in (OutputMode.ADAPTER, OutputMode.MERGED)
+            )
+            adapters = sum(v["bytes"] for v in adapter_versions)
+            merged = sum(v["bytes"] for v in merged_versions)
             # one merged variant's size: measured where the registry holds one, else the base's (a merged model has
             # the base's tensors)
-            merged_size = merged // len(variants["merged"]) if variants["merged"] else base_bytes
-            if_merged = len(variants["adapter"]) * merged_size
+            merged_size = merged // len(merged_versions) if merged_versions else base_bytes
+            if_merged = len(adapter_versions) * merged_size
             report.append(
                 {
                     "base": base["base"],
                     "base_bytes": base_bytes,
-                    "adapter_variants": len(variants["adapter"]),
+                    "adapter_variants": len(adapter_versions),
                     "adapter_bytes": adapters,
-                    "merged_variants": len(variants["merged"]),
+                    "merged_variants": len(merged_versions),
                     "merged_bytes": merged,
                     # had every adapter been kept merged, each would be a merged model of the size measured above
                     "adapters_if_merged_bytes": if_merged,
@@ -634,10 +637,10 @@ class Registry:
                     "version": package.version,
                     "status": package.status,
                     "arn": package.arn,
-                    "dataset": package.metadata.get("datasetName") or None,
-                    "eval_loss": _number(package.metadata.get("evalLoss")),
-                    "training_job": package.metadata.get("trainingJob") or None,
-                    "content_digest": package.metadata.get("contentDigest") or None,
+                    "dataset": package.metadata.get(Metadata.DATASET_NAME) or None,
+                    "eval_loss": _number(package.metadata.get(Metadata.EVAL_LOSS)),
+                    "training_job": package.metadata.get(Metadata.TRAINING_JOB) or None,
+                    "content_digest": package.metadata.get(Metadata.CONTENT_DIGEST) or None,
                     "bytes": sum(o["Size"] for o in self.objects(package.model_data_prefix)),
                 }
             )
@@ -666,7 +669,7 @@ class Registry:
         self._check_environment(group, tags)
         # a base version is its content; a fine-tune version its content at its write-once prefix (not the token an
         # earlier loraops derived from the content and the job, whose package points at the job's output)
-        identity = metadata.get("contentDigest", "") + ("" if prefix.startswith(s3_layout.BASE) else prefix)
+        identity = metadata.get(Metadata.CONTENT_DIGEST, "") + ("" if prefix.startswith(s3_layout.BASE) else prefix)
         request: dict[str, Any] = {
             "ModelPackageGroupName": group,
             "ClientToken": client_token(group, identity),
@@ -751,9 +754,11 @@ class Registry:
     ) -> Package:
         """Register bytes copied in from another environment (:mod:`loraops.promotion`) at ``prefix``: one package
         per ``metadata["contentDigest"]`` in ``group``, through the same lookup and claim as :meth:`register_base`."""
-        tags, digest = self.group_tags(group), metadata["contentDigest"]
+        tags, digest = self.group_tags(group), metadata[Metadata.CONTENT_DIGEST]
         create = lambda: self._create(group, tags, prefix, metadata, description, metrics)  # noqa: E731
-        return self._find(group, "contentDigest", digest) or self._register_once(group, "contentDigest", digest, create)
+        return self._find(group, Metadata.CONTENT_DIGEST, digest) or self._register_once(
+            group, Metadata.CONTENT_DIGEST, digest, create
+        )
 
     def find(self, group: str, key: str, value: str, status: str | None = None) -> Package | None:
         """The first package of ``group`` whose metadata ``key`` is ``value`` (and status ``status``), or None."""

@@ -7,7 +7,6 @@ adapters/<adapter-group>/<job>/output/model/   LoRA adapter written by a trainin
 merged/<merged-group>/<job>/output/model/      merged model written by a training job (uncompressed)
 finetuned/<group>/<content-hex>/               a registered fine-tune: the job's files, copied once at registration
                                                (an adapter's also packed as adapter.tar.gz)
-evaluation/<group>/<job>/                      evaluation reports
 checkpoints/<job>/                             spot / resume checkpoints
 staging/<purpose>/<token>/                     bytes in transit (a Hub import), removed when placed
 registrations/<group>/<hex>.json              a registration in progress (claim), removed when it ends
@@ -33,7 +32,6 @@ BASE = "base/"
 DATASETS = "datasets/"
 ADAPTERS = "adapters/"
 MERGED = "merged/"
-EVALUATION = "evaluation/"
 CHECKPOINTS = "checkpoints/"
 STAGING = "staging/"
 CAPTURE = "capture/"
@@ -55,7 +53,7 @@ ADAPTER_ARCHIVE = "adapter.tar.gz"
 #: Prefixes the SageMaker execution role may only read (endpoints load registered fine-tunes from FINETUNED).
 READ_ONLY_PREFIXES = (BASE, DATASETS, FINETUNED)
 #: Prefixes training jobs and Studio users write.
-READ_WRITE_PREFIXES = (ADAPTERS, MERGED, EVALUATION, CHECKPOINTS, CAPTURE)
+READ_WRITE_PREFIXES = (ADAPTERS, MERGED, CHECKPOINTS, CAPTURE)
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -97,10 +95,6 @@ def training_output_root(mode: OutputMode, group: str) -> str:
 def model_prefix(mode: OutputMode, group: str, job_name: str) -> str:
     """Where a finished job's uncompressed model lies (what ``ModelDataSource`` points at)."""
     return f"{training_output_root(mode, group)}{_segment(job_name, 'job name')}/output/model/"
-
-
-def evaluation_prefix(group: str, job_name: str) -> str:
-    return f"{EVALUATION}{_segment(group, 'group')}/{_segment(job_name, 'job name')}/"
 
 
 def checkpoint_prefix(job_name: str) -> str:

@@ -32,7 +32,7 @@ def test_too_long_and_bad_slugs():
 
 
 def test_tags():
-    assert naming.base_group_tags(MODEL) == {"modelType": "BaseModel", "fineTuned": "False"}
+    assert naming.base_group_tags() == {"modelType": "BaseModel", "fineTuned": "False"}
     tags = naming.finetuned_group_tags(MODEL, OutputMode.ADAPTER, "databricks-dolly-15k")
     assert tags["modelType"] == "LoRAAdapter" and tags["fineTuned"] == "True"
     assert tags["sourceDataset"] == "databricks-dolly-15k"

@@ -43,7 +43,7 @@ class RegistryStack(cdk.Stack):
             config,
             name=config.base_group,
             description=f"Base model {config.base_model_id}",
-            tags={**base_group_tags(config.base_model_id), **approval, **self.hierarchy.root.member_tag()},
+            tags={**base_group_tags(), **approval, **self.hierarchy.root.member_tag()},
         )
         self.fine_tuned_groups: dict[str, sagemaker.CfnModelPackageGroup] = {}
         for line in config.fine_tuned_lines:

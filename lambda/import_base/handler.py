@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.idempotency import idempotent
 
 from loraops.base_import import import_base, source_from
 from loraops.functions import idempotency, logger, required
+from loraops.naming import Metadata
 from loraops.registry import Registry, RegistryError
 
 log = logger("import-base")
@@ -53,8 +54,8 @@ def run_import(event: dict[str, Any], registry: Registry, token: str = "") -> di
         "package_arn": package.arn,
         "version": package.version,
         "status": package.status,
-        "content_digest": package.metadata.get("contentDigest", ""),
-        "weights_digest": package.metadata.get("weightsDigest", ""),
+        "content_digest": package.metadata.get(Metadata.CONTENT_DIGEST, ""),
+        "weights_digest": package.metadata.get(Metadata.WEIGHTS_DIGEST, ""),
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 
 from loraops.functions import logger, required
+from loraops.naming import Metadata
 from loraops.promotion import Promotion, SourceEnvironment
 from loraops.registry import Registry, RegistryError
 
@@ -37,15 +38,15 @@ def run(event: dict[str, Any], promotion: Promotion) -> dict[str, Any]:
     except (RegistryError, ValueError) as error:
         log.error("not promoted", extra={"reason": str(error)})
         return {"promoted": False, "reason": str(error)}
-    log.info("promoted", extra={"package": package.arn, "source": package.metadata.get("sourcePackageArn")})
+    log.info("promoted", extra={"package": package.arn, "source": package.metadata.get(Metadata.SOURCE_PACKAGE_ARN)})
     return {
         "promoted": True,
         "package_arn": package.arn,
         "version": package.version,
         "status": package.status,
-        "source_package_arn": package.metadata.get("sourcePackageArn", ""),
-        "source_environment": package.metadata.get("sourceEnvironment", ""),
-        "content_digest": package.metadata.get("contentDigest", ""),
+        "source_package_arn": package.metadata.get(Metadata.SOURCE_PACKAGE_ARN, ""),
+        "source_environment": package.metadata.get(Metadata.SOURCE_ENVIRONMENT, ""),
+        "content_digest": package.metadata.get(Metadata.CONTENT_DIGEST, ""),
     }
 
 

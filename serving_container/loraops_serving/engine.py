@@ -103,19 +103,6 @@ class Engine:
                 )
         return adapter
 
-    def add_adapter(self, name: str, folder: Path) -> None:
-        """Make an adapter available at run time (an adapter inference component arrived); checked now."""
-        self.check_adapter(name, Path(folder))
-        with self.lock:
-            self.available[name] = Path(folder)
-            self.refused.pop(name, None)
-            self._evict(name)
-
-    def remove_adapter(self, name: str) -> None:
-        with self.lock:
-            self.available.pop(name, None)
-            self._evict(name)
-
     def require_adapter(self, name: str) -> None:
         """Raise :class:`UnknownAdapter` (404) naming the available adapters unless ``name`` is one."""
         if name not in self.available:

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, folder_weights_digest
+from loraops.manifest import MANIFEST_FILE, folder_weights_digest, recorded_base_weights, recorded_weights_digest
 from loraops_serving.multi_lora import AdapterWeights
 
-MODEL_DIR = Path("/opt/ml/model")
 ADDITIONAL_SOURCES = Path("/opt/ml/additional-model-data-sources")
 PEFT_PREFIX = "base_model.model."
 
@@ -45,10 +44,8 @@ def find_adapters(model_dir: Path, extra: list[Path] | None = None) -> dict[str,
 def base_digest(model_dir: Path) -> str:
     """The weights digest of the loaded model: from the import's ``loraops-base.json`` when it lies beside the
     weights (hashing 13 GB at start-up costs a minute), else computed."""
-    recorded = model_dir / BASE_MANIFEST
-    if recorded.is_file():
-        return json.loads(recorded.read_text())["weights_digest"]
-    return folder_weights_digest(model_dir)
+    recorded = recorded_weights_digest(model_dir)
+    return folder_weights_digest(model_dir) if recorded is None else recorded
 
 
 #: adapter_config.json fields whose non-default values change what the adapter computes beyond plain LoRA on
@@ -86,10 +83,7 @@ def read_adapter(name: str, folder: Path, loaded_base_digest: str, allow_unverif
         raise LayoutError(f"adapter {name} uses {', '.join(used)}, which this engine does not serve")
     if config.get("bias", "none") != "none":
         raise LayoutError(f"adapter {name} trains biases (bias={config['bias']!r}), which this engine does not serve")
-    manifest_path = folder / MANIFEST_FILE
-    digest = ""
-    if manifest_path.is_file():
-        digest = json.loads(manifest_path.read_text()).get("base_weights_digest", "")
+    digest = recorded_base_weights(folder)
     if digest and digest != loaded_base_digest:
         raise LayoutError(
             f"adapter {name} was trained on base weights {digest}; the loaded base is {loaded_base_digest}"

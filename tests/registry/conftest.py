@@ -62,7 +62,7 @@ def create_environment(aws, approval: str, environment: str = ENVIRONMENT, bucke
     aws["s3"].put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": TAG_ENVIRONMENT, "Value": environment}]})
     hierarchy = Hierarchy.for_base(base_group_name(MODEL_ID))
     groups = {
-        base_group_name(MODEL_ID): {**base_group_tags(MODEL_ID), **hierarchy.root.member_tag()},
+        base_group_name(MODEL_ID): {**base_group_tags(), **hierarchy.root.member_tag()},
         ADAPTER_GROUP: {
             **finetuned_group_tags(MODEL_ID, OutputMode.ADAPTER, "databricks-dolly-15k"),
             **hierarchy.collection_for(OutputMode.ADAPTER).member_tag(),

@@ -76,16 +76,6 @@ def test_an_adapter_of_another_base_is_refused_naming_both_digests(tiny_base, ad
         engine.generate([Row(PROMPTS[0], "stranger", 2)])
 
 
-def test_adapters_come_and_go_at_run_time(tiny_base, adapters):
-    engine = Engine(tiny_base, ServingSettings())
-    with pytest.raises(UnknownAdapter, match=r"no adapter 'alpha'; available: \[\]"):
-        engine.generate([Row(PROMPTS[0], "alpha", 4)], GREEDY)
-    engine.add_adapter("alpha", adapters["alpha"])
-    assert engine.generate([Row(PROMPTS[0], "alpha", 4)], GREEDY)[0].tokens == 4
-    engine.remove_adapter("alpha")
-    assert "alpha" not in engine.available and "alpha" not in engine.resident
-
-
 def test_stop_strings_and_lengths_are_per_row(engine):
     full = _texts(engine, [Row(PROMPTS[2], None, 16)])[0]
     stop = full[3:6]

@@ -13,7 +13,6 @@ import torch
 from loraops_trainer.data import IGNORE_INDEX, DataError, Record, Sample, prompt_ids
 from loraops_trainer.packing import PackedCollator, PackedDataset
 
-EVALUATION_FILE = "evaluation.json"
 SAMPLES_FILE = "samples.json"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import loraops
-from loraops.manifest import Manifest, folder_weights_digest
+from loraops.manifest import EVALUATION_FILE, Manifest, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops_trainer import data as data_lib
 from loraops_trainer.accounting import (
@@ -33,7 +33,6 @@ from loraops_trainer.accounting import (
     trained_amount,
 )
 from loraops_trainer.evaluation import (
-    EVALUATION_FILE,
     SAMPLES_FILE,
     metrics_report,
     sample_generations,

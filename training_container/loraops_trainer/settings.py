@@ -13,7 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from loraops.naming import OutputMode
+from loraops.naming import BOTH, TRAINING_OUTPUTS, OutputMode
+
+#: The ``output_mode`` hyperparameter's choices, from loraops' one vocabulary (``OutputMode`` and ``both``).
+TrainingOutput = Literal[TRAINING_OUTPUTS]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -38,7 +41,7 @@ class TrainConfig:
     base_model_package_arn: str = ""
     dataset_name: str = "databricks-dolly-15k"
     # --- output
-    output_mode: Literal["adapter", "merged", "both"] = "adapter"
+    output_mode: TrainingOutput = OutputMode.ADAPTER.value
     merged_shard_size: str = field(default="2GB", metadata={"help": "largest merged shard, e.g. 2GB or 500MB"})
     # --- model
     quantization: Literal["nf4", "int8", "none"] = "nf4"
@@ -125,7 +128,7 @@ class TrainConfig:
     @property
     def output_modes(self) -> tuple[OutputMode, ...]:
         """What the run writes, in the one vocabulary the registry uses (``both`` is adapter and merged)."""
-        if self.output_mode == "both":
+        if self.output_mode == BOTH:
             return (OutputMode.ADAPTER, OutputMode.MERGED)
         return (OutputMode(self.output_mode),)
 
