@@ -28,6 +28,7 @@ from constructs import Construct
 from infra.config import ConfigError, EnvironmentConfig
 from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
+from infra.parts import policies
 from infra.stacks.network import Placement
 from loraops import endpoints, s3_layout
 from loraops.images import image_uri
@@ -113,7 +114,7 @@ class ServingStack(cdk.Stack):
             default=endpoints.served_model_parameter(prefix),
             description="SSM parameter with the S3 key prefix the endpoint serves (set by `loraops serve pin`)",
         )
-        role_arn = self.format_arn(service="iam", region="", resource="role", resource_name=config.execution_role_name)
+        role_arn = policies.role_arn(self, config.execution_role_name)
         bucket = config.artifact_bucket_name
         network = {
             "VpcConfig": {

@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 
 import aws_cdk as cdk
-from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import EnvironmentConfig
 from infra.image_build import REPO_ROOT, TRAINER, repository_image
+from infra.parts.outputs import published_output
 from loraops.images import image_uri
 
 
@@ -46,11 +46,11 @@ class TrainingStack(cdk.Stack):
             LORAOPS_GIT_SHA=source_commit(),
         )
         # Where the fine-tune workflow and Studio users find the image to start training jobs with.
-        self.image_parameter = ssm.StringParameter(
+        self.image_parameter = published_output(
             self,
             "TrainerImageUriParameter",
+            "TrainerImageUri",
             parameter_name=trainer_image_parameter(config.prefix),
-            string_value=self.image.image_uri,
+            value=self.image.image_uri,
             description="loraops QLoRA trainer image (built from training_container/ by cdk deploy)",
         )
-        cdk.CfnOutput(self, "TrainerImageUri", value=self.image.image_uri)

@@ -10,7 +10,6 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
@@ -18,6 +17,8 @@ from infra import alarms, execution_role
 from infra.config import EnvironmentConfig
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency
+from infra.parts.outputs import published_output
+from infra.parts.policies import pass_role_statement, role_arn
 from infra.stacks.network import Placement
 from infra.workflow import WorkflowSettings, definition
 
@@ -52,9 +53,7 @@ class WorkflowStack(cdk.Stack):
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        execution_role_arn = self.format_arn(
-            service="iam", region="", resource="role", resource_name=config.execution_role_name
-        )
+        execution_role_arn = role_arn(self, config.execution_role_name)
         subnets = [subnet.subnet_id for subnet in placement.subnets]
         settings = WorkflowSettings(
             environment=config.name,
@@ -96,14 +95,14 @@ class WorkflowStack(cdk.Stack):
             f"{WILDCARD_REASONS['DeliverLogs']} {WILDCARD_REASONS['Tracing']}",
             "Resource::*",
         )
-        ssm.StringParameter(
+        published_output(
             self,
             "WorkflowArnParameter",
+            "FineTuneWorkflowArn",
             parameter_name=workflow_parameter(config.prefix),
-            string_value=self.state_machine.state_machine_arn,
+            value=self.state_machine.state_machine_arn,
             description="loraops fine-tune workflow (loraops finetune start)",
         )
-        cdk.CfnOutput(self, "FineTuneWorkflowArn", value=self.state_machine.state_machine_arn)
         self._alarms(config)
 
     def _alarms(self, config: EnvironmentConfig) -> None:
@@ -156,12 +155,7 @@ class WorkflowStack(cdk.Stack):
                 actions=["sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob"],
                 resources=[jobs],
             ),
-            iam.PolicyStatement(
-                sid="PassExecutionRole",
-                actions=["iam:PassRole"],
-                resources=[execution_role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-            ),
+            pass_role_statement("PassExecutionRole", execution_role_arn),
             iam.PolicyStatement(
                 sid="GrantArtifactKeyToTrainingJobs",
                 actions=["kms:CreateGrant"],
