@@ -40,7 +40,7 @@ class DeployOnApproval:
 
 def deploy_on_approval(shared: Shared, dead_letters: sqs.IQueue) -> DeployOnApproval:
     """The function, its buffer, the buffer's dead letters, the rule that fills it, and their alarms."""
-    stack, config = shared.stack, shared.config
+    stack, props = shared.stack, shared.props
     function = registry_function(
         shared,
         FunctionSpec(
@@ -52,10 +52,10 @@ def deploy_on_approval(shared: Shared, dead_letters: sqs.IQueue) -> DeployOnAppr
             memory_mb=3008,
             registers=False,
             environment={
-                "NAME_PREFIX": config.prefix,
-                "SERVING_MODE": config.serving.mode,
-                "ENDPOINT_NAME": endpoints.endpoint_name(config.prefix),
-                "ROLLBACK_ALARMS": ",".join(endpoints.rollback_alarm_names(config.prefix)),
+                "NAME_PREFIX": props.prefix,
+                "SERVING_MODE": props.serving.mode,
+                "ENDPOINT_NAME": endpoints.endpoint_name(props.prefix),
+                "ROLLBACK_ALARMS": ",".join(endpoints.rollback_alarm_names(props.prefix)),
             },
             dead_letters=dead_letters,
         ),
@@ -77,11 +77,11 @@ def deploy_on_approval(shared: Shared, dead_letters: sqs.IQueue) -> DeployOnAppr
         ),
     )
     function.add_event_source(event_sources.SqsEventSource(buffer, batch_size=1))
-    pattern = package_state_changed([line.group_name(config.base_model_id) for line in config.fine_tuned_lines])
+    pattern = package_state_changed([line.group_name(props.base_model_id) for line in props.fine_tuned_lines])
     events.Rule(
         stack,
         "PackageStateChanged",
-        rule_name=alarms.rule_name(config, "package-state-changed"),
+        rule_name=alarms.rule_name(props, "package-state-changed"),
         description="A package of a fine-tuned line was approved, rejected or deleted: update the endpoint",
         event_pattern=events.EventPattern(
             source=pattern["source"], detail_type=pattern["detail-type"], detail=pattern["detail"]
@@ -89,7 +89,7 @@ def deploy_on_approval(shared: Shared, dead_letters: sqs.IQueue) -> DeployOnAppr
         targets=[
             targets.SqsQueue(
                 buffer,
-                message_group_id=endpoints.endpoint_name(config.prefix),
+                message_group_id=endpoints.endpoint_name(props.prefix),
                 dead_letter_queue=dead_letters,
                 retry_attempts=8,
                 max_event_age=cdk.Duration.hours(6),
@@ -97,12 +97,12 @@ def deploy_on_approval(shared: Shared, dead_letters: sqs.IQueue) -> DeployOnAppr
         ],
     )
     dead_letter_alarm(
-        stack, "ApprovalDeadLetters", config, "approval-dead-letters", approval_dead_letters, shared.alarm_topic
+        stack, "ApprovalDeadLetters", props, "approval-dead-letters", approval_dead_letters, shared.alarm_topic
     )
     alarms.alarm(
         stack,
         "ApprovalWaitingAlarm",
-        config,
+        props,
         "approval-waiting",
         "An approval has waited over 2 hours to be deployed (the endpoint stays busy or deployments fail)",
         buffer.metric_approximate_age_of_oldest_message(period=alarms.PERIOD, statistic="Maximum"),
@@ -114,8 +114,8 @@ def deploy_on_approval(shared: Shared, dead_letters: sqs.IQueue) -> DeployOnAppr
 
 def _statements(shared: Shared) -> list[iam.PolicyStatement]:
     """Verify a package's files, create guarded models and endpoint configs, deploy them, record the served model."""
-    stack, config, key, placement = shared.stack, shared.config, shared.key, shared.placement
-    prefix = config.prefix
+    stack, props, key, placement = shared.stack, shared.props, shared.key, shared.placement
+    prefix = props.prefix
 
     def arn(resource: str, name: str) -> str:
         return stack.format_arn(service="sagemaker", resource=resource, resource_name=name)
@@ -137,7 +137,7 @@ def _statements(shared: Shared) -> list[iam.PolicyStatement]:
             actions=["sagemaker:CreateEndpointConfig"],
             resources=[arn("endpoint-config", f"{prefix}-*")],
             conditions=execution_role.endpoint_config_conditions(
-                config.allowed_instance_types, None if has_local_nvme(config.serving_instance_type) else key.key_arn
+                list(props.allowed_instance_types), None if has_local_nvme(props.serving_instance_type) else key.key_arn
             ),
         ),
         iam.PolicyStatement(
@@ -157,7 +157,7 @@ def _statements(shared: Shared) -> list[iam.PolicyStatement]:
             actions=["sagemaker:DescribeModel", "sagemaker:DescribeEndpointConfig"],
             resources=[arn("model", "*"), arn("endpoint-config", "*")],
         ),
-        pass_role_statement("PassExecutionRole", role_arn(stack, config.execution_role_name)),
+        pass_role_statement("PassExecutionRole", role_arn(stack, props.execution_role_name)),
         iam.PolicyStatement(
             sid="GrantArtifactKey",  # endpoint configs name the key for capture and volumes
             actions=["kms:CreateGrant"],

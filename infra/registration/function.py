@@ -14,11 +14,11 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 
 from infra import alarms, execution_role
-from infra.config import EnvironmentConfig
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
 from infra.registration import statements
+from infra.registration.props import RegistrationProps
 from infra.stacks.network import Placement
 
 #: Why the functions that callers invoke directly have no dead-letter queue.
@@ -51,7 +51,7 @@ class Shared:
     the idempotency table, the VPC placement and the alarm topic."""
 
     stack: cdk.Stack
-    config: EnvironmentConfig
+    props: RegistrationProps
     key: kms.IKey
     operations_key: kms.IKey
     table: dynamodb.ITable
@@ -60,22 +60,22 @@ class Shared:
 
     @property
     def bucket_arn(self) -> str:
-        return f"arn:{self.stack.partition}:s3:::{self.config.artifact_bucket_name}"
+        return f"arn:{self.stack.partition}:s3:::{self.props.artifact_bucket_name}"
 
 
 def registry_function(shared: Shared, spec: FunctionSpec) -> lambda_.Function:
     """The function of ``spec`` in ``shared.stack`` (ids ``<Name>``, ``<Name>Role``, ``<Name>Policy``,
     ``<Name>Logs``, ``<Name>ErrorsAlarm``)."""
-    stack, config = shared.stack, shared.config
-    name = f"{config.prefix}-{spec.name}"
+    stack, props = shared.stack, shared.props
+    name = f"{props.prefix}-{spec.name}"
     construct = "".join(part.title() for part in spec.name.split("-"))
-    log_group = encrypted_log_group(stack, f"{construct}Logs", config, spec.name, f"/aws/lambda/{name}")
+    log_group = encrypted_log_group(stack, f"{construct}Logs", props, spec.name, f"/aws/lambda/{name}")
     role = iam.Role(
         stack,
         f"{construct}Role",
         role_name=spec.role_name,
         assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-        description=f"loraops {config.name}: the {spec.name} function",
+        description=f"loraops {props.name}: the {spec.name} function",
     )
     granted = [*spec.statements, *_common_statements(shared, name, spec)]
     policy = iam.Policy(stack, f"{construct}Policy", statements=granted)
@@ -103,8 +103,8 @@ def registry_function(shared: Shared, spec: FunctionSpec) -> lambda_.Function:
         timeout=spec.timeout,
         memory_size=spec.memory_mb,
         environment={
-            "ARTIFACT_BUCKET": config.artifact_bucket_name,
-            "APPROVAL": config.approval,
+            "ARTIFACT_BUCKET": props.artifact_bucket_name,
+            "APPROVAL": props.approval,
             "IDEMPOTENCY_TABLE": shared.table.table_name,
             "POWERTOOLS_SERVICE_NAME": f"loraops-{spec.name}",
             **{k: v for k, v in spec.environment.items() if v},
@@ -122,7 +122,7 @@ def registry_function(shared: Shared, spec: FunctionSpec) -> lambda_.Function:
     alarms.alarm(
         stack,
         f"{construct}ErrorsAlarm",
-        config,
+        props,
         f"{spec.name}-errors",
         f"The {construct} function failed (see its log group)",
         function.metric_errors(period=alarms.PERIOD, statistic="Sum"),
@@ -143,7 +143,7 @@ def _common_statements(shared: Shared, function_name: str, spec: FunctionSpec) -
         granted.append(statements.reading_packages(arn))
     else:
         granted += statements.registering(
-            arn, shared.bucket_arn, shared.table.table_arn, manual_approval=not shared.config.auto_approve
+            arn, shared.bucket_arn, shared.table.table_arn, manual_approval=not shared.props.auto_approve
         )
     granted.append(statements.write_logs(shared.stack, function_name))
     if spec.dead_letters is not None:

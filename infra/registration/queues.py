@@ -9,8 +9,8 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra import alarms
-from infra.config import EnvironmentConfig
 from infra.nag import acknowledge
+from infra.props import EnvironmentBasics
 
 
 def dead_letter_queue(scope: Construct, construct_id: str, key: kms.IKey, fifo: bool = False) -> sqs.Queue:
@@ -29,13 +29,13 @@ def dead_letter_queue(scope: Construct, construct_id: str, key: kms.IKey, fifo: 
 
 
 def dead_letter_alarm(
-    scope: Construct, construct_id: str, config: EnvironmentConfig, name: str, queue: sqs.IQueue, topic: sns.ITopic
+    scope: Construct, construct_id: str, env: EnvironmentBasics, name: str, queue: sqs.IQueue, topic: sns.ITopic
 ) -> None:
     """Any message waiting in ``queue`` notifies ``topic`` (alarm ``<construct_id>Alarm``, ``<prefix>-<name>``)."""
     alarms.alarm(
         scope,
         f"{construct_id}Alarm",
-        config,
+        env,
         name,
         "An event or approval was given up on and waits in a dead-letter queue: read it, fix the cause, redrive it",
         queue.metric_approximate_number_of_messages_visible(period=alarms.PERIOD, statistic="Maximum"),

@@ -8,7 +8,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 
 from infra import execution_role, promotion
-from infra.config import EnvironmentConfig
+from infra.registration.props import RegistrationProps
 from loraops import s3_layout
 
 #: Why each statement of a function's policy that holds a wildcard needs it.
@@ -75,7 +75,7 @@ def read(bucket_arn: str, what: str, prefixes: tuple[str, ...]) -> list[iam.Poli
     ]
 
 
-def import_statements(partition: str, bucket_arn: str, config: EnvironmentConfig) -> list[iam.PolicyStatement]:
+def import_statements(partition: str, bucket_arn: str, props: RegistrationProps) -> list[iam.PolicyStatement]:
     """import-base: write base/ (staging first), read the configured sources and the Hub token."""
     prefixes = (s3_layout.BASE, s3_layout.STAGING)
     statements = [
@@ -98,8 +98,8 @@ def import_statements(partition: str, bucket_arn: str, config: EnvironmentConfig
             conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
         ),
     ]
-    if config.base_import_sources:
-        sources = [s3_layout.split_s3_uri(uri) for uri in config.base_import_sources]
+    if props.base_import_sources:
+        sources = [s3_layout.split_s3_uri(uri) for uri in props.base_import_sources]
         statements += [
             iam.PolicyStatement(
                 sid="ReadImportSources",
@@ -113,12 +113,12 @@ def import_statements(partition: str, bucket_arn: str, config: EnvironmentConfig
                 conditions={"StringLike": {"s3:prefix": [f"{k}*" for _, k in sources]}},
             ),
         ]
-    if config.hub_token_secret_arn:
+    if props.hub_token_secret_arn:
         statements.append(
             iam.PolicyStatement(
                 sid="ReadHubToken",
                 actions=["secretsmanager:GetSecretValue"],
-                resources=[f"{config.hub_token_secret_arn}-??????"],
+                resources=[f"{props.hub_token_secret_arn}-??????"],
             )
         )
     return statements

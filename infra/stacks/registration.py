@@ -31,10 +31,10 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from infra import alarms, promotion
-from infra.config import EnvironmentConfig
 from infra.registration import statements
 from infra.registration.approval import deploy_on_approval
 from infra.registration.function import SYNCHRONOUS, FunctionSpec, Shared, registry_function
+from infra.registration.props import RegistrationProps
 from infra.registration.queues import dead_letter_alarm, dead_letter_queue
 from infra.stacks.network import Placement
 from infra.stacks.storage import removal_policy
@@ -51,7 +51,7 @@ class RegistrationStack(cdk.Stack):
         scope: Construct,
         construct_id: str,
         *,
-        config: EnvironmentConfig,
+        props: RegistrationProps,
         key: kms.IKey,
         placement: Placement,
         **kwargs,
@@ -60,7 +60,7 @@ class RegistrationStack(cdk.Stack):
         self.table = dynamodb.Table(
             self,
             "IdempotencyTable",
-            table_name=f"{config.prefix}-registration-idempotency",
+            table_name=f"{props.prefix}-registration-idempotency",
             partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
@@ -69,15 +69,15 @@ class RegistrationStack(cdk.Stack):
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            removal_policy=removal_policy(config),
+            removal_policy=removal_policy(props),
         )
         # Dead letters, the approval buffer and the alarm topic have a key of their own: EventBridge and CloudWatch
         # may use it, for this environment's rules and this account's alarms only (the artifact key grants neither).
-        self.operations_key = alarms.operations_key(self, config)
-        self.alarm_topic = alarms.alarm_topic(self, config, self.operations_key)
+        self.operations_key = alarms.operations_key(self, props)
+        self.alarm_topic = alarms.alarm_topic(self, props, self.operations_key)
         self.dead_letters = dead_letter_queue(self, "DeadLetters", self.operations_key)
-        dead_letter_alarm(self, "DeadLetters", config, "dead-letters", self.dead_letters, self.alarm_topic)
-        shared = Shared(self, config, key, self.operations_key, self.table, placement, self.alarm_topic)
+        dead_letter_alarm(self, "DeadLetters", props, "dead-letters", self.dead_letters, self.alarm_topic)
+        shared = Shared(self, props, key, self.operations_key, self.table, placement, self.alarm_topic)
         bucket_arn = shared.bucket_arn
 
         outputs = (s3_layout.ADAPTERS, s3_layout.MERGED)
@@ -110,13 +110,13 @@ class RegistrationStack(cdk.Stack):
             shared,
             FunctionSpec(
                 "import-base",
-                statements.import_statements(self.partition, bucket_arn, config),
+                statements.import_statements(self.partition, bucket_arn, props),
                 in_vpc=False,
                 timeout=cdk.Duration.minutes(15),
                 memory_mb=3008,  # Lambda's network bandwidth grows with its memory
                 concurrency=2,
-                environment={"HUB_TOKEN_SECRET": _secret_name(config.hub_token_secret_arn)},
-                role_name=config.import_base_role_name,  # prod's VPC-only bucket policy exempts it by name
+                environment={"HUB_TOKEN_SECRET": _secret_name(props.hub_token_secret_arn)},
+                role_name=props.import_base_role_name,  # prod's VPC-only bucket policy exempts it by name
                 checkov_skips={
                     **SYNCHRONOUS,
                     "CKV_AWS_117": "Reaches the Hugging Face Hub; the loraops VPC has no route to the internet.",
@@ -128,20 +128,20 @@ class RegistrationStack(cdk.Stack):
                 shared,
                 FunctionSpec(
                     "promote",
-                    promotion.promote_statements(self, config),
+                    promotion.promote_statements(self, props.promotion),
                     in_vpc=False,
                     timeout=cdk.Duration.minutes(15),
                     memory_mb=3008,  # verifying a merged model reads it: Lambda's bandwidth grows with its memory
                     concurrency=2,
-                    environment=promotion.promote_environment(config),
-                    role_name=config.promote_role_name,  # the source's policies and prod's bucket name it
+                    environment=promotion.promote_environment(props.promotion),
+                    role_name=props.promote_role_name,  # the source's policies and prod's bucket name it
                     checkov_skips={**SYNCHRONOUS, "CKV_AWS_117": promotion.OUTSIDE_VPC},
                 ),
             )
-            if config.promotion_source
+            if props.promotion.source
             else None
         )
-        deploy = deploy_on_approval(shared, self.dead_letters) if config.serving else None
+        deploy = deploy_on_approval(shared, self.dead_letters) if props.serving else None
         self.deploy_on_approval = deploy.function if deploy else None
         self.approval_buffer = deploy.buffer if deploy else None
         self.approval_dead_letters = deploy.dead_letters if deploy else None
@@ -149,7 +149,7 @@ class RegistrationStack(cdk.Stack):
             self,
             "TrainingJobCompleted",
             description="A loraops training job completed: register its output",
-            rule_name=alarms.rule_name(config, "training-job-completed"),
+            rule_name=alarms.rule_name(props, "training-job-completed"),
             event_pattern=events.EventPattern(
                 source=TRAINING_JOB_COMPLETED["source"],
                 detail_type=TRAINING_JOB_COMPLETED["detail-type"],
