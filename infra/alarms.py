@@ -20,8 +20,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra.props import Alerting, EnvironmentBasics
-from infra.stacks.storage import removal_policy
+from infra.props import Alerting, EnvironmentBasics, removal_policy
 
 #: Alarms fire on the first bad period; a quiet metric (no messages, no invocations) is not a failure.
 PERIOD = cdk.Duration.minutes(5)

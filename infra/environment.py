@@ -61,45 +61,16 @@ class EnvironmentStacks:
         self.storage = StorageStack(
             app, name("storage"), props=props.storage, s3_endpoint=self.network.s3_endpoint, **common
         )
-        self.studio = StudioStack(
-            app,
-            name("studio"),
-            props=props.studio,
-            key=self.storage.key,
-            placement=self.network.placement,
-            **common,
-        )
+        # What the workloads share: the artifact key and the VPC placement.
+        placed = dict(key=self.storage.key, placement=self.network.placement, **common)
+        self.studio = StudioStack(app, name("studio"), props=props.studio, **placed)
         self.registry = RegistryStack(app, name("registry"), props=props.registry, **common)
-        self.registration = RegistrationStack(
-            app,
-            name("registration"),
-            props=props.registration,
-            key=self.storage.key,
-            placement=self.network.placement,
-            **common,
-        )
+        self.registration = RegistrationStack(app, name("registration"), props=props.registration, **placed)
         self.training = TrainingStack(app, name("training"), props=props.training, **common)
         self.workflow = WorkflowStack(
-            app,
-            name("workflow"),
-            props=props.workflow,
-            key=self.storage.key,
-            placement=self.network.placement,
-            trainer_image=self.training.image.image_uri,
-            **common,
+            app, name("workflow"), props=props.workflow, trainer_image=self.training.image.image_uri, **placed
         )
-        self.serving = (
-            ServingStack(
-                app,
-                name("serving"),
-                props=props.serving,
-                key=self.storage.key,
-                placement=self.network.placement,
-                **common,
-            )
-            if props.serving
-            else None
-        )
+        self.serving = ServingStack(app, name("serving"), props=props.serving, **placed) if props.serving else None
         # Stack tags (explicitStackTags) reach resources at deploy time; Tags.of also writes them into templates.
         for stack in self.stacks:
             for key, value in common["tags"].items():

@@ -9,8 +9,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.props import EnvironmentBasics
-from infra.stacks.storage import removal_policy
+from infra.props import EnvironmentBasics, removal_policy
 
 
 def encrypted_log_group(

@@ -16,11 +16,11 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 
 from infra import alarms, execution_role
+from infra.parts.instances import has_local_nvme
 from infra.parts.policies import pass_role_statement, role_arn
 from infra.registration import statements
 from infra.registration.function import FunctionSpec, Shared, registry_function
 from infra.registration.queues import dead_letter_alarm, dead_letter_queue
-from infra.stacks.serving import has_local_nvme
 from loraops import endpoints, s3_layout
 from loraops.events import package_state_changed
 

@@ -17,9 +17,9 @@ from infra import alarms, execution_role
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
+from infra.props import Placement
 from infra.registration import statements
 from infra.registration.props import RegistrationProps
-from infra.stacks.network import Placement
 
 #: Why the functions that callers invoke directly have no dead-letter queue.
 SYNCHRONOUS = {

@@ -11,7 +11,7 @@ from constructs import Construct
 
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, acknowledge_cdk_provider
-from infra.props import EnvironmentBasics
+from infra.props import EnvironmentBasics, Placement
 
 #: Interface endpoints a VPC-only Studio domain and in-VPC training/serving need (no internet route).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
@@ -52,19 +52,6 @@ POLICY_ENDPOINTS = frozenset(
 )
 
 HTTPS = ec2.Port.tcp(443)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where workloads run: the VPC, its isolated subnets and the workload security group."""
-
-    vpc: ec2.IVpc
-    subnets: list[ec2.ISubnet]
-    security_group: ec2.ISecurityGroup
-
-    @property
-    def vpc_arn(self) -> str:
-        return cdk.Stack.of(self.vpc).format_arn(service="ec2", resource="vpc", resource_name=self.vpc.vpc_id)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,13 +31,12 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from infra import alarms, promotion
+from infra.props import Placement, removal_policy
 from infra.registration import statements
 from infra.registration.approval import deploy_on_approval
 from infra.registration.function import SYNCHRONOUS, FunctionSpec, Shared, registry_function
 from infra.registration.props import RegistrationProps
 from infra.registration.queues import dead_letter_alarm, dead_letter_queue
-from infra.stacks.network import Placement
-from infra.stacks.storage import removal_policy
 from loraops import s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED
 

@@ -15,8 +15,7 @@ from constructs import Construct
 from infra import execution_role, promotion
 from infra.config import FineTunedLine
 from infra.nag import acknowledge
-from infra.props import EnvironmentBasics, PromotionProps
-from infra.stacks.storage import removal_policy
+from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops.collections import Collection, Hierarchy
 from loraops.naming import TAG_APPROVAL_POLICY, base_group_tags, finetuned_group_tags
 

@@ -30,8 +30,8 @@ from infra.config import ConfigError, FineTunedLine, ServingConfig
 from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
 from infra.parts import policies
-from infra.props import EnvironmentBasics
-from infra.stacks.network import Placement
+from infra.parts.instances import has_local_nvme
+from infra.props import EnvironmentBasics, Placement
 from loraops import endpoints, s3_layout
 from loraops.images import image_uri
 from loraops.naming import OutputMode
@@ -39,8 +39,6 @@ from loraops.naming import OutputMode
 SERVING_CONTAINER = REPO_ROOT / "serving_container"
 #: The DJL entry module the loraops image installs (serving_container/Dockerfile).
 DJL_ENTRY_MODULE = "loraops_djl_model"
-#: Instance families with local NVMe instance storage: SageMaker refuses a volume KMS key on them.
-NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "inf2", "trn1")
 
 
 _G_SIZES = {"xlarge": 1, "2xlarge": 1, "4xlarge": 1, "8xlarge": 1, "16xlarge": 1, "12xlarge": 4, "24xlarge": 4}
@@ -78,11 +76,6 @@ def component_capacity(props: ServingProps) -> int:
             f"{props.serving_instance_type} hold {slots}: raise serving.max_instances in cdk.json"
         )
     return slots - merged
-
-
-def has_local_nvme(instance_type: str) -> bool:
-    family = instance_type.split(".")[1]
-    return family in NVME_FAMILIES or family.endswith("d")
 
 
 def from_api(resource: cdk.CfnResource, request: dict[str, Any]) -> cdk.CfnResource:

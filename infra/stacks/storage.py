@@ -13,18 +13,10 @@ from constructs import Construct
 
 from infra import execution_role, promotion
 from infra.nag import acknowledge, acknowledge_cdk_provider, skip_checkov
-from infra.props import EnvironmentBasics, PromotionProps
+from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops import s3_layout
 
 INCOMPLETE_UPLOAD_DAYS = 7
-
-
-def removal_policy(env: EnvironmentBasics) -> cdk.RemovalPolicy:
-    """destroy, or retain except when the resource's own creation is rolled back (CloudFormation
-    ``RetainExceptOnCreate``): a failed first deploy leaves no retained bucket or key to block the next one."""
-    if env.removal_policy == "destroy":
-        return cdk.RemovalPolicy.DESTROY
-    return cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
 
 
 #: Object-level actions that ``vpc_endpoint_only_bucket_access`` confines to the VPC's S3 endpoint.

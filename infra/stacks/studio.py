@@ -13,8 +13,7 @@ from constructs import Construct
 
 from infra import execution_role
 from infra.nag import acknowledge
-from infra.props import EnvironmentBasics
-from infra.stacks.network import Placement
+from infra.props import EnvironmentBasics, Placement
 from infra.stacks.training import trainer_image_parameter, training_base_image
 
 

@@ -19,8 +19,7 @@ from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency
 from infra.parts.outputs import published_output
 from infra.parts.policies import pass_role_statement, role_arn
-from infra.props import Alerting
-from infra.stacks.network import Placement
+from infra.props import Alerting, Placement
 from infra.workflow import WorkflowSettings, definition
 
 #: Why each statement of the workflow's policy that holds a wildcard needs it.

@@ -13,9 +13,8 @@ from aws_cdk.assertions import Match, Template
 
 from infra.config import FineTunedLine, ServingConfig
 from infra.nag import apply_gate
-from infra.props import PromotionProps
+from infra.props import Placement, PromotionProps
 from infra.registration.props import RegistrationProps
-from infra.stacks.network import Placement
 from infra.stacks.registration import RegistrationStack
 from infra.stacks.registry import RegistryProps, RegistryStack
 from loraops.naming import OutputMode, base_group_name
