@@ -20,35 +20,34 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra.config import EnvironmentConfig
-from infra.stacks.storage import removal_policy
+from infra.props import Alerting, EnvironmentBasics, removal_policy
 
 #: Alarms fire on the first bad period; a quiet metric (no messages, no invocations) is not a failure.
 PERIOD = cdk.Duration.minutes(5)
 
 
-def rule_name(config: EnvironmentConfig, purpose: str) -> str:
+def rule_name(env: EnvironmentBasics, purpose: str) -> str:
     """EventBridge rule names are fixed so the operations key can name them (``aws:SourceArn``) without a cycle
     (key -> rule -> queue -> key)."""
-    return f"{config.prefix}-{purpose}"
+    return f"{env.prefix}-{purpose}"
 
 
-def topic_arn(scope: Construct, config: EnvironmentConfig) -> str:
+def topic_arn(scope: Construct, env: Alerting) -> str:
     """The alarm topic's ARN: the configured one, or the one the registration stack creates."""
-    if config.alarm_topic_arn:
-        return config.alarm_topic_arn
-    return cdk.Stack.of(scope).format_arn(service="sns", resource=f"{config.prefix}-alarms", region=config.region)
+    if env.alarm_topic_arn:
+        return env.alarm_topic_arn
+    return cdk.Stack.of(scope).format_arn(service="sns", resource=f"{env.prefix}-alarms", region=env.region)
 
 
-def operations_key(scope: Construct, config: EnvironmentConfig) -> kms.Key:
+def operations_key(scope: Construct, env: EnvironmentBasics) -> kms.Key:
     stack = cdk.Stack.of(scope)
     key = kms.Key(
         scope,
         "OperationsKey",
-        alias=f"alias/{config.prefix}-operations",
-        description=f"loraops {config.name}: dead-letter queues, approval buffer, alarm topic",
+        alias=f"alias/{env.prefix}-operations",
+        description=f"loraops {env.name}: dead-letter queues, approval buffer, alarm topic",
         enable_key_rotation=True,
-        removal_policy=removal_policy(config),
+        removal_policy=removal_policy(env),
     )
     key.add_to_resource_policy(
         iam.PolicyStatement(
@@ -60,7 +59,7 @@ def operations_key(scope: Construct, config: EnvironmentConfig) -> kms.Key:
                 "StringEquals": {"aws:SourceAccount": stack.account},
                 "ArnLike": {
                     "aws:SourceArn": stack.format_arn(
-                        service="events", resource="rule", resource_name=f"{config.prefix}-*"
+                        service="events", resource="rule", resource_name=f"{env.prefix}-*"
                     )
                 },
             },
@@ -78,26 +77,26 @@ def operations_key(scope: Construct, config: EnvironmentConfig) -> kms.Key:
     return key
 
 
-def alarm_topic(scope: Construct, config: EnvironmentConfig, key: kms.IKey) -> sns.ITopic:
+def alarm_topic(scope: Construct, env: Alerting, key: kms.IKey) -> sns.ITopic:
     """The configured topic, or a new encrypted one (with its ARN as an output, and ``alarm_email`` subscribed)."""
-    if config.alarm_topic_arn:
-        return sns.Topic.from_topic_arn(scope, "AlarmTopic", config.alarm_topic_arn)
+    if env.alarm_topic_arn:
+        return sns.Topic.from_topic_arn(scope, "AlarmTopic", env.alarm_topic_arn)
     topic = sns.Topic(
         scope,
         "AlarmTopic",
-        topic_name=f"{config.prefix}-alarms",
-        display_name=f"loraops {config.name} alarms",
+        topic_name=f"{env.prefix}-alarms",
+        display_name=f"loraops {env.name} alarms",
         master_key=key,
         enforce_ssl=True,
     )
-    if config.alarm_email:
-        topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
+    if env.alarm_email:
+        topic.add_subscription(subscriptions.EmailSubscription(env.alarm_email))
     cdk.CfnOutput(
         scope,
         "AlarmTopicArn",
         value=topic.topic_arn,
         description="loraops alarms (dead letters, function errors, failed fine-tunes) publish here"
-        + ("" if config.alarm_email else "; nothing is subscribed: set alarm_email or alarm_topic_arn in cdk.json"),
+        + ("" if env.alarm_email else "; nothing is subscribed: set alarm_email or alarm_topic_arn in cdk.json"),
     )
     return topic
 
@@ -105,7 +104,7 @@ def alarm_topic(scope: Construct, config: EnvironmentConfig, key: kms.IKey) -> s
 def alarm(
     scope: Construct,
     construct_id: str,
-    config: EnvironmentConfig,
+    env: EnvironmentBasics,
     name: str,
     description: str,
     metric: cloudwatch.IMetric,
@@ -116,7 +115,7 @@ def alarm(
     created = cloudwatch.Alarm(
         scope,
         construct_id,
-        alarm_name=f"{config.prefix}-{name}",
+        alarm_name=f"{env.prefix}-{name}",
         alarm_description=description,
         metric=metric,
         threshold=threshold,

@@ -7,69 +7,70 @@ selects none inside a Stage, so a Stage would let findings through the gate unse
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aws_cdk as cdk
 
 from infra.config import EnvironmentConfig
-from infra.stacks.network import NetworkStack
+from infra.registration.props import RegistrationProps
+from infra.stacks.network import NetworkProps, NetworkStack
 from infra.stacks.registration import RegistrationStack
-from infra.stacks.registry import RegistryStack
-from infra.stacks.serving import ServingStack
-from infra.stacks.storage import StorageStack
-from infra.stacks.studio import StudioStack
-from infra.stacks.training import TrainingStack
-from infra.stacks.workflow import WorkflowStack
+from infra.stacks.registry import RegistryProps, RegistryStack
+from infra.stacks.serving import ServingProps, ServingStack
+from infra.stacks.storage import StorageProps, StorageStack
+from infra.stacks.studio import StudioProps, StudioStack
+from infra.stacks.training import TrainingProps, TrainingStack
+from infra.stacks.workflow import WorkflowProps, WorkflowStack
 
 ENVIRONMENT_TAG = "loraops:environment"
+
+
+@dataclass(frozen=True)
+class EnvironmentProps:
+    """One environment's props, a field per stack (``infra.app_factory.environment_props`` builds them)."""
+
+    network: NetworkProps
+    storage: StorageProps
+    studio: StudioProps
+    registry: RegistryProps
+    registration: RegistrationProps
+    training: TrainingProps
+    workflow: WorkflowProps
+    serving: ServingProps | None
 
 
 class EnvironmentStacks:
     """All stacks of one environment: storage, network, studio, registry, registration, training, workflow and,
     where ``serving`` is configured, serving."""
 
-    def __init__(self, app: cdk.App, config: EnvironmentConfig) -> None:
-        self.config = config
+    def __init__(self, app: cdk.App, config: EnvironmentConfig, props: EnvironmentProps) -> None:
+        """``config`` names the stacks and gives their account, region, tags and termination protection; ``props``
+        is what each stack reads."""
+        self.config, self.props = config, props
         env = cdk.Environment(account=config.account, region=config.region)
 
         def name(concern: str) -> str:
             return f"{config.prefix}-{concern}"
 
         common = dict(
-            config=config,
             env=env,
             tags={ENVIRONMENT_TAG: config.name, **config.tags},
             termination_protection=config.termination_protection,
         )
-        self.network = NetworkStack(app, name("network"), **common)
-        self.storage = StorageStack(app, name("storage"), s3_endpoint=self.network.s3_endpoint, **common)
-        self.studio = StudioStack(
-            app,
-            name("studio"),
-            key=self.storage.key,
-            placement=self.network.placement,
-            **common,
+        self.network = NetworkStack(app, name("network"), props=props.network, **common)
+        self.storage = StorageStack(
+            app, name("storage"), props=props.storage, s3_endpoint=self.network.s3_endpoint, **common
         )
-        self.registry = RegistryStack(app, name("registry"), **common)
-        self.registration = RegistrationStack(
-            app,
-            name("registration"),
-            key=self.storage.key,
-            placement=self.network.placement,
-            **common,
-        )
-        self.training = TrainingStack(app, name("training"), **common)
+        # What the workloads share: the artifact key and the VPC placement.
+        placed = dict(key=self.storage.key, placement=self.network.placement, **common)
+        self.studio = StudioStack(app, name("studio"), props=props.studio, **placed)
+        self.registry = RegistryStack(app, name("registry"), props=props.registry, **common)
+        self.registration = RegistrationStack(app, name("registration"), props=props.registration, **placed)
+        self.training = TrainingStack(app, name("training"), props=props.training, **common)
         self.workflow = WorkflowStack(
-            app,
-            name("workflow"),
-            key=self.storage.key,
-            placement=self.network.placement,
-            trainer_image=self.training.image.image_uri,
-            **common,
+            app, name("workflow"), props=props.workflow, trainer_image=self.training.image.image_uri, **placed
         )
-        self.serving = (
-            ServingStack(app, name("serving"), key=self.storage.key, placement=self.network.placement, **common)
-            if config.serving
-            else None
-        )
+        self.serving = ServingStack(app, name("serving"), props=props.serving, **placed) if props.serving else None
         # Stack tags (explicitStackTags) reach resources at deploy time; Tags.of also writes them into templates.
         for stack in self.stacks:
             for key, value in common["tags"].items():

@@ -10,6 +10,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 
+from infra.parts.policies import pass_role_statement
 from loraops import s3_layout
 from loraops.collections import COLLECTION_TAG
 
@@ -300,12 +301,7 @@ def job_statements(
             actions=["ssm:GetParameter"],
             resources=[trainer_image_parameter_arn],
         ),
-        iam.PolicyStatement(
-            sid="PassOwnRoleToSageMaker",
-            actions=["iam:PassRole"],
-            resources=[role_arn],
-            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-        ),
+        pass_role_statement("PassOwnRoleToSageMaker", role_arn),
     ]
 
 

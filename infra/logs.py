@@ -9,26 +9,25 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.config import EnvironmentConfig
-from infra.stacks.storage import removal_policy
+from infra.props import EnvironmentBasics, removal_policy
 
 
 def encrypted_log_group(
-    scope: Construct, construct_id: str, config: EnvironmentConfig, purpose: str, log_group_name: str | None = None
+    scope: Construct, construct_id: str, env: EnvironmentBasics, purpose: str, log_group_name: str | None = None
 ) -> logs.LogGroup:
     stack = cdk.Stack.of(scope)
     key = kms.Key(
         scope,
         f"{construct_id}Key",
-        alias=f"alias/{config.prefix}-{purpose}",
-        description=f"loraops {config.name}: {purpose.replace('-', ' ')}",
+        alias=f"alias/{env.prefix}-{purpose}",
+        description=f"loraops {env.name}: {purpose.replace('-', ' ')}",
         enable_key_rotation=True,
-        removal_policy=removal_policy(config),
+        removal_policy=removal_policy(env),
     )
     key.add_to_resource_policy(
         iam.PolicyStatement(
             sid="CloudWatchLogsUseOnlyForThisAccountsLogGroups",
-            principals=[iam.ServicePrincipal(f"logs.{config.region}.amazonaws.com")],
+            principals=[iam.ServicePrincipal(f"logs.{env.region}.amazonaws.com")],
             actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
             resources=["*"],  # in a key policy, "*" is this key
             conditions={
@@ -44,8 +43,8 @@ def encrypted_log_group(
         )
     )
     group = logs.LogGroup(
-        scope, construct_id, log_group_name=log_group_name, encryption_key=key, removal_policy=removal_policy(config)
+        scope, construct_id, log_group_name=log_group_name, encryption_key=key, removal_policy=removal_policy(env)
     )
     # RetentionDays is a name-valued enum; the validated day count goes straight to the L1.
-    group.node.default_child.retention_in_days = config.log_retention_days
+    group.node.default_child.retention_in_days = env.log_retention_days
     return group

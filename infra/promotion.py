@@ -17,7 +17,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 
-from infra.config import EnvironmentConfig
+from infra.props import PromotionProps
 from loraops import s3_layout
 
 #: What promotions read in the source: the prefixes registered packages point at.
@@ -41,12 +41,8 @@ OUTSIDE_VPC = (
 )
 
 
-def _groups(config: EnvironmentConfig) -> list[str]:
-    return [config.base_group, *(line.group_name(config.base_model_id) for line in config.fine_tuned_lines)]
-
-
-def promote_environment(config: EnvironmentConfig) -> dict[str, str]:
-    source = config.promotion_source
+def promote_environment(props: PromotionProps) -> dict[str, str]:
+    source = props.source
     assert source is not None
     return {
         "SOURCE_ENVIRONMENT": source.name,
@@ -56,13 +52,13 @@ def promote_environment(config: EnvironmentConfig) -> dict[str, str]:
     }
 
 
-def promote_statements(stack: cdk.Stack, config: EnvironmentConfig) -> list[iam.PolicyStatement]:
+def promote_statements(stack: cdk.Stack, props: PromotionProps) -> list[iam.PolicyStatement]:
     """The promote function's own statements (the registration stack adds the registering ones)."""
-    source = config.promotion_source
+    source = props.source
     assert source is not None
     partition = stack.partition
     source_bucket = f"arn:{partition}:s3:::{source.bucket}"
-    own_bucket = f"arn:{partition}:s3:::{config.artifact_bucket_name}"
+    own_bucket = f"arn:{partition}:s3:::{props.artifact_bucket_name}"
     return [
         iam.PolicyStatement(
             sid="ReadPromotionSource",
@@ -80,7 +76,7 @@ def promote_statements(stack: cdk.Stack, config: EnvironmentConfig) -> list[iam.
             actions=["sagemaker:DescribeModelPackage"],
             resources=[
                 f"arn:{partition}:sagemaker:{source.region}:{source.account}:model-package/{group}/*"
-                for group in _groups(config)
+                for group in props.groups
             ],
         ),
         iam.PolicyStatement(
@@ -103,18 +99,18 @@ def promote_statements(stack: cdk.Stack, config: EnvironmentConfig) -> list[iam.
     ]
 
 
-def _promoters(stack: cdk.Stack, config: EnvironmentConfig) -> tuple[list[iam.IPrincipal], dict]:
+def _promoters(stack: cdk.Stack, props: PromotionProps) -> tuple[list[iam.IPrincipal], dict]:
     """The target accounts as principals, and the condition naming their promote roles."""
-    targets = config.promotion_targets
+    targets = props.targets
     roles = [f"arn:{stack.partition}:iam::{t.account}:role/{t.promote_role_name}" for t in targets]
     accounts = sorted({t.account for t in targets})
     return [iam.AccountPrincipal(a) for a in accounts], {"ArnEquals": {"aws:PrincipalArn": roles}}
 
 
-def grant_promotion_reads(stack: cdk.Stack, config: EnvironmentConfig, bucket: s3.Bucket, key: kms.Key) -> None:
+def grant_promotion_reads(stack: cdk.Stack, props: PromotionProps, bucket: s3.Bucket, key: kms.Key) -> None:
     """Source side: the targets' promote roles may read the registered prefixes of ``bucket`` (through S3 with
     ``key``), nothing else."""
-    principals, named = _promoters(stack, config)
+    principals, named = _promoters(stack, props)
     bucket.add_to_resource_policy(
         iam.PolicyStatement(
             sid="PromotionReadsRegisteredPrefixes",
@@ -142,21 +138,21 @@ def grant_promotion_reads(stack: cdk.Stack, config: EnvironmentConfig, bucket: s
             conditions={
                 **named,
                 "StringEquals": {
-                    "kms:ViaService": f"s3.{config.region}.amazonaws.com",
+                    "kms:ViaService": f"s3.{props.region}.amazonaws.com",
                     # S3 Bucket Keys: the encryption context is the bucket's ARN
-                    "kms:EncryptionContext:aws:s3:arn": f"arn:{stack.partition}:s3:::{config.artifact_bucket_name}",
+                    "kms:EncryptionContext:aws:s3:arn": f"arn:{stack.partition}:s3:::{props.artifact_bucket_name}",
                 },
             },
         )
     )
 
 
-def group_policy(stack: cdk.Stack, config: EnvironmentConfig, group: str) -> dict | None:
+def group_policy(stack: cdk.Stack, props: PromotionProps, group: str) -> dict | None:
     """Source side: the resource policy of package group ``group`` letting the targets' promote roles describe its
     packages; ``None`` where no environment promotes from this one."""
-    if not config.promotion_targets:
+    if not props.targets:
         return None
-    principals, named = _promoters(stack, config)
+    principals, named = _promoters(stack, props)
     statement = iam.PolicyStatement(
         sid="PromotionDescribesPackages",
         principals=principals,

@@ -9,9 +9,9 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from infra.config import EnvironmentConfig
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, acknowledge_cdk_provider
+from infra.props import EnvironmentBasics, Placement
 
 #: Interface endpoints a VPC-only Studio domain and in-VPC training/serving need (no internet route).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
@@ -54,32 +54,30 @@ POLICY_ENDPOINTS = frozenset(
 HTTPS = ec2.Port.tcp(443)
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where workloads run: the VPC, its isolated subnets and the workload security group."""
+@dataclass(frozen=True, kw_only=True)
+class NetworkProps(EnvironmentBasics):
+    """The VPC's range and zones; whether endpoint policies confine the VPC's endpoints (S3: to the artifact
+    bucket)."""
 
-    vpc: ec2.IVpc
-    subnets: list[ec2.ISubnet]
-    security_group: ec2.ISecurityGroup
-
-    @property
-    def vpc_arn(self) -> str:
-        return cdk.Stack.of(self.vpc).format_arn(service="ec2", resource="vpc", resource_name=self.vpc.vpc_id)
+    availability_zones: tuple[str, ...]
+    vpc_cidr: str
+    endpoint_policies: bool
+    artifact_bucket_name: str
 
 
 class NetworkStack(cdk.Stack):
     """VPC with isolated subnets only; AWS services are reached through VPC endpoints."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
-        self._zones = list(config.availability_zones)
+    def __init__(self, scope: Construct, construct_id: str, *, props: NetworkProps, **kwargs) -> None:
+        self._zones = list(props.availability_zones)
         super().__init__(scope, construct_id, **kwargs)
 
-        flow_log_group = encrypted_log_group(self, "FlowLogs", config, "flow-logs")
+        flow_log_group = encrypted_log_group(self, "FlowLogs", props, "flow-logs")
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
-            ip_addresses=ec2.IpAddresses.cidr(config.vpc_cidr),
-            availability_zones=config.availability_zones,
+            ip_addresses=ec2.IpAddresses.cidr(props.vpc_cidr),
+            availability_zones=self._zones,
             nat_gateways=0,
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=20)
@@ -126,7 +124,7 @@ class NetworkStack(cdk.Stack):
             description="Interface VPC endpoints of loraops",
             allow_all_outbound=False,
         )
-        endpoint_security_group.add_ingress_rule(ec2.Peer.ipv4(config.vpc_cidr), HTTPS, "HTTPS from the VPC")
+        endpoint_security_group.add_ingress_rule(ec2.Peer.ipv4(props.vpc_cidr), HTTPS, "HTTPS from the VPC")
 
         for name, service in INTERFACE_ENDPOINTS.items():
             endpoint = self.vpc.add_interface_endpoint(
@@ -137,7 +135,7 @@ class NetworkStack(cdk.Stack):
                 private_dns_enabled=True,
                 open=False,
             )
-            if config.endpoint_policies and name in POLICY_ENDPOINTS:
+            if props.endpoint_policies and name in POLICY_ENDPOINTS:
                 endpoint.add_to_policy(self._only_this_account("*", ["*"]))
         # the registration function's idempotency table
         self.dynamodb_endpoint = self.vpc.add_gateway_endpoint(
@@ -145,11 +143,11 @@ class NetworkStack(cdk.Stack):
             service=ec2.GatewayVpcEndpointAwsService.DYNAMODB,
             subnets=[ec2.SubnetSelection(subnets=self.subnets.subnets)],
         )
-        if config.endpoint_policies:
+        if props.endpoint_policies:
             self.dynamodb_endpoint.add_to_policy(
                 self._only_this_account(
                     "dynamodb:*",
-                    [self.format_arn(service="dynamodb", resource="table", resource_name=f"{config.prefix}-*")],
+                    [self.format_arn(service="dynamodb", resource="table", resource_name=f"{props.prefix}-*")],
                 )
             )
         self.s3_endpoint = self.vpc.add_gateway_endpoint(
@@ -158,8 +156,8 @@ class NetworkStack(cdk.Stack):
             subnets=[ec2.SubnetSelection(subnets=self.subnets.subnets)],
         )
 
-        if config.endpoint_policies:
-            self._limit_s3_endpoint(config)
+        if props.endpoint_policies:
+            self._limit_s3_endpoint(props)
         self._acknowledge_default_security_group_provider()
 
     def _only_this_account(self, actions: str | list[str], resources: list[str]) -> iam.PolicyStatement:
@@ -170,10 +168,10 @@ class NetworkStack(cdk.Stack):
             conditions={"StringEquals": {"aws:PrincipalAccount": self.account}},
         )
 
-    def _limit_s3_endpoint(self, config: EnvironmentConfig) -> None:
+    def _limit_s3_endpoint(self, props: NetworkProps) -> None:
         """Through the VPC, S3 reaches the loraops buckets (with this account's credentials only) and the ECR
         layer bucket of the region (image pulls), nothing else."""
-        buckets = [config.artifact_bucket_name]
+        buckets = [props.artifact_bucket_name]
         self.s3_endpoint.add_to_policy(
             self._only_this_account(
                 "s3:*", [f"arn:{self.partition}:s3:::{b}{suffix}" for b in buckets for suffix in ("", "/*")]
@@ -183,7 +181,7 @@ class NetworkStack(cdk.Stack):
             iam.PolicyStatement(
                 principals=[iam.AnyPrincipal()],
                 actions=["s3:GetObject"],
-                resources=[f"arn:{self.partition}:s3:::prod-{config.region}-starport-layer-bucket/*"],
+                resources=[f"arn:{self.partition}:s3:::prod-{props.region}-starport-layer-bucket/*"],
             )
         )
 

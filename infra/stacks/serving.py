@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import aws_cdk as cdk
@@ -25,10 +26,12 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra.config import ConfigError, EnvironmentConfig
+from infra.config import ConfigError, FineTunedLine, ServingConfig
 from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
-from infra.stacks.network import Placement
+from infra.parts import policies
+from infra.parts.instances import has_local_nvme
+from infra.props import EnvironmentBasics, Placement
 from loraops import endpoints, s3_layout
 from loraops.images import image_uri
 from loraops.naming import OutputMode
@@ -36,8 +39,6 @@ from loraops.naming import OutputMode
 SERVING_CONTAINER = REPO_ROOT / "serving_container"
 #: The DJL entry module the loraops image installs (serving_container/Dockerfile).
 DJL_ENTRY_MODULE = "loraops_djl_model"
-#: Instance families with local NVMe instance storage: SageMaker refuses a volume KMS key on them.
-NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "inf2", "trn1")
 
 
 _G_SIZES = {"xlarge": 1, "2xlarge": 1, "4xlarge": 1, "8xlarge": 1, "16xlarge": 1, "12xlarge": 4, "24xlarge": 4}
@@ -59,27 +60,22 @@ def accelerators(instance_type: str) -> int:
     )
 
 
-def component_capacity(config: EnvironmentConfig) -> int:
+def component_capacity(props: ServingProps) -> int:
     """The most base-component copies the endpoint can hold next to one copy per merged line (each with the base's
     compute, deploy-on-approval's merged component); :class:`ConfigError` when not even ``min_instances`` fit."""
-    serving = config.serving
+    serving = props.serving
     assert serving is not None
-    per_instance = accelerators(config.serving_instance_type) // serving.accelerators_per_copy
-    merged = sum(1 for line in config.fine_tuned_lines if line.mode is OutputMode.MERGED)
+    per_instance = accelerators(props.serving_instance_type) // serving.accelerators_per_copy
+    merged = sum(1 for line in props.fine_tuned_lines if line.mode is OutputMode.MERGED)
     slots = per_instance * serving.max_instances
     if slots - merged < serving.min_instances:
         raise ConfigError(
-            f"{config.name}.serving: {serving.min_instances} base cop{'y' if serving.min_instances == 1 else 'ies'} "
+            f"{props.name}.serving: {serving.min_instances} base cop{'y' if serving.min_instances == 1 else 'ies'} "
             f"and {merged} merged component(s) need {serving.min_instances + merged} copies of "
             f"{serving.accelerators_per_copy} accelerator(s), but max_instances {serving.max_instances} of "
-            f"{config.serving_instance_type} hold {slots}: raise serving.max_instances in cdk.json"
+            f"{props.serving_instance_type} hold {slots}: raise serving.max_instances in cdk.json"
         )
     return slots - merged
-
-
-def has_local_nvme(instance_type: str) -> bool:
-    family = instance_type.split(".")[1]
-    return family in NVME_FAMILIES or family.endswith("d")
 
 
 def from_api(resource: cdk.CfnResource, request: dict[str, Any]) -> cdk.CfnResource:
@@ -91,20 +87,32 @@ def from_api(resource: cdk.CfnResource, request: dict[str, Any]) -> cdk.CfnResou
     return resource
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServingProps(EnvironmentBasics):
+    """The endpoint's settings and instance type, the role and bucket its model uses, the fine-tuned lines (merged
+    lines each take a component's compute)."""
+
+    serving: ServingConfig
+    serving_instance_type: str
+    fine_tuned_lines: tuple[FineTunedLine, ...]
+    execution_role_name: str
+    artifact_bucket_name: str
+
+
 class ServingStack(cdk.Stack):
     def __init__(
         self,
         scope: Construct,
         construct_id: str,
         *,
-        config: EnvironmentConfig,
+        props: ServingProps,
         key: kms.IKey,
         placement: Placement,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        assert config.serving is not None
-        serving, prefix = config.serving, config.prefix
+        assert props.serving is not None
+        serving, prefix = props.serving, props.prefix
         self.endpoint_name = endpoints.endpoint_name(prefix)
         served = cdk.CfnParameter(
             self,
@@ -113,8 +121,8 @@ class ServingStack(cdk.Stack):
             default=endpoints.served_model_parameter(prefix),
             description="SSM parameter with the S3 key prefix the endpoint serves (set by `loraops serve pin`)",
         )
-        role_arn = self.format_arn(service="iam", region="", resource="role", resource_name=config.execution_role_name)
-        bucket = config.artifact_bucket_name
+        role_arn = policies.role_arn(self, props.execution_role_name)
+        bucket = props.artifact_bucket_name
         network = {
             "VpcConfig": {
                 "SecurityGroupIds": [placement.security_group.security_group_id],
@@ -126,7 +134,7 @@ class ServingStack(cdk.Stack):
             sagemaker.CfnModel(self, "Model", execution_role_arn=role_arn),
             {
                 "PrimaryContainer": {
-                    "Image": self._image(config),
+                    "Image": self._image(props),
                     "Environment": self._environment(serving.engine),
                     "ModelDataSource": {
                         "S3DataSource": {
@@ -142,10 +150,10 @@ class ServingStack(cdk.Stack):
             },
         )
         components = serving.mode == "inference-components"
-        self.max_base_copies = component_capacity(config) if components else None
+        self.max_base_copies = component_capacity(props) if components else None
         variant: dict[str, Any] = {
             "VariantName": endpoints.VARIANT,
-            "InstanceType": config.serving_instance_type,
+            "InstanceType": props.serving_instance_type,
             "InitialInstanceCount": serving.min_instances,
             "ModelDataDownloadTimeoutInSeconds": 1800,
             "ContainerStartupHealthCheckTimeoutInSeconds": 1800,
@@ -172,18 +180,18 @@ class ServingStack(cdk.Stack):
                 "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
             },
         }
-        if not has_local_nvme(config.serving_instance_type):
+        if not has_local_nvme(props.serving_instance_type):
             config_request["KmsKeyId"] = key.key_arn
         if components:  # no model in the variant: the endpoint itself needs the role and the network
             config_request |= {"ExecutionRoleArn": role_arn, **network}
         self.endpoint_config = from_api(
             sagemaker.CfnEndpointConfig(self, "EndpointConfig", production_variants=[]), config_request
         )
-        if has_local_nvme(config.serving_instance_type):
+        if has_local_nvme(props.serving_instance_type):
             skip_checkov(
                 self.endpoint_config,
                 {
-                    "CKV_AWS_98": f"{config.serving_instance_type} has local NVMe storage: SageMaker refuses a "
+                    "CKV_AWS_98": f"{props.serving_instance_type} has local NVMe storage: SageMaker refuses a "
                     "volume KMS key there and encrypts that storage itself."
                 },
             )
@@ -216,7 +224,7 @@ class ServingStack(cdk.Stack):
                     "RuntimeConfig": {"CopyCount": serving.min_instances},
                 },
             )
-        self._autoscaling(config)
+        self._autoscaling(props)
         cdk.CfnOutput(self, "EndpointName", value=self.endpoint_name)
 
     @staticmethod
@@ -226,9 +234,9 @@ class ServingStack(cdk.Stack):
             environment["OPTION_ENTRYPOINT"] = DJL_ENTRY_MODULE
         return environment
 
-    def _image(self, config: EnvironmentConfig) -> str:
-        base = image_uri("serving", config.region)
-        if config.serving.engine == "vllm":
+    def _image(self, props: ServingProps) -> str:
+        base = image_uri("serving", props.region)
+        if props.serving.engine == "vllm":
             return base
         return repository_image(self, "ServingImage", SERVING, base).image_uri
 
@@ -270,10 +278,10 @@ class ServingStack(cdk.Stack):
             for construct_id, name, metric, statistic, threshold, (periods, datapoints), what in specs
         ]
 
-    def _autoscaling(self, config: EnvironmentConfig) -> None:
-        serving = config.serving
+    def _autoscaling(self, props: ServingProps) -> None:
+        serving = props.serving
         if self.base_component is not None:
-            resource = f"inference-component/{endpoints.base_component_name(config.prefix)}"
+            resource = f"inference-component/{endpoints.base_component_name(props.prefix)}"
             dimension, metric = (
                 "sagemaker:inference-component:DesiredCopyCount",
                 autoscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -10,23 +12,30 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra import execution_role, promotion
-from infra.config import EnvironmentConfig
 from infra.nag import acknowledge, acknowledge_cdk_provider, skip_checkov
+from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops import s3_layout
 
 INCOMPLETE_UPLOAD_DAYS = 7
 
 
-def removal_policy(config: EnvironmentConfig) -> cdk.RemovalPolicy:
-    """destroy, or retain except when the resource's own creation is rolled back (CloudFormation
-    ``RetainExceptOnCreate``): a failed first deploy leaves no retained bucket or key to block the next one."""
-    if config.removal_policy == "destroy":
-        return cdk.RemovalPolicy.DESTROY
-    return cdk.RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
-
-
 #: Object-level actions that ``vpc_endpoint_only_bucket_access`` confines to the VPC's S3 endpoint.
 OBJECT_ACTIONS = ["s3:GetObject*", "s3:PutObject*", "s3:DeleteObject*", "s3:ListBucket*", "s3:RestoreObject"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageProps(EnvironmentBasics):
+    """The bucket and its lifecycle, the roles its VPC-only policy exempts by name, and the promotion grants."""
+
+    account: str
+    artifact_bucket_name: str
+    noncurrent_version_days: int
+    vpc_endpoint_only_bucket_access: bool
+    execution_role_name: str
+    import_base_role_name: str
+    promote_role_name: str
+    dataset_upload_role_name: str
+    promotion: PromotionProps
 
 
 class StorageStack(cdk.Stack):
@@ -37,19 +46,19 @@ class StorageStack(cdk.Stack):
         scope: Construct,
         construct_id: str,
         *,
-        config: EnvironmentConfig,
+        props: StorageProps,
         s3_endpoint: ec2.IGatewayVpcEndpoint,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        policy = removal_policy(config)
-        destroy = config.removal_policy == "destroy"
+        policy = removal_policy(props)
+        destroy = props.removal_policy == "destroy"
 
         self.key = kms.Key(
             self,
             "ArtifactKey",
-            alias=f"alias/{config.prefix}-artifacts",
-            description=f"loraops {config.name}: model artifacts, datasets and Studio storage",
+            alias=f"alias/{props.prefix}-artifacts",
+            description=f"loraops {props.name}: model artifacts, datasets and Studio storage",
             enable_key_rotation=True,
             removal_policy=policy,
         )
@@ -66,7 +75,7 @@ class StorageStack(cdk.Stack):
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-access-logs",
-                    expiration=cdk.Duration.days(config.log_retention_days),
+                    expiration=cdk.Duration.days(props.log_retention_days),
                     noncurrent_version_expiration=cdk.Duration.days(1),
                 )
             ],
@@ -86,7 +95,7 @@ class StorageStack(cdk.Stack):
         self.bucket = s3.Bucket(
             self,
             "ArtifactBucket",
-            bucket_name=config.artifact_bucket_name,
+            bucket_name=props.artifact_bucket_name,
             encryption=s3.BucketEncryption.KMS,
             encryption_key=self.key,
             bucket_key_enabled=True,
@@ -99,7 +108,7 @@ class StorageStack(cdk.Stack):
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="expire-noncurrent-versions",
-                    noncurrent_version_expiration=cdk.Duration.days(config.noncurrent_version_days),
+                    noncurrent_version_expiration=cdk.Duration.days(props.noncurrent_version_days),
                 ),
                 s3.LifecycleRule(
                     id="abort-incomplete-uploads",
@@ -109,19 +118,19 @@ class StorageStack(cdk.Stack):
             removal_policy=policy,
             auto_delete_objects=destroy,
         )
-        self._write_once_registered_artifacts(config)
-        self._write_once_finetune_versions(config)
-        if config.vpc_endpoint_only_bucket_access:
-            self._confine_objects_to_the_vpc(config, s3_endpoint)
-            self.dataset_upload_role = self._dataset_upload_role(config)
-        if config.promotion_targets:
-            promotion.grant_promotion_reads(self, config, self.bucket, self.key)
+        self._write_once_registered_artifacts(props)
+        self._write_once_finetune_versions(props)
+        if props.vpc_endpoint_only_bucket_access:
+            self._confine_objects_to_the_vpc(props, s3_endpoint)
+            self.dataset_upload_role = self._dataset_upload_role(props)
+        if props.promotion.targets:
+            promotion.grant_promotion_reads(self, props.promotion, self.bucket, self.key)
         if destroy:
             self._acknowledge_auto_delete_provider()
         cdk.CfnOutput(self, "ArtifactBucketName", value=self.bucket.bucket_name)
         cdk.CfnOutput(self, "ArtifactKeyArn", value=self.key.key_arn)
 
-    def _write_once_registered_artifacts(self, config: EnvironmentConfig) -> None:
+    def _write_once_registered_artifacts(self, props: StorageProps) -> None:
         """What registered packages point at cannot change, whoever asks (the bucket policy binds every role the
         stacks create, and any other):
 
@@ -148,8 +157,8 @@ class StorageStack(cdk.Stack):
             )
         )
         conditions = {}
-        if config.removal_policy == "destroy":
-            teardown = f"arn:{self.partition}:iam::{config.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
+        if props.removal_policy == "destroy":
+            teardown = f"arn:{self.partition}:iam::{props.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
             conditions = {"ArnNotLike": {"aws:PrincipalArn": teardown}}
         self.bucket.add_to_resource_policy(
             iam.PolicyStatement(
@@ -162,7 +171,7 @@ class StorageStack(cdk.Stack):
             )
         )
 
-    def _write_once_finetune_versions(self, config: EnvironmentConfig) -> None:
+    def _write_once_finetune_versions(self, props: StorageProps) -> None:
         """Registered fine-tune versions (``finetuned/``: the registration copies a job's files there, server-side,
         and the package points there) are written once and never deleted, whoever asks: S3 refuses to replace a key
         written with ``If-None-Match: *``, so what an approved package serves cannot change even though the job's
@@ -181,7 +190,7 @@ class StorageStack(cdk.Stack):
                 conditions={"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}},
             )
         )
-        teardown = f"arn:{self.partition}:iam::{config.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
+        teardown = f"arn:{self.partition}:iam::{props.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
         self.bucket.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="NeverDeleteFineTuneVersions",
@@ -190,21 +199,21 @@ class StorageStack(cdk.Stack):
                 actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
                 resources=versions,
                 conditions=(
-                    {"ArnNotLike": {"aws:PrincipalArn": teardown}} if config.removal_policy == "destroy" else None
+                    {"ArnNotLike": {"aws:PrincipalArn": teardown}} if props.removal_policy == "destroy" else None
                 ),
             )
         )
 
-    def _confine_objects_to_the_vpc(self, config: EnvironmentConfig, s3_endpoint: ec2.IGatewayVpcEndpoint) -> None:
+    def _confine_objects_to_the_vpc(self, props: StorageProps, s3_endpoint: ec2.IGatewayVpcEndpoint) -> None:
         """Objects are reached only through the VPC's S3 endpoint, except by roles named here: the SageMaker execution
         role, which SageMaker also uses from its own network (model downloads for endpoints, job output uploads); the
         import-base function's (it reaches the Hub, and the VPC has no route to the internet); the promote function's
         (the source environment's registry and bucket may be in another region); the dataset-upload role operators
         assume to put training data under ``datasets/`` and nowhere else."""
-        names = [config.execution_role_name, config.import_base_role_name, config.dataset_upload_role_name]
-        if config.promotion_source:
-            names.append(config.promote_role_name)
-        exempt = [f"arn:{self.partition}:iam::{config.account}:role/{name}" for name in names]
+        names = [props.execution_role_name, props.import_base_role_name, props.dataset_upload_role_name]
+        if props.promotion.source:
+            names.append(props.promote_role_name)
+        exempt = [f"arn:{self.partition}:iam::{props.account}:role/{name}" for name in names]
         self.bucket.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="ObjectsOnlyThroughTheVpcEndpoint",
@@ -219,17 +228,17 @@ class StorageStack(cdk.Stack):
             )
         )
 
-    def _dataset_upload_role(self, config: EnvironmentConfig) -> iam.Role:
+    def _dataset_upload_role(self, props: StorageProps) -> iam.Role:
         """Operators upload datasets to a VPC-only bucket with this role (``aws s3 cp`` from anywhere): it may put
         objects under ``datasets/`` and list that prefix, nothing else. Whoever the account's IAM lets assume it may."""
         role = iam.Role(
             self,
             "DatasetUploadRole",
-            role_name=config.dataset_upload_role_name,
+            role_name=props.dataset_upload_role_name,
             assumed_by=iam.AccountRootPrincipal(),
-            description=f"loraops {config.name}: uploads training data under datasets/ from outside the VPC",
+            description=f"loraops {props.name}: uploads training data under datasets/ from outside the VPC",
         )
-        bucket = f"arn:{self.partition}:s3:::{config.artifact_bucket_name}"
+        bucket = f"arn:{self.partition}:s3:::{props.artifact_bucket_name}"
         statements = [
             iam.PolicyStatement(
                 sid="UploadDatasets",

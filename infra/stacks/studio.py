@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -10,10 +12,21 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra import execution_role
-from infra.config import EnvironmentConfig
 from infra.nag import acknowledge
-from infra.stacks.network import Placement
+from infra.props import EnvironmentBasics, Placement
 from infra.stacks.training import trainer_image_parameter, training_base_image
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudioProps(EnvironmentBasics):
+    """The execution role's name, bucket and instance types; user profiles; whether packages approve themselves."""
+
+    artifact_bucket_name: str
+    execution_role_name: str
+    auto_approve: bool
+    allowed_instance_types: tuple[str, ...]
+    studio_instance_types: tuple[str, ...]
+    user_profiles: tuple[str, ...]
 
 
 class StudioStack(cdk.Stack):
@@ -24,19 +37,19 @@ class StudioStack(cdk.Stack):
         scope: Construct,
         construct_id: str,
         *,
-        config: EnvironmentConfig,
+        props: StudioProps,
         key: kms.IKey,
         placement: Placement,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         # Imported by name (not by reference) so every policy ARN is a literal nag can match exactly.
-        bucket = s3.Bucket.from_bucket_name(self, "ArtifactBucket", config.artifact_bucket_name)
+        bucket = s3.Bucket.from_bucket_name(self, "ArtifactBucket", props.artifact_bucket_name)
 
         self.role = iam.Role(
             self,
             "ExecutionRole",
-            role_name=config.execution_role_name,
+            role_name=props.execution_role_name,
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description="loraops: Studio users, training jobs and endpoints",
         )
@@ -44,15 +57,15 @@ class StudioStack(cdk.Stack):
             *execution_role.bucket_statements(bucket),
             *execution_role.key_statements(key),
             *execution_role.collection_statements(self),
-            *execution_role.approval_statements(manual_approval=not config.auto_approve),
+            *execution_role.approval_statements(manual_approval=not props.auto_approve),
             *execution_role.job_statements(
                 self,
                 self.role.role_arn,
                 vpc_arn=placement.vpc_arn,
                 trainer_image_parameter_arn=self.format_arn(
-                    service="ssm", resource="parameter", resource_name=trainer_image_parameter(config.prefix)[1:]
+                    service="ssm", resource="parameter", resource_name=trainer_image_parameter(props.prefix)[1:]
                 ),
-                dlc_account=training_base_image(config.region).split(".", 1)[0],
+                dlc_account=training_base_image(props.region).split(".", 1)[0],
             ),
             *execution_role.sagemaker_statements(
                 self,
@@ -60,9 +73,9 @@ class StudioStack(cdk.Stack):
                     [s.subnet_id for s in placement.subnets],
                     [placement.security_group.security_group_id],
                     key.key_arn,
-                    config.allowed_instance_types,
+                    list(props.allowed_instance_types),
                 ),
-                config.studio_instance_types,
+                list(props.studio_instance_types),
             ),
             *execution_role.serving_guard_statements(),
         ]
@@ -73,7 +86,7 @@ class StudioStack(cdk.Stack):
         self.domain = sagemaker.CfnDomain(
             self,
             "Domain",
-            domain_name=config.prefix,
+            domain_name=props.prefix,
             auth_mode="IAM",
             app_network_access_type="VpcOnly",
             vpc_id=placement.vpc.vpc_id,
@@ -91,7 +104,7 @@ class StudioStack(cdk.Stack):
             app_security_group_management="Service",
         )
         self.domain.node.add_dependency(policy)
-        for profile in config.user_profiles:
+        for profile in props.user_profiles:
             sagemaker.CfnUserProfile(
                 self,
                 f"User-{profile}",

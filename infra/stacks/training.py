@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 
 import aws_cdk as cdk
-from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from infra.config import EnvironmentConfig
 from infra.image_build import REPO_ROOT, TRAINER, repository_image
+from infra.parts.outputs import published_output
+from infra.props import EnvironmentBasics
 from loraops.images import image_uri
 
 
@@ -32,25 +33,30 @@ def training_base_image(region: str) -> str:
     return image_uri("training", region)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainingProps(EnvironmentBasics):
+    """The trainer image is built for ``region``'s training base image and published under ``prefix``."""
+
+
 class TrainingStack(cdk.Stack):
     """The trainer image asset, published under an SSM parameter; `cdk deploy` builds and pushes the image
     (synth only stages the build context)."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, props: TrainingProps, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.image = repository_image(
             self,
             "TrainerImage",
             TRAINER,
-            training_base_image(config.region),
+            training_base_image(props.region),
             LORAOPS_GIT_SHA=source_commit(),
         )
         # Where the fine-tune workflow and Studio users find the image to start training jobs with.
-        self.image_parameter = ssm.StringParameter(
+        self.image_parameter = published_output(
             self,
             "TrainerImageUriParameter",
-            parameter_name=trainer_image_parameter(config.prefix),
-            string_value=self.image.image_uri,
+            "TrainerImageUri",
+            parameter_name=trainer_image_parameter(props.prefix),
+            value=self.image.image_uri,
             description="loraops QLoRA trainer image (built from training_container/ by cdk deploy)",
         )
-        cdk.CfnOutput(self, "TrainerImageUri", value=self.image.image_uri)

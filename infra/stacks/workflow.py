@@ -5,20 +5,21 @@ execution notifies the environment's alarm topic."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra import alarms, execution_role
-from infra.config import EnvironmentConfig
 from infra.logs import encrypted_log_group
 from infra.nag import acknowledge, ignore_redundant_role_dependency
-from infra.stacks.network import Placement
+from infra.parts.outputs import published_output
+from infra.parts.policies import pass_role_statement, role_arn
+from infra.props import Alerting, Placement
 from infra.workflow import WorkflowSettings, definition
 
 #: Why each statement of the workflow's policy that holds a wildcard needs it.
@@ -39,25 +40,32 @@ def workflow_parameter(prefix: str) -> str:
     return f"/{prefix}/finetune-workflow-arn"
 
 
+@dataclass(frozen=True, kw_only=True)
+class WorkflowProps(Alerting):
+    """The execution role the jobs run as, the instance types they may ask for, the base model's group."""
+
+    execution_role_name: str
+    allowed_instance_types: tuple[str, ...]
+    base_group: str
+
+
 class WorkflowStack(cdk.Stack):
     def __init__(
         self,
         scope: Construct,
         construct_id: str,
         *,
-        config: EnvironmentConfig,
+        props: WorkflowProps,
         key: kms.IKey,
         placement: Placement,
         trainer_image: str,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        execution_role_arn = self.format_arn(
-            service="iam", region="", resource="role", resource_name=config.execution_role_name
-        )
+        execution_role_arn = role_arn(self, props.execution_role_name)
         subnets = [subnet.subnet_id for subnet in placement.subnets]
         settings = WorkflowSettings(
-            environment=config.name,
+            environment=props.name,
             trainer_image=trainer_image,
             execution_role_arn=execution_role_arn,
             key_arn=key.key_arn,
@@ -68,19 +76,19 @@ class WorkflowStack(cdk.Stack):
             self,
             "WorkflowRole",
             assumed_by=iam.ServicePrincipal("states.amazonaws.com"),
-            description=f"loraops {config.name}: the fine-tune workflow",
+            description=f"loraops {props.name}: the fine-tune workflow",
         )
-        statements = self._statements(config, key, execution_role_arn, subnets, settings.security_group_ids)
+        statements = self._statements(props, key, execution_role_arn, subnets, settings.security_group_ids)
         policy = iam.Policy(self, "WorkflowPolicy", statements=statements)
         policy.attach_to_role(self.role)
         for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
             acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
 
-        log_group = encrypted_log_group(self, "WorkflowLogs", config, "finetune-workflow")
+        log_group = encrypted_log_group(self, "WorkflowLogs", props, "finetune-workflow")
         self.state_machine = sfn.StateMachine(
             self,
             "FineTuneWorkflow",
-            state_machine_name=f"{config.prefix}-finetune",
+            state_machine_name=f"{props.prefix}-finetune",
             definition_body=sfn.DefinitionBody.from_string(json.dumps(definition(settings))),
             role=self.role,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
@@ -96,19 +104,19 @@ class WorkflowStack(cdk.Stack):
             f"{WILDCARD_REASONS['DeliverLogs']} {WILDCARD_REASONS['Tracing']}",
             "Resource::*",
         )
-        ssm.StringParameter(
+        published_output(
             self,
             "WorkflowArnParameter",
-            parameter_name=workflow_parameter(config.prefix),
-            string_value=self.state_machine.state_machine_arn,
+            "FineTuneWorkflowArn",
+            parameter_name=workflow_parameter(props.prefix),
+            value=self.state_machine.state_machine_arn,
             description="loraops fine-tune workflow (loraops finetune start)",
         )
-        cdk.CfnOutput(self, "FineTuneWorkflowArn", value=self.state_machine.state_machine_arn)
-        self._alarms(config)
+        self._alarms(props)
 
-    def _alarms(self, config: EnvironmentConfig) -> None:
+    def _alarms(self, props: WorkflowProps) -> None:
         """A fine-tune that fails or times out notifies the environment's alarm topic."""
-        topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarms.topic_arn(self, config))
+        topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarms.topic_arn(self, props))
         for construct_id, name, metric in (
             ("FailedAlarm", "finetune-failed", self.state_machine.metric_failed),
             ("TimedOutAlarm", "finetune-timed-out", self.state_machine.metric_timed_out),
@@ -116,7 +124,7 @@ class WorkflowStack(cdk.Stack):
             alarms.alarm(
                 self,
                 construct_id,
-                config,
+                props,
                 name,
                 "A fine-tune workflow execution failed or timed out (its execution history says where)",
                 metric(period=alarms.PERIOD, statistic="Sum"),
@@ -125,7 +133,7 @@ class WorkflowStack(cdk.Stack):
 
     def _statements(
         self,
-        config: EnvironmentConfig,
+        props: WorkflowProps,
         key: kms.IKey,
         execution_role_arn: str,
         subnets: list[str],
@@ -139,7 +147,7 @@ class WorkflowStack(cdk.Stack):
             iam.PolicyStatement(
                 sid="FindApprovedBase",
                 actions=["sagemaker:DescribeModelPackage"],
-                resources=[arn("model-package", f"{config.base_group}/*")],
+                resources=[arn("model-package", f"{props.base_group}/*")],
             ),
             iam.PolicyStatement(sid="ListModelPackages", actions=["sagemaker:ListModelPackages"], resources=["*"]),
             iam.PolicyStatement(
@@ -147,7 +155,7 @@ class WorkflowStack(cdk.Stack):
                 actions=["sagemaker:CreateTrainingJob"],
                 resources=[jobs],
                 conditions=execution_role.training_job_conditions(
-                    subnets, security_groups, key.key_arn, config.allowed_instance_types
+                    subnets, security_groups, key.key_arn, list(props.allowed_instance_types)
                 ),
             ),
             iam.PolicyStatement(sid="TagTrainingJobs", actions=["sagemaker:AddTags"], resources=[jobs]),
@@ -156,12 +164,7 @@ class WorkflowStack(cdk.Stack):
                 actions=["sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob"],
                 resources=[jobs],
             ),
-            iam.PolicyStatement(
-                sid="PassExecutionRole",
-                actions=["iam:PassRole"],
-                resources=[execution_role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-            ),
+            pass_role_statement("PassExecutionRole", execution_role_arn),
             iam.PolicyStatement(
                 sid="GrantArtifactKeyToTrainingJobs",
                 actions=["kms:CreateGrant"],

@@ -11,7 +11,7 @@ import json
 import pytest
 from aws_cdk.assertions import Template
 
-from infra.app_factory import build_app
+from infra.app_factory import build_app, serving_props
 from infra.config import ConfigError, load_environments
 from infra.stacks.serving import DJL_ENTRY_MODULE, accelerators, component_capacity
 from loraops import endpoints, s3_layout
@@ -288,7 +288,7 @@ def test_a_fleet_too_small_for_its_components_fails_synth_with_the_numbers(conte
     raw["dev"]["serving"]["max_instances"] = 1
     (config,) = load_environments(context_copy, selected="dev")
     with pytest.raises(ConfigError) as error:
-        component_capacity(config)
+        component_capacity(serving_props(config))
     assert str(error.value) == (
         "dev.serving: 1 base copy and 1 merged component(s) need 2 copies of 1 accelerator(s), but max_instances 1 "
         "of ml.g5.2xlarge hold 1: raise serving.max_instances in cdk.json"
