@@ -21,8 +21,7 @@ from infra.stacks.storage import StorageProps, StorageStack
 from infra.stacks.studio import StudioProps, StudioStack
 from infra.stacks.training import TrainingProps, TrainingStack
 from infra.stacks.workflow import WorkflowProps, WorkflowStack
-
-ENVIRONMENT_TAG = "loraops:environment"
+from loraops.naming import TAG_ENVIRONMENT
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class EnvironmentStacks:
 
         common = dict(
             env=env,
-            tags={ENVIRONMENT_TAG: config.name, **config.tags},
+            tags={TAG_ENVIRONMENT: config.name, **config.tags},
             termination_protection=config.termination_protection,
         )
         self.network = NetworkStack(app, name("network"), props=props.network, **common)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loraops.naming import TAG_PACKAGE_GROUP
+from loraops.naming import TAG_ENVIRONMENT, TAG_PACKAGE_GROUP
 
 POLL_SECONDS = 60
 TRAINER_CHECKPOINTS = "/opt/ml/checkpoints"
@@ -133,7 +133,7 @@ def _create_job(settings: WorkflowSettings, with_validation: bool) -> dict[str, 
             "EnableInterContainerTrafficEncryption": True,
             "Tags": [
                 {"Key": TAG_PACKAGE_GROUP, "Value.$": "$.package_group"},
-                {"Key": "loraops:environment", "Value": settings.environment},
+                {"Key": TAG_ENVIRONMENT, "Value": settings.environment},
             ],
         },
         "ResultPath": None,
