@@ -216,9 +216,7 @@ class Deployer:
         prefix."""
         name = endpoints.resource_name(self.target.prefix, package.group, str(package.version))
         container = {k: v for k, v in model["PrimaryContainer"].items() if k not in ("ModelDataUrl", "ModelDataSource")}
-        container["ModelDataSource"] = {
-            "S3DataSource": {"S3Uri": self._uri(package), "S3DataType": "S3Prefix", "CompressionType": "None"}
-        }
+        container["ModelDataSource"] = s3_layout.model_data_source(self._uri(package))
         request = {k: model[k] for k in ("ExecutionRoleArn", "VpcConfig", "EnableNetworkIsolation") if k in model}
         self.sagemaker.create_model(ModelName=name, PrimaryContainer=container, **request)
         return name

@@ -678,13 +678,7 @@ class Registry:
                 "Containers": [
                     {
                         "Image": self.image,
-                        "ModelDataSource": {
-                            "S3DataSource": {
-                                "S3Uri": s3_layout.s3_uri(self.bucket, prefix),
-                                "S3DataType": "S3Prefix",
-                                "CompressionType": "None",
-                            }
-                        },
+                        "ModelDataSource": s3_layout.model_data_source(s3_layout.s3_uri(self.bucket, prefix)),
                     }
                 ],
                 "SupportedContentTypes": ["application/json"],

@@ -25,6 +25,7 @@ Every prefix ends with ``/`` as ``ModelDataSource.S3DataSource`` (``S3Prefix``) 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from loraops.naming import OutputMode
 
@@ -121,3 +122,9 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+def model_data_source(uri: Any) -> dict[str, Any]:
+    """A container's ``ModelDataSource`` serving the uncompressed folder at ``uri`` (a prefix URI, or a CDK token for
+    one), as packages, models and the serving stack's model name it."""
+    return {"S3DataSource": {"S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}}

@@ -136,15 +136,9 @@ class ServingStack(cdk.Stack):
                 "PrimaryContainer": {
                     "Image": self._image(props),
                     "Environment": self._environment(serving.engine),
-                    "ModelDataSource": {
-                        "S3DataSource": {
-                            "S3Uri": cdk.Fn.sub(
-                                "s3://${Bucket}/${Prefix}", {"Bucket": bucket, "Prefix": served.value_as_string}
-                            ),
-                            "S3DataType": "S3Prefix",
-                            "CompressionType": "None",
-                        }
-                    },
+                    "ModelDataSource": s3_layout.model_data_source(
+                        cdk.Fn.sub("s3://${Bucket}/${Prefix}", {"Bucket": bucket, "Prefix": served.value_as_string})
+                    ),
                 },
                 **network,
             },
