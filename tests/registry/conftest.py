@@ -4,6 +4,7 @@ from the same naming and collection code the stacks use."""
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 from types import ModuleType
 
 import boto3
@@ -77,6 +78,25 @@ def create_environment(aws, approval: str, environment: str = ENVIRONMENT, bucke
         aws["sagemaker"].create_model_package_group(
             ModelPackageGroupName=name, Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
         )
+
+
+@pytest.fixture(scope="session")
+def adapter_output(tiny_base, tmp_path_factory) -> Path:
+    """A real trainer output (adapter) of the tiny base, made once: its manifest names that base's weights digest.
+    Tests that change it work on a copy."""
+    from loraops_trainer.cli import main
+    from tests.helpers import fast_args
+
+    out = tmp_path_factory.mktemp("job") / "model"
+    assert main(fast_args(tiny_base, out, max_steps=2, sample_generations=0)) == 0
+    return out
+
+
+def upload_folder(aws, folder: Path, prefix: str, bucket: str = BUCKET) -> None:
+    """Every file under ``folder`` to ``bucket`` under ``prefix``, as a job's output upload does."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            aws["s3"].upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
 
 
 @pytest.fixture

@@ -25,32 +25,16 @@ from loraops.base_import import LocalFolder, import_base
 from loraops.manifest import MANIFEST_FILE, content_digest, folder_weights_digest
 from loraops.naming import TAG_OUTPUT_MODE, OutputMode
 from loraops.registry import APPROVED, RegistryError
-from tests.helpers import fast_args
-from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, REGION
+from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, REGION, upload_folder
 from tests.registry.stand_ins import CallRecorder
 
 JOB = "loraops-adapter-1"
 BASE_GROUP = "meta-llama--Llama-2-7b-hf"
 
 
-@pytest.fixture(scope="module")
-def adapter_output(tiny_base, tmp_path_factory) -> Path:
-    from loraops_trainer.cli import main
-
-    out = tmp_path_factory.mktemp("job") / "model"
-    assert main(fast_args(tiny_base, out, max_steps=2, sample_generations=0)) == 0
-    return out
-
-
-def _upload(aws, folder: Path, prefix: str) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            aws["s3"].upload_file(str(path), BUCKET, prefix + path.relative_to(folder).as_posix())
-
-
 def _job(aws, folder: Path, job: str = JOB, mode: OutputMode = OutputMode.ADAPTER, group: str = ADAPTER_GROUP) -> str:
     prefix = s3_layout.model_prefix(mode, group, job)
-    _upload(aws, folder, prefix)
+    upload_folder(aws, folder, prefix)
     return prefix
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -13,26 +12,9 @@ from loraops.base_import import LocalFolder, import_base, upload_base
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, content_digest, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops.registry import APPROVED, PENDING, RegistryError
-from tests.helpers import fast_args
-from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID
+from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, upload_folder
 
 JOB = "loraops-dolly-adapter-1"
-
-
-@pytest.fixture(scope="module")
-def adapter_output(tiny_base, tmp_path_factory) -> Path:
-    """A real trainer output (adapter) of the tiny base: its manifest names that base's weights digest."""
-    from loraops_trainer.cli import main
-
-    out = tmp_path_factory.mktemp("job") / "model"
-    assert main(fast_args(tiny_base, out, max_steps=2, sample_generations=0)) == 0
-    return out
-
-
-def _upload(aws, folder: Path, prefix: str) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            aws["s3"].upload_file(str(path), BUCKET, prefix + str(path.relative_to(folder)))
 
 
 def _versions(aws, group: str) -> list[dict]:
@@ -85,7 +67,7 @@ def _approved_base(registry, tiny_base) -> str:
 def test_finetune_is_registered_with_its_lineage(registry, aws, tiny_base, adapter_output):
     base_arn = _approved_base(registry, tiny_base)
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
-    _upload(aws, adapter_output, prefix)
+    upload_folder(aws, adapter_output, prefix)
     package = registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     manifest = json.loads((adapter_output / MANIFEST_FILE).read_text())
     version = s3_layout.finetuned_prefix(ADAPTER_GROUP, content_digest(manifest["files"]))
@@ -108,7 +90,7 @@ def test_finetune_is_registered_with_its_lineage(registry, aws, tiny_base, adapt
 def test_finetune_of_an_unapproved_base_is_refused(registry, aws, tiny_base, adapter_output):
     import_base(registry, LocalFolder(tiny_base), MODEL_ID)  # registered, still pending
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
-    _upload(aws, adapter_output, prefix)
+    upload_folder(aws, adapter_output, prefix)
     with pytest.raises(RegistryError, match="match no approved base package; register and approve the base first"):
         registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     assert _versions(aws, ADAPTER_GROUP) == []
@@ -140,7 +122,7 @@ def test_a_missing_or_corrupt_output_registers_nothing(
     shutil.copytree(adapter_output, broken)
     damage(broken)
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
-    _upload(aws, broken, prefix)
+    upload_folder(aws, broken, prefix)
     with pytest.raises(RegistryError, match=message):
         registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     assert _versions(aws, ADAPTER_GROUP) == []
@@ -154,7 +136,7 @@ def test_a_finetune_of_another_base_is_refused_by_this_bases_group(registry, aws
     manifest["base_model_id"] = "other-org/other-model"
     (other / MANIFEST_FILE).write_text(json.dumps(manifest))
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
-    _upload(aws, other, prefix)
+    upload_folder(aws, other, prefix)
     with pytest.raises(RegistryError, match="the job's manifest names base other-org/other-model"):
         registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     assert _versions(aws, ADAPTER_GROUP) == []
@@ -163,7 +145,7 @@ def test_a_finetune_of_another_base_is_refused_by_this_bases_group(registry, aws
 def test_an_adapter_is_refused_by_a_merged_group(registry, aws, tiny_base, adapter_output):
     _approved_base(registry, tiny_base)
     prefix = s3_layout.model_prefix(OutputMode.MERGED, MERGED_GROUP, JOB)
-    _upload(aws, adapter_output, prefix)
+    upload_folder(aws, adapter_output, prefix)
     with pytest.raises(RegistryError, match=f"group {MERGED_GROUP} holds merged models, the job wrote adapter"):
         registry.register_finetune(MERGED_GROUP, prefix, JOB)
 
@@ -180,7 +162,7 @@ def adapter_version_key(aws, name: str) -> str:
 def test_tree_and_storage_report(registry, aws, tiny_base, adapter_output):
     _approved_base(registry, tiny_base)
     prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
-    _upload(aws, adapter_output, prefix)
+    upload_folder(aws, adapter_output, prefix)
     registry.register_finetune(ADAPTER_GROUP, prefix, JOB)
     (base,) = registry.tree()
     assert base["base"] == "meta-llama--Llama-2-7b-hf"
