@@ -5,6 +5,7 @@ hostile bodies get 4xx with a message."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -74,20 +75,33 @@ def test_a_request_whose_generation_fails_answers_500_json(server, engine):
     assert status == 500 and answer["error"] == "generation failed; see the server log"
 
 
-def test_a_dropped_stream_stops_generating_at_the_next_step_and_frees_the_engine(server, engine):
-    scheduler, real = engine.scheduler, engine.decode_step
-    assert scheduler.wait_for(scheduler.idle, 60)
+@contextlib.contextmanager
+def holding_decode_step(engine, step: int):
+    """The scheduler's worker held inside decode step ``step`` (1-based) until ``go`` is set; ``held`` is set once it
+    is there, ``steps`` counts the steps taken. On leaving, the worker is released and the engine's own step back."""
+    real = engine.decode_step
+    assert engine.scheduler.wait_for(engine.scheduler.idle, 60)
     held, go, steps = threading.Event(), threading.Event(), []
 
     def gated(batch, tokens):
         steps.append(len(tokens))
-        if len(steps) == 2:  # hold the worker inside a step while the client leaves
+        if len(steps) == step:
             held.set()
             assert go.wait(120)
         return real(batch, tokens)
 
     engine.decode_step = gated
     try:
+        yield held, go, steps
+    finally:
+        go.set()
+        del engine.decode_step
+
+
+def test_a_dropped_stream_stops_generating_at_the_next_step_and_frees_the_engine(server, engine):
+    scheduler = engine.scheduler
+    # the worker held inside step 2 while the client leaves
+    with holding_decode_step(engine, step=2) as (held, go, steps):
         connection, response = open_stream(server, {"inputs": PROMPT, "parameters": {"max_new_tokens": 400}})
         assert json.loads(response.readline())["token"]
         assert held.wait(60)
@@ -96,9 +110,6 @@ def test_a_dropped_stream_stops_generating_at_the_next_step_and_frees_the_engine
         assert ticket.cancelled.wait(60), "the front did not notice the client leaving"
         go.set()
         assert scheduler.wait_for(scheduler.idle, 60)
-    finally:
-        go.set()
-        del engine.decode_step
     assert ticket.outcome.status == 499 and len(steps) == 2  # it left at the first step boundary after the drop
     assert sum(engine.in_use.values()) == 0
 
@@ -206,19 +217,8 @@ def test_a_claimed_huge_body_is_refused_unread(server):
 
 
 def test_a_client_that_leaves_a_plain_request_stops_its_generation(server, engine):
-    scheduler, real = engine.scheduler, engine.decode_step
-    assert scheduler.wait_for(scheduler.idle, 60)
-    held, go, steps = threading.Event(), threading.Event(), []
-
-    def gated(batch, tokens):
-        steps.append(len(tokens))
-        if len(steps) == 1:
-            held.set()
-            assert go.wait(120)
-        return real(batch, tokens)
-
-    engine.decode_step = gated
-    try:
+    scheduler = engine.scheduler
+    with holding_decode_step(engine, step=1) as (held, go, steps):
         where = urllib.parse.urlsplit(server)
         connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
         connection.request(
@@ -230,9 +230,6 @@ def test_a_client_that_leaves_a_plain_request_stops_its_generation(server, engin
         assert ticket.cancelled.wait(60), "the front did not notice the client leaving"
         go.set()
         assert scheduler.wait_for(scheduler.idle, 60)
-    finally:
-        go.set()
-        del engine.decode_step
     assert ticket.outcome.status == 499 and len(steps) == 1
 
 
