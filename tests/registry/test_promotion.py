@@ -285,7 +285,8 @@ def test_the_copy_takes_the_verified_version_when_staging_changes_during_it(worl
     promotion.target.verify_content(adapter)
 
 
-def test_the_function_promotes_and_refuses_with_the_reason(world, monkeypatch):
+def _promote_function_environment(world, monkeypatch) -> None:
+    """The environment prod's stack gives the promote function, pointed at the emulator."""
     for key, value in dict(
         AWS_ENDPOINT_URL=world["emulator"],
         AWS_REGION=PROD_REGION,
@@ -297,6 +298,10 @@ def test_the_function_promotes_and_refuses_with_the_reason(world, monkeypatch):
         SOURCE_BUCKET=STAGING_BUCKET,
     ).items():
         monkeypatch.setenv(key, value)
+
+
+def test_the_function_promotes_and_refuses_with_the_reason(world, monkeypatch):
+    _promote_function_environment(world, monkeypatch)
     function = load_handler("promote")
     result = function.handler({"package_arn": world["base"].arn}, LambdaContext())
     assert result["promoted"] and result["status"] == PENDING and result["source_package_arn"] == world["base"].arn
@@ -335,17 +340,7 @@ def cli(world, monkeypatch, capsys):
     from loraops.cli import main
     from loraops.cli import promote as promote_cli
 
-    for key, value in dict(
-        AWS_ENDPOINT_URL=world["emulator"],
-        AWS_REGION=PROD_REGION,
-        ARTIFACT_BUCKET=PROD_BUCKET,
-        APPROVAL="manual",
-        SOURCE_ENVIRONMENT="staging",
-        SOURCE_ACCOUNT=STAGING.account,
-        SOURCE_REGION=STAGING.region,
-        SOURCE_BUCKET=STAGING_BUCKET,
-    ).items():
-        monkeypatch.setenv(key, value)
+    _promote_function_environment(world, monkeypatch)
     invoked: list = []
     function = _PromoteFunction(load_handler("promote"), invoked)
     monkeypatch.setattr(promote_cli, "lambda_client", lambda args: function)
