@@ -37,9 +37,9 @@ WILDCARD_REASONS: dict[str, str] = {
     "WriteSageMakerLogs": "SageMaker names log streams per job at run time under /aws/sagemaker/.",
     "PutMetrics": "PutMetricData supports no resource-level permissions; limited by a namespace condition.",
     "EcrLogin": "ecr:GetAuthorizationToken supports no resource-level permissions; it only accepts '*'.",
-    "PullImages": "Pulls the AWS Deep Learning Containers (their publishing account in the region, from "
-    "infra/dlc_images.json) and this account's CDK image-asset repositories (cdk-*); image names vary by "
-    "framework version.",
+    "PullImages": "Pulls the AWS Deep Learning Containers (their publishing account in the region: the registry of "
+    "the training image in loraops/dlc_images.json) and this account's CDK image-asset repositories (cdk-*); image "
+    "names vary by framework version.",
     "VpcNetworkInterfaces": "SageMaker creates and deletes the network interfaces of VPC jobs and apps; named "
     "at run time, limited to the loraops VPC by an ec2:Vpc condition.",
     "DescribeNetwork": "EC2 Describe* calls support no resource-level permissions; they only accept '*'.",
