@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 import cdk_nag
+from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
 
@@ -54,3 +55,37 @@ def acknowledge(scope: IConstruct, rule_id: str, reason: str, *findings: str) ->
     """Acknowledge ``rule_id`` on ``scope``; with ``findings``, only those granular findings."""
     ids = [f"{rule_id}[{finding}]" for finding in findings] or [rule_id]
     cdk.Validations.of(scope).acknowledge(*(cdk.Acknowledgment(id=i, reason=reason) for i in ids))
+
+
+def wildcard_findings(statements: list[iam.PolicyStatement], reasons: dict[str, str]) -> list[tuple[str, str]]:
+    """The granular cdk-nag IAM5 finding ids of ``statements``, each with its statement's reason from ``reasons``
+    (a module's ``WILDCARD_REASONS``: statement id -> why its wildcard is needed).
+
+    Raises ``KeyError`` for a wildcard statement without a reason in ``reasons``, and
+    ``ValueError`` for an unresolved token (it cannot be acknowledged as a literal).
+    """
+    findings: list[tuple[str, str]] = []
+    for statement in statements:
+        if statement.effect == iam.Effect.DENY:
+            continue  # a wildcard in a Deny narrows what the role may do; cdk-nag's IAM5 looks at Allows only
+        doc = statement.to_statement_json()
+        actions = doc.get("Action", [])
+        resources = doc.get("Resource", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        wild = [f"Action::{a}" for a in actions if "*" in a] + [f"Resource::{r}" for r in resources if "*" in str(r)]
+        if not wild:
+            continue
+        if statement.sid not in reasons:
+            raise KeyError(f"statement {statement.sid!r} uses a wildcard but has no reason in WILDCARD_REASONS")
+        for finding in wild:
+            if "${Token[" in finding or not isinstance(finding, str):
+                raise ValueError(f"statement {statement.sid!r}: cannot acknowledge unresolved token {finding!r}")
+            findings.append((finding, reasons[statement.sid]))
+    return findings
+
+
+def acknowledge_wildcards(policy: IConstruct, statements: list[iam.PolicyStatement], reasons: dict[str, str]) -> None:
+    """Acknowledge each IAM5 finding of ``policy``'s ``statements`` on its own, with its statement's reason."""
+    for finding, reason in wildcard_findings(statements, reasons):
+        acknowledge(policy, "AwsSolutions-IAM5", reason, finding)

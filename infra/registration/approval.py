@@ -15,7 +15,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 
-from infra import alarms, execution_role
+from infra import alarms, sagemaker_policy
 from infra.parts.instances import has_local_nvme
 from infra.parts.policies import pass_role_statement, role_arn
 from infra.registration import statements
@@ -128,7 +128,7 @@ def _statements(shared: Shared) -> list[iam.PolicyStatement]:
             sid="CreateGuardedModels",
             actions=["sagemaker:CreateModel"],
             resources=[arn("model", f"{prefix}-*")],
-            conditions=execution_role.model_conditions(
+            conditions=sagemaker_policy.model_conditions(
                 [subnet.subnet_id for subnet in placement.subnets], [placement.security_group.security_group_id]
             ),
         ),
@@ -136,7 +136,7 @@ def _statements(shared: Shared) -> list[iam.PolicyStatement]:
             sid="CreateGuardedEndpointConfigs",
             actions=["sagemaker:CreateEndpointConfig"],
             resources=[arn("endpoint-config", f"{prefix}-*")],
-            conditions=execution_role.endpoint_config_conditions(
+            conditions=sagemaker_policy.endpoint_config_conditions(
                 list(props.allowed_instance_types), None if has_local_nvme(props.serving_instance_type) else key.key_arn
             ),
         ),

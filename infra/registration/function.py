@@ -13,10 +13,10 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 
-from infra import alarms, execution_role
+from infra import alarms
 from infra.functions import function_code
 from infra.logs import encrypted_log_group
-from infra.nag import acknowledge, ignore_redundant_role_dependency, skip_checkov
+from infra.nag import acknowledge_wildcards, ignore_redundant_role_dependency, skip_checkov
 from infra.props import Placement
 from infra.registration import statements
 from infra.registration.props import RegistrationProps
@@ -80,8 +80,7 @@ def registry_function(shared: Shared, spec: FunctionSpec) -> lambda_.Function:
     granted = [*spec.statements, *_common_statements(shared, name, spec)]
     policy = iam.Policy(stack, f"{construct}Policy", statements=granted)
     policy.attach_to_role(role)
-    for finding, reason in execution_role.wildcard_findings(granted, statements.WILDCARD_REASONS):
-        acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+    acknowledge_wildcards(policy, granted, statements.WILDCARD_REASONS)
     placement = shared.placement
     network = (
         dict(

@@ -12,9 +12,9 @@ from aws_cdk import aws_resourcegroups as resourcegroups
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra import execution_role, promotion
+from infra import promotion
 from infra.config import FineTunedLine
-from infra.nag import acknowledge
+from infra.nag import acknowledge_wildcards
 from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops.collections import Collection, Hierarchy
 from loraops.naming import TAG_APPROVAL_POLICY, base_group_tags, finetuned_group_tags
@@ -149,6 +149,5 @@ class RegistryStack(cdk.Stack):
         statements = [statement, listing, bucket_environment]
         policy = iam.Policy(self, "ApproverPolicy", statements=statements)
         policy.attach_to_role(role)
-        for finding, reason in execution_role.wildcard_findings(statements, APPROVER_WILDCARD_REASONS):
-            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        acknowledge_wildcards(policy, statements, APPROVER_WILDCARD_REASONS)
         return role

@@ -11,8 +11,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra import execution_role, promotion
-from infra.nag import acknowledge, acknowledge_cdk_provider, skip_checkov
+from infra import promotion
+from infra.nag import acknowledge, acknowledge_cdk_provider, acknowledge_wildcards, skip_checkov
 from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops import s3_layout
 
@@ -262,8 +262,7 @@ class StorageStack(cdk.Stack):
             "UploadDatasets": "Datasets lie under datasets/<name>/<digest>/, named at upload time; nothing else.",
             "ListDatasets": "ListBucket is limited by an s3:prefix condition to datasets/.",
         }
-        for finding, reason in execution_role.wildcard_findings(statements, reasons):
-            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        acknowledge_wildcards(policy, statements, reasons)
         return role
 
     def _acknowledge_auto_delete_provider(self) -> None:

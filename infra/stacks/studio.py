@@ -11,8 +11,8 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra import execution_role
-from infra.nag import acknowledge
+from infra import execution_role, sagemaker_policy
+from infra.nag import acknowledge_wildcards
 from infra.props import EnvironmentBasics, Placement
 from infra.stacks.training import trainer_image_parameter, training_base_image
 
@@ -67,9 +67,9 @@ class StudioStack(cdk.Stack):
                 ),
                 dlc_account=training_base_image(props.region).split(".", 1)[0],
             ),
-            *execution_role.sagemaker_statements(
+            *sagemaker_policy.sagemaker_statements(
                 self,
-                execution_role.training_job_conditions(
+                sagemaker_policy.training_job_conditions(
                     [s.subnet_id for s in placement.subnets],
                     [placement.security_group.security_group_id],
                     key.key_arn,
@@ -120,5 +120,4 @@ class StudioStack(cdk.Stack):
 
     def _acknowledge_wildcards(self, policy: iam.Policy, statements: list[iam.PolicyStatement]) -> None:
         """Acknowledge each IAM5 finding of the execution policy on its own, with its statement's reason."""
-        for finding, reason in execution_role.wildcard_findings(statements):
-            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        acknowledge_wildcards(policy, statements, execution_role.WILDCARD_REASONS)

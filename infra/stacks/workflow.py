@@ -14,9 +14,9 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from infra import alarms, execution_role
+from infra import alarms, sagemaker_policy
 from infra.logs import encrypted_log_group
-from infra.nag import acknowledge, ignore_redundant_role_dependency
+from infra.nag import acknowledge, acknowledge_wildcards, ignore_redundant_role_dependency
 from infra.parts.outputs import published_output
 from infra.parts.policies import pass_role_statement, role_arn
 from infra.props import Alerting, Placement
@@ -81,8 +81,7 @@ class WorkflowStack(cdk.Stack):
         statements = self._statements(props, key, execution_role_arn, subnets, settings.security_group_ids)
         policy = iam.Policy(self, "WorkflowPolicy", statements=statements)
         policy.attach_to_role(self.role)
-        for finding, reason in execution_role.wildcard_findings(statements, WILDCARD_REASONS):
-            acknowledge(policy, "AwsSolutions-IAM5", reason, finding)
+        acknowledge_wildcards(policy, statements, WILDCARD_REASONS)
 
         log_group = encrypted_log_group(self, "WorkflowLogs", props, "finetune-workflow")
         self.state_machine = sfn.StateMachine(
@@ -154,7 +153,7 @@ class WorkflowStack(cdk.Stack):
                 sid="StartTrainingJobs",
                 actions=["sagemaker:CreateTrainingJob"],
                 resources=[jobs],
-                conditions=execution_role.training_job_conditions(
+                conditions=sagemaker_policy.training_job_conditions(
                     subnets, security_groups, key.key_arn, list(props.allowed_instance_types)
                 ),
             ),

@@ -14,6 +14,7 @@ from aws_cdk import aws_iam as iam
 
 from infra import execution_role
 from infra.app_factory import build_app
+from infra.nag import wildcard_findings
 from tests.helpers import ROOT
 from tests.infra.conftest import CONCERNS, ENVIRONMENTS
 from tests.infra.planted_violation_app import plant
@@ -74,7 +75,7 @@ def test_planted_violation_fails_cdk_cli_synth(tmp_path):
 def test_wildcard_statement_without_a_reason_is_refused():
     statement = iam.PolicyStatement(sid="Unreasoned", actions=["s3:GetObject"], resources=["arn:aws:s3:::b/*"])
     with pytest.raises(KeyError, match="'Unreasoned' uses a wildcard but has no reason"):
-        execution_role.wildcard_findings([statement])
+        wildcard_findings([statement], execution_role.WILDCARD_REASONS)
 
 
 def test_every_wildcard_reason_is_concrete():
