@@ -6,8 +6,9 @@ from typing import Any
 
 import aws_cdk as cdk
 
-from infra.config import CONTEXT_KEY, ENV_SELECTOR_KEY, EnvironmentConfig, load_environments
+from infra.config import CONTEXT_KEY, ENV_SELECTOR_KEY, load_environments
 from infra.environment import EnvironmentProps, EnvironmentStacks
+from infra.environment_config import EnvironmentConfig
 from infra.nag import apply_gate
 from infra.props import PromotionProps
 from infra.registration.props import RegistrationProps

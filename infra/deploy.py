@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.config import CONTEXT_KEY, ConfigError, EnvironmentConfig, load_environments
+from infra.config import CONTEXT_KEY, ConfigError, load_environments
+from infra.environment_config import EnvironmentConfig
 from loraops import endpoints
 from loraops.images import image_uri, registry_of
 

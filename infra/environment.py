@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aws_cdk as cdk
 
-from infra.config import EnvironmentConfig
+from infra.environment_config import EnvironmentConfig
 from infra.registration.props import RegistrationProps
 from infra.stacks.network import NetworkProps, NetworkStack
 from infra.stacks.registration import RegistrationStack

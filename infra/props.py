@@ -10,7 +10,7 @@ from typing import Literal
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 
-from infra.config import PromotionPeer
+from infra.config_sections import PromotionPeer
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from infra.config import FineTunedLine, ServingConfig
+from infra.config_sections import FineTunedLine, ServingConfig
 from infra.props import Alerting, PromotionProps
 
 

@@ -13,7 +13,7 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra import promotion
-from infra.config import FineTunedLine
+from infra.config_sections import FineTunedLine
 from infra.nag import acknowledge_wildcards
 from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops.collections import Collection, Hierarchy

@@ -26,7 +26,8 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra.config import ConfigError, FineTunedLine, ServingConfig
+from infra.config import ConfigError
+from infra.config_sections import FineTunedLine, ServingConfig
 from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
 from infra.parts import policies

@@ -11,7 +11,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk.assertions import Match, Template
 
-from infra.config import FineTunedLine, ServingConfig
+from infra.config_sections import FineTunedLine, ServingConfig
 from infra.nag import apply_gate
 from infra.props import Placement, PromotionProps
 from infra.registration.props import RegistrationProps
