@@ -17,7 +17,7 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from infra import deploy
+from infra import deploy, preflight, stack_plan, teardown
 from loraops import endpoints
 from loraops.naming import adapter_group_name, merged_group_name
 from tests.helpers import ROOT
@@ -92,7 +92,7 @@ class _StubbedSession:
 def test_credentials_for_another_account_are_refused():
     config = deploy.load_environment("prod")
     identity = {"Account": "999999999999", "Arn": "arn:aws:iam::999999999999:user/someone", "UserId": "AIDA"}
-    problems = deploy.credential_problems(config, _StubbedSession({"sts": [("get_caller_identity", identity, {})]}))
+    problems = preflight.credential_problems(config, _StubbedSession({"sts": [("get_caller_identity", identity, {})]}))
     assert problems == [
         "the AWS credentials are for account 999999999999 (arn:aws:iam::999999999999:user/someone), "
         "but cdk.json deploys prod to account 333333333333"
@@ -104,9 +104,9 @@ def test_registry_login_targets_the_regions_dlc_account(monkeypatch):
     config = deploy.load_environment("prod")  # us-west-2
     token = {"authorizationData": [{"authorizationToken": "QVdTOnNlY3JldA==", "proxyEndpoint": "https://x"}]}
     calls = []
-    monkeypatch.setattr(deploy.subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
+    monkeypatch.setattr(preflight.subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
     session = _StubbedSession({"ecr": [("get_authorization_token", token, {"registryIds": ["763104351884"]})]})
-    assert deploy.registry_login(config, session) == "763104351884.dkr.ecr.us-west-2.amazonaws.com"
+    assert preflight.registry_login(config, session) == "763104351884.dkr.ecr.us-west-2.amazonaws.com"
     ((command, kwargs),) = calls
     assert command == [
         "docker",
@@ -224,7 +224,7 @@ def _bootstrap(session: EmulatorSession, with_parameter: bool = True) -> None:
     if with_parameter:
         resources["CdkBootstrapVersion"] = {
             "Type": "AWS::SSM::Parameter",
-            "Properties": {"Type": "String", "Name": deploy.BOOTSTRAP_VERSION_PARAMETER, "Value": "30"},
+            "Properties": {"Type": "String", "Name": preflight.BOOTSTRAP_VERSION_PARAMETER, "Value": "30"},
         }
     session.client("cloudformation", "us-east-1").create_stack(
         StackName="CDKToolkit", TemplateBody=json.dumps({"Resources": resources})
@@ -234,25 +234,25 @@ def _bootstrap(session: EmulatorSession, with_parameter: bool = True) -> None:
 def test_an_account_without_the_cdk_bootstrap_is_named_with_the_command_that_fixes_it(session):
     config = _in_emulator_account("dev")
     fix = f"run `node_modules/.bin/cdk bootstrap aws://{ACCOUNT}/us-east-1` once"
-    assert deploy.bootstrap_problems(config, session) == [
+    assert preflight.bootstrap_problems(config, session) == [
         f"aws://{ACCOUNT}/us-east-1 is not bootstrapped for the CDK (no CDKToolkit stack): {fix}"
     ]
     _bootstrap(session, with_parameter=False)
-    assert deploy.bootstrap_problems(config, session) == [
+    assert preflight.bootstrap_problems(config, session) == [
         f"aws://{ACCOUNT}/us-east-1 is not bootstrapped for the CDK (no SSM /cdk-bootstrap/hnb659fds/version): {fix}"
     ]
 
 
 def test_a_bootstrapped_account_passes(session):
     _bootstrap(session)
-    assert deploy.bootstrap_problems(_in_emulator_account("dev"), session) == []
+    assert preflight.bootstrap_problems(_in_emulator_account("dev"), session) == []
 
 
 def test_the_serving_stack_waits_for_its_model_parameter(session):
     config = _in_emulator_account("dev")
     ssm = session.client("ssm", "us-east-1")
     others = [f"loraops-dev-{c}" for c in ("network", "storage", "studio", "registry", "registration", "training")]
-    plan = deploy.stack_plan(config, ssm)
+    plan = stack_plan.stack_plan(config, ssm)
     assert plan.deploy == [*others, "loraops-dev-workflow"]
     assert plan.skipped == {
         "loraops-dev-serving": "loraops-dev-serving skipped: no served model yet "
@@ -260,7 +260,7 @@ def test_the_serving_stack_waits_for_its_model_parameter(session):
         "then run make deploy ENV=dev again"
     }
     ssm.put_parameter(Name="/loraops-dev/serving/model-prefix", Value="base/g/abc/", Type="String")
-    plan = deploy.stack_plan(config, ssm)
+    plan = stack_plan.stack_plan(config, ssm)
     assert plan.deploy == [*others, "loraops-dev-workflow", "loraops-dev-serving"] and plan.skipped == {}
 
 
@@ -386,8 +386,8 @@ def test_a_retain_environment_keeps_its_registry_and_served_model(session):
     _registered_package(session, log)
     ssm = session.client("ssm", "us-east-1")
     ssm.put_parameter(Name="/loraops-staging/serving/model-prefix", Value="merged/g/abc/", Type="String")
-    assert deploy.remove_deployed(_in_emulator_account("staging"), session, sleep=log.append) == []
-    assert log == [] and deploy.parameter_exists(ssm, "/loraops-staging/serving/model-prefix")
+    assert teardown.remove_deployed(_in_emulator_account("staging"), session, sleep=log.append) == []
+    assert log == [] and stack_plan.parameter_exists(ssm, "/loraops-staging/serving/model-prefix")
 
 
 def test_destroy_first_removes_what_deploy_on_approval_made_then_destroys_the_stacks_in_reverse_order(session, capsys):
@@ -406,7 +406,7 @@ def test_destroy_first_removes_what_deploy_on_approval_made_then_destroys_the_st
     assert owned_model.startswith("loraops-dev-") and owned_config.startswith("loraops-dev-")  # the trap: same prefix
 
     sleeps: list[float] = []
-    removed = deploy.remove_deployed(_in_emulator_account("dev"), session, sleep=sleeps.append, poll_s=15)
+    removed = teardown.remove_deployed(_in_emulator_account("dev"), session, sleep=sleeps.append, poll_s=15)
     assert removed == [
         f"inference component {endpoints.component_name('loraops-dev', ADAPTER_GROUP)}",
         f"inference component {endpoints.component_name('loraops-dev', MERGED_GROUP)}",
@@ -476,19 +476,19 @@ def test_a_termination_protected_environment_is_not_destroyed(session, capsys):
 def test_package_groups_a_destroyed_retain_registry_left_are_named_before_deploying(session):
     staging = _in_emulator_account("staging")
     sagemaker = session.client("sagemaker", "us-east-1")
-    assert deploy.orphan_problems(staging, session) == []  # a clean account
+    assert preflight.orphan_problems(staging, session) == []  # a clean account
     sagemaker.create_model_package_group(ModelPackageGroupName=MERGED_GROUP)  # kept by a destroyed stack
-    (problem,) = deploy.orphan_problems(staging, session)
+    (problem,) = preflight.orphan_problems(staging, session)
     assert problem.startswith(
         f"model package group {MERGED_GROUP} outlived a destroyed loraops-staging-registry stack (removal_policy "
         "retain) and CloudFormation cannot adopt it automatically"
     )
-    assert deploy.orphan_problems(_in_emulator_account("dev"), session) == []  # dev's are destroyed with it
+    assert preflight.orphan_problems(_in_emulator_account("dev"), session) == []  # dev's are destroyed with it
     template = {"Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}}
     session.client("cloudformation", "us-east-1").create_stack(
         StackName="loraops-staging-registry", TemplateBody=json.dumps(template)
     )
-    assert deploy.orphan_problems(staging, session) == []  # the stack exists: it owns its groups
+    assert preflight.orphan_problems(staging, session) == []  # the stack exists: it owns its groups
 
 
 def test_a_component_that_never_finishes_deleting_stops_destroy_before_any_stack(session):
@@ -497,5 +497,5 @@ def test_a_component_that_never_finishes_deleting_stops_destroy_before_any_stack
     components.endpoints, components.stuck = {stuck: "loraops-dev-llm"}, True
     sleeps: list[float] = []
     with pytest.raises(TimeoutError, match=f"inference components still deleting after 60 s: {stuck}"):
-        deploy.remove_deployed(_in_emulator_account("dev"), session, sleep=sleeps.append, wait_s=60, poll_s=15)
+        teardown.remove_deployed(_in_emulator_account("dev"), session, sleep=sleeps.append, wait_s=60, poll_s=15)
     assert sleeps == [15, 15, 15, 15]
