@@ -12,9 +12,9 @@ from infra.environment_config import EnvironmentConfig
 from infra.nag import apply_gate
 from infra.props import PromotionProps
 from infra.registration.props import RegistrationProps
+from infra.serving.props import ServingProps
 from infra.stacks.network import NetworkProps
 from infra.stacks.registry import RegistryProps
-from infra.stacks.serving import ServingProps
 from infra.stacks.storage import StorageProps
 from infra.stacks.studio import StudioProps
 from infra.stacks.training import TrainingProps

@@ -13,10 +13,11 @@ import aws_cdk as cdk
 
 from infra.environment_config import EnvironmentConfig
 from infra.registration.props import RegistrationProps
+from infra.serving.props import ServingProps
 from infra.stacks.network import NetworkProps, NetworkStack
 from infra.stacks.registration import RegistrationStack
 from infra.stacks.registry import RegistryProps, RegistryStack
-from infra.stacks.serving import ServingProps, ServingStack
+from infra.stacks.serving import ServingStack
 from infra.stacks.storage import StorageProps, StorageStack
 from infra.stacks.studio import StudioProps, StudioStack
 from infra.stacks.training import TrainingProps, TrainingStack

@@ -3,11 +3,12 @@
 - **register-finetune**: EventBridge ("SageMaker Training Job State Change", Completed, jobs tagged with their
   package group) invokes it; events it cannot take after the retries land in an encrypted dead-letter queue.
 - **register-base**: registers a base model already under ``base/`` (invoked by the CLI or the workflow).
-- **deploy-on-approval** (where ``serving`` is configured): when a package of the environment's fine-tuned lines is
-  approved, rejected or deleted, EventBridge puts the event in a FIFO approval buffer, from which the function takes
-  it; it adds, updates or removes inference components or rolls the endpoint (``loraops.deployment``). Serialised
-  (one message group): one deployment at a time, in order. A failed attempt (the endpoint still Updating from a
-  blue/green roll) comes back every 20 minutes for 6 hours, then lands in the approval dead-letter queue.
+- **deploy-on-approval** (where ``serving`` is configured; built by ``infra.serving.deploy_on_approval``): when a
+  package of the environment's fine-tuned lines is approved, rejected or deleted, EventBridge puts the event in a FIFO
+  approval buffer, from which the function takes it; it adds, updates or removes inference components or rolls the
+  endpoint (``loraops.deployment``). Serialised (one message group): one deployment at a time, in order. A failed
+  attempt (the endpoint still Updating from a blue/green roll) comes back every 20 minutes for 6 hours, then lands in
+  the approval dead-letter queue.
 
 Dead letters, the buffer and the alarm topic use the operations key (``infra/alarms.py``); dead letters, a stuck
 approval and function errors alarm.
@@ -33,10 +34,10 @@ from constructs import Construct
 from infra import alarms, promotion
 from infra.props import Placement, removal_policy
 from infra.registration import statements
-from infra.registration.approval import deploy_on_approval
 from infra.registration.function import SYNCHRONOUS, FunctionSpec, Shared, registry_function
 from infra.registration.props import RegistrationProps
 from infra.registration.queues import dead_letter_alarm, dead_letter_queue
+from infra.serving.deploy_on_approval import deploy_on_approval
 from loraops import s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED
 

@@ -5,18 +5,18 @@
   through a CloudFormation SSM parameter), in the VPC, network-isolated.
 - **Endpoint config** with data capture (KMS) and, where the instance type has no local NVMe, a KMS volume key.
 - **Endpoint** updated blue/green, rolled back by the latency and 5xx alarms.
-- **Inference-components mode**: the model is the base component; the deploy-on-approval function (registration
-  stack) adds one adapter component per approved adapter line (``BaseInferenceComponentName`` + ``ArtifactUrl``).
+- **Inference-components mode**: the model is the base component; the deploy-on-approval function
+  (``infra.serving.deploy_on_approval``, deployed in the registration stack) adds one adapter component per approved
+  adapter line (``BaseInferenceComponentName`` + ``ArtifactUrl``).
 - **Autoscaling** of instances (endpoint mode) or base-component copies, on invocations per instance / copy.
 - **Capacity** (inference-components mode): every merged line gets a component with the base's compute, so the
   instances ``max_instances`` allows must hold the base's copies and one copy per merged line
-  (:func:`component_capacity`); synth fails with the numbers otherwise, and base copies autoscale only into what is
-  left.
+  (:func:`infra.serving.capacity.component_capacity`); synth fails with the numbers otherwise, and base copies
+  autoscale only into what is left.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import aws_cdk as cdk
@@ -26,57 +26,19 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra.config import ConfigError
-from infra.config_sections import FineTunedLine, ServingConfig
 from infra.image_build import REPO_ROOT, SERVING, repository_image
 from infra.nag import skip_checkov
 from infra.parts import policies
 from infra.parts.instances import has_local_nvme
-from infra.props import EnvironmentBasics, Placement
+from infra.props import Placement
+from infra.serving.capacity import component_capacity
+from infra.serving.props import ServingProps
 from loraops import endpoints, s3_layout
 from loraops.images import image_uri
-from loraops.naming import OutputMode
 
 SERVING_CONTAINER = REPO_ROOT / "serving_container"
 #: The DJL entry module the loraops image installs (serving_container/Dockerfile).
 DJL_ENTRY_MODULE = "loraops_djl_model"
-
-
-_G_SIZES = {"xlarge": 1, "2xlarge": 1, "4xlarge": 1, "8xlarge": 1, "16xlarge": 1, "12xlarge": 4, "24xlarge": 4}
-#: Accelerators (GPUs) per instance, by family and size, for the families serving may use.
-_ACCELERATORS_BY_SIZE = {
-    ("g4dn", "g5", "g6", "g6e"): _G_SIZES | {"48xlarge": 8},
-    ("p4d", "p4de", "p5", "p5e"): {"24xlarge": 8, "48xlarge": 8},
-}
-
-
-def accelerators(instance_type: str) -> int:
-    """Accelerators of one ``ml.<family>.<size>`` instance."""
-    _, family, size = instance_type.split(".")
-    for families, sizes in _ACCELERATORS_BY_SIZE.items():
-        if family in families and size in sizes:
-            return sizes[size]
-    raise ConfigError(
-        f"serving_instance_type {instance_type}: its accelerator count is unknown to infra/stacks/serving.py"
-    )
-
-
-def component_capacity(props: ServingProps) -> int:
-    """The most base-component copies the endpoint can hold next to one copy per merged line (each with the base's
-    compute, deploy-on-approval's merged component); :class:`ConfigError` when not even ``min_instances`` fit."""
-    serving = props.serving
-    assert serving is not None
-    per_instance = accelerators(props.serving_instance_type) // serving.accelerators_per_copy
-    merged = sum(1 for line in props.fine_tuned_lines if line.mode is OutputMode.MERGED)
-    slots = per_instance * serving.max_instances
-    if slots - merged < serving.min_instances:
-        raise ConfigError(
-            f"{props.name}.serving: {serving.min_instances} base cop{'y' if serving.min_instances == 1 else 'ies'} "
-            f"and {merged} merged component(s) need {serving.min_instances + merged} copies of "
-            f"{serving.accelerators_per_copy} accelerator(s), but max_instances {serving.max_instances} of "
-            f"{props.serving_instance_type} hold {slots}: raise serving.max_instances in cdk.json"
-        )
-    return slots - merged
 
 
 def from_api(resource: cdk.CfnResource, request: dict[str, Any]) -> cdk.CfnResource:
@@ -86,18 +48,6 @@ def from_api(resource: cdk.CfnResource, request: dict[str, Any]) -> cdk.CfnResou
     for key, value in request.items():
         resource.add_property_override(key, value)
     return resource
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServingProps(EnvironmentBasics):
-    """The endpoint's settings and instance type, the role and bucket its model uses, the fine-tuned lines (merged
-    lines each take a component's compute)."""
-
-    serving: ServingConfig
-    serving_instance_type: str
-    fine_tuned_lines: tuple[FineTunedLine, ...]
-    execution_role_name: str
-    artifact_bucket_name: str
 
 
 class ServingStack(cdk.Stack):

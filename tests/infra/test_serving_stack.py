@@ -13,7 +13,8 @@ from aws_cdk.assertions import Template
 
 from infra.app_factory import build_app, serving_props
 from infra.config import ConfigError, load_environments
-from infra.stacks.serving import DJL_ENTRY_MODULE, accelerators, component_capacity
+from infra.serving.capacity import accelerators, component_capacity
+from infra.stacks.serving import DJL_ENTRY_MODULE
 from loraops import endpoints, s3_layout
 from loraops.events import package_state_changed
 from loraops.images import image_uri

@@ -1,7 +1,12 @@
 """deploy-on-approval: a package state change of a fine-tuned line waits in a FIFO buffer until the function deploys
 it (``loraops.deployment``). One message group: one deployment at a time, in the order approved; a failed attempt
 (the endpoint still Updating during a blue/green roll of up to about an hour) comes back after the visibility
-timeout, for ``APPROVAL_RETRY_WINDOW``, then lands in the approval dead-letter queue."""
+timeout, for ``APPROVAL_RETRY_WINDOW``, then lands in the approval dead-letter queue.
+
+Deployed in the registration stack (``loraops-<env>-registration``), beside the functions whose ``Shared`` parts
+(key, table, alarm topic, dead letters) it uses; its code lives here, beside the serving stack, because it changes
+what the endpoint serves. Its resources keep their fixed names and logical ids in the registration stack: moving them
+into the serving stack would need two deploys or a ``cdk import``."""
 
 from __future__ import annotations
 
