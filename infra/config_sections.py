@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraops import endpoints
 from loraops.naming import OutputMode, adapter_group_name, check_slug, merged_group_name
+
+#: The serving modes and engines are ``loraops.endpoints``' (what the serving stack and deploy-on-approval act on):
+#: ``Literal[("a", "b")]`` is ``Literal["a", "b"]``, so configuration accepts exactly those values.
+ServingMode = Literal[endpoints.MODES]
+ServingEngine = Literal[endpoints.ENGINES]
 
 #: An AWS region name.
 REGION_PATTERN = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
@@ -49,13 +55,13 @@ class ServingConfig(StrictModel):
     """The environment's endpoint (stack ``loraops-<env>-serving``); its model is the S3 prefix ``loraops serve
     pin`` records in SSM (``loraops.endpoints.served_model_parameter``)."""
 
-    mode: Literal["endpoint", "inference-components"] = Field(
-        default="inference-components",
+    mode: ServingMode = Field(
+        default=endpoints.INFERENCE_COMPONENTS,
         description="endpoint: one model, merged approvals roll it blue/green; inference-components: a base "
         "component plus one adapter component per approved adapter line",
     )
-    engine: Literal["vllm", "loraops"] = Field(
-        default="vllm",
+    engine: ServingEngine = Field(
+        default=endpoints.VLLM,
         description="vllm: LMI's vLLM backend with LoRA; loraops: loraops_serving in DJL's Python engine",
     )
     min_instances: int = Field(default=1, ge=1, le=20)
@@ -72,7 +78,7 @@ class ServingConfig(StrictModel):
     def _consistent(self) -> ServingConfig:
         if self.max_instances < self.min_instances:
             raise ValueError("max_instances is below min_instances")
-        if self.mode == "inference-components" and self.engine != "vllm":
+        if self.mode == endpoints.INFERENCE_COMPONENTS and self.engine != endpoints.VLLM:
             raise ValueError(
                 "adapter inference components are loaded by LMI's vLLM backend (option.enable_lora); "
                 "the loraops engine serves adapters mounted beside the model: use mode 'endpoint' with it"

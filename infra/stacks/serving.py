@@ -94,7 +94,7 @@ class ServingStack(cdk.Stack):
                 **network,
             },
         )
-        components = serving.mode == "inference-components"
+        components = serving.mode == endpoints.INFERENCE_COMPONENTS
         self.max_base_copies = component_capacity(props) if components else None
         variant: dict[str, Any] = {
             "VariantName": endpoints.VARIANT,
@@ -175,13 +175,13 @@ class ServingStack(cdk.Stack):
     @staticmethod
     def _environment(engine: str) -> dict[str, str]:
         environment = endpoints.engine_environment(engine, SERVING_CONTAINER)
-        if engine == "loraops":
+        if engine == endpoints.LORAOPS:
             environment["OPTION_ENTRYPOINT"] = DJL_ENTRY_MODULE
         return environment
 
     def _image(self, props: ServingProps) -> str:
         base = image_uri("serving", props.region)
-        if props.serving.engine == "vllm":
+        if props.serving.engine == endpoints.VLLM:
             return base
         return repository_image(self, "ServingImage", SERVING, base).image_uri
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
+from pydantic import ValidationError
 
 from infra.config import CONTEXT_KEY, ConfigError, load_environments
+from infra.config_sections import ServingConfig
+from loraops import endpoints
 
 
 def _envs(context):
@@ -137,3 +142,16 @@ def test_alarm_destination_is_validated(context_copy, key, value):
     _envs(context_copy)["dev"][key] = value
     with pytest.raises(ConfigError, match=rf"loraops:environments\.dev\.{key}: String should match pattern"):
         load_environments(context_copy)
+
+
+def test_serving_modes_and_engines_are_loraops_vocabulary():
+    """Configuration accepts exactly the serving modes and engines ``loraops.endpoints`` defines, no other value."""
+    assert get_args(ServingConfig.model_fields["mode"].annotation) == endpoints.MODES
+    assert get_args(ServingConfig.model_fields["engine"].annotation) == endpoints.ENGINES
+    for mode in endpoints.MODES:
+        assert ServingConfig(mode=mode, engine=endpoints.VLLM).mode == mode
+    for engine in endpoints.ENGINES:
+        assert ServingConfig(mode=endpoints.ENDPOINT, engine=engine).engine == engine
+    for field, value in (("mode", "serverless"), ("engine", "tgi")):
+        with pytest.raises(ValidationError, match=field):
+            ServingConfig(**{field: value})
