@@ -20,7 +20,8 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra.props import Alerting, EnvironmentBasics, removal_policy
+from infra.parts.keys import environment_key
+from infra.props import Alerting, EnvironmentBasics
 
 #: Alarms fire on the first bad period; a quiet metric (no messages, no invocations) is not a failure.
 PERIOD = cdk.Duration.minutes(5)
@@ -41,14 +42,7 @@ def topic_arn(scope: Construct, env: Alerting) -> str:
 
 def operations_key(scope: Construct, env: EnvironmentBasics) -> kms.Key:
     stack = cdk.Stack.of(scope)
-    key = kms.Key(
-        scope,
-        "OperationsKey",
-        alias=f"alias/{env.prefix}-operations",
-        description=f"loraops {env.name}: dead-letter queues, approval buffer, alarm topic",
-        enable_key_rotation=True,
-        removal_policy=removal_policy(env),
-    )
+    key = environment_key(scope, "OperationsKey", env, "operations", "dead-letter queues, approval buffer, alarm topic")
     key.add_to_resource_policy(
         iam.PolicyStatement(
             sid="EventBridgeWritesDeadLettersOfThisEnvironmentsRules",

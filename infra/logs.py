@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.parts.keys import environment_key
 from infra.props import EnvironmentBasics, removal_policy
 
 
@@ -16,14 +16,7 @@ def encrypted_log_group(
     scope: Construct, construct_id: str, env: EnvironmentBasics, purpose: str, log_group_name: str | None = None
 ) -> logs.LogGroup:
     stack = cdk.Stack.of(scope)
-    key = kms.Key(
-        scope,
-        f"{construct_id}Key",
-        alias=f"alias/{env.prefix}-{purpose}",
-        description=f"loraops {env.name}: {purpose.replace('-', ' ')}",
-        enable_key_rotation=True,
-        removal_policy=removal_policy(env),
-    )
+    key = environment_key(scope, f"{construct_id}Key", env, purpose, purpose.replace("-", " "))
     key.add_to_resource_policy(
         iam.PolicyStatement(
             sid="CloudWatchLogsUseOnlyForThisAccountsLogGroups",

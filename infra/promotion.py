@@ -17,6 +17,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 
+from infra.parts.policies import list_prefixes
 from infra.props import PromotionProps
 from loraops import s3_layout
 
@@ -65,12 +66,7 @@ def promote_statements(stack: cdk.Stack, props: PromotionProps) -> list[iam.Poli
             actions=["s3:GetObject", "s3:GetObjectVersion"],
             resources=[f"{source_bucket}/{p}*" for p in PROMOTED_PREFIXES],
         ),
-        iam.PolicyStatement(
-            sid="ListPromotionSource",
-            actions=["s3:ListBucket"],
-            resources=[source_bucket],
-            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in PROMOTED_PREFIXES]}},
-        ),
+        list_prefixes("ListPromotionSource", source_bucket, PROMOTED_PREFIXES),
         iam.PolicyStatement(
             sid="DescribeSourcePackages",
             actions=["sagemaker:DescribeModelPackage"],

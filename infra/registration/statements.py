@@ -8,6 +8,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 
 from infra import execution_role, promotion
+from infra.parts.policies import list_prefixes
 from infra.registration.props import RegistrationProps
 from loraops import s3_layout
 
@@ -66,12 +67,7 @@ def read(bucket_arn: str, what: str, prefixes: tuple[str, ...]) -> list[iam.Poli
         iam.PolicyStatement(
             sid=f"Read{what}", actions=["s3:GetObject"], resources=[f"{bucket_arn}/{p}*" for p in prefixes]
         ),
-        iam.PolicyStatement(
-            sid=f"List{what}",
-            actions=["s3:ListBucket"],
-            resources=[bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
-        ),
+        list_prefixes(f"List{what}", bucket_arn, prefixes),
     ]
 
 
@@ -91,12 +87,7 @@ def import_statements(partition: str, bucket_arn: str, props: RegistrationProps)
             actions=["s3:DeleteObject"],
             resources=[f"{bucket_arn}/{s3_layout.STAGING}base/*"],
         ),
-        iam.PolicyStatement(
-            sid="ListImportPrefixes",
-            actions=["s3:ListBucket"],
-            resources=[bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
-        ),
+        list_prefixes("ListImportPrefixes", bucket_arn, prefixes),
     ]
     if props.base_import_sources:
         sources = [s3_layout.split_s3_uri(uri) for uri in props.base_import_sources]

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra import promotion
 from infra.nag import acknowledge, acknowledge_cdk_provider, acknowledge_wildcards, skip_checkov
+from infra.parts.keys import environment_key
+from infra.parts.policies import list_prefixes
 from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops import s3_layout
 
@@ -54,13 +55,8 @@ class StorageStack(cdk.Stack):
         policy = removal_policy(props)
         destroy = props.removal_policy == "destroy"
 
-        self.key = kms.Key(
-            self,
-            "ArtifactKey",
-            alias=f"alias/{props.prefix}-artifacts",
-            description=f"loraops {props.name}: model artifacts, datasets and Studio storage",
-            enable_key_rotation=True,
-            removal_policy=policy,
+        self.key = environment_key(
+            self, "ArtifactKey", props, "artifacts", "model artifacts, datasets and Studio storage"
         )
 
         self.log_bucket = s3.Bucket(
@@ -142,34 +138,10 @@ class StorageStack(cdk.Stack):
           stays, undeletable).
 
         In ``destroy`` environments CDK's auto-delete provider may still empty the bucket on teardown."""
-        write_once = [self.bucket.arn_for_objects(f"{p}*") for p in s3_layout.WRITE_ONCE_PREFIXES]
-        registered = [self.bucket.arn_for_objects(f"{p}*") for p in s3_layout.REGISTERED_PREFIXES]
-        self.bucket.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="WriteOnceVersions",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=["s3:PutObject"],
-                resources=write_once,
-                # PutObject, CopyObject and CompleteMultipartUpload create objects (ObjectCreationOperation true);
-                # CreateMultipartUpload and UploadPart do not, and carry no If-None-Match.
-                conditions={"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}},
-            )
-        )
-        conditions = {}
-        if props.removal_policy == "destroy":
-            teardown = f"arn:{self.partition}:iam::{props.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
-            conditions = {"ArnNotLike": {"aws:PrincipalArn": teardown}}
-        self.bucket.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="NeverDeleteRegisteredArtifacts",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
-                resources=registered,
-                conditions=conditions or None,
-            )
-        )
+        # PutObject, CopyObject and CompleteMultipartUpload create objects (ObjectCreationOperation true);
+        # CreateMultipartUpload and UploadPart do not, and carry no If-None-Match.
+        self._refuse_overwrites("WriteOnceVersions", s3_layout.WRITE_ONCE_PREFIXES)
+        self._refuse_deletes("NeverDeleteRegisteredArtifacts", s3_layout.REGISTERED_PREFIXES, props)
 
     def _write_once_finetune_versions(self, props: StorageProps) -> None:
         """Registered fine-tune versions (``finetuned/``: the registration copies a job's files there, server-side,
@@ -177,30 +149,39 @@ class StorageStack(cdk.Stack):
         written with ``If-None-Match: *``, so what an approved package serves cannot change even though the job's
         own output under ``adapters/`` or ``merged/`` can. Only CDK's teardown provider of a ``destroy``
         environment may empty them."""
-        versions = [self.bucket.arn_for_objects(f"{p}*") for p in s3_layout.FINETUNED_PREFIXES]
+        # the registration copies with UploadPartCopy parts (no ObjectCreationOperation, no If-None-Match) and
+        # completes with If-None-Match; CopyObject, which cannot carry it here, is refused
+        self._refuse_overwrites("WriteOnceFineTuneVersions", s3_layout.FINETUNED_PREFIXES)
+        self._refuse_deletes("NeverDeleteFineTuneVersions", s3_layout.FINETUNED_PREFIXES, props)
+
+    def _refuse_overwrites(self, sid: str, prefixes: tuple[str, ...]) -> None:
+        """Every principal is refused creating an object under ``prefixes`` without ``If-None-Match: *`` (with it,
+        S3 refuses to replace an existing key)."""
+        writes = {"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}}
+        self._deny_everyone(sid, ["s3:PutObject"], prefixes, writes)
+
+    def _refuse_deletes(self, sid: str, prefixes: tuple[str, ...], props: StorageProps) -> None:
+        """Every principal is refused deleting an object or object version under ``prefixes``; in ``destroy``
+        environments except CDK's auto-delete provider, which empties the bucket on teardown."""
+        conditions = None
+        if props.removal_policy == "destroy":
+            teardown = f"arn:{self.partition}:iam::{props.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
+            conditions = {"ArnNotLike": {"aws:PrincipalArn": teardown}}
+        self._deny_everyone(sid, ["s3:DeleteObject", "s3:DeleteObjectVersion"], prefixes, conditions)
+
+    def _deny_everyone(
+        self, sid: str, actions: list[str], prefixes: tuple[str, ...], conditions: dict[str, dict[str, str]] | None
+    ) -> None:
+        """A bucket-policy Deny of ``actions`` on the objects under ``prefixes`` to every principal (where
+        ``conditions`` hold)."""
         self.bucket.add_to_resource_policy(
             iam.PolicyStatement(
-                sid="WriteOnceFineTuneVersions",
+                sid=sid,
                 effect=iam.Effect.DENY,
                 principals=[iam.AnyPrincipal()],
-                actions=["s3:PutObject"],
-                resources=versions,
-                # the registration copies with UploadPartCopy parts (no ObjectCreationOperation, no If-None-Match)
-                # and completes with If-None-Match; CopyObject, which cannot carry it here, is refused
-                conditions={"Null": {"s3:if-none-match": "true"}, "Bool": {"s3:ObjectCreationOperation": "true"}},
-            )
-        )
-        teardown = f"arn:{self.partition}:iam::{props.account}:role/{self.stack_name}-CustomS3AutoDeleteObjects*"
-        self.bucket.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="NeverDeleteFineTuneVersions",
-                effect=iam.Effect.DENY,
-                principals=[iam.AnyPrincipal()],
-                actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
-                resources=versions,
-                conditions=(
-                    {"ArnNotLike": {"aws:PrincipalArn": teardown}} if props.removal_policy == "destroy" else None
-                ),
+                actions=actions,
+                resources=[self.bucket.arn_for_objects(f"{p}*") for p in prefixes],
+                conditions=conditions,
             )
         )
 
@@ -245,12 +226,7 @@ class StorageStack(cdk.Stack):
                 actions=["s3:PutObject", "s3:AbortMultipartUpload"],
                 resources=[f"{bucket}/{s3_layout.DATASETS}*"],
             ),
-            iam.PolicyStatement(
-                sid="ListDatasets",
-                actions=["s3:ListBucket"],
-                resources=[bucket],
-                conditions={"StringLike": {"s3:prefix": [f"{s3_layout.DATASETS}*"]}},
-            ),
+            list_prefixes("ListDatasets", bucket, (s3_layout.DATASETS,)),
             # multipart uploads of SSE-KMS objects need Decrypt as well as GenerateDataKey
             iam.PolicyStatement(
                 sid="EncryptDatasets", actions=["kms:GenerateDataKey", "kms:Decrypt"], resources=[self.key.key_arn]

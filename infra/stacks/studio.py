@@ -81,7 +81,7 @@ class StudioStack(cdk.Stack):
         ]
         policy = iam.Policy(self, "ExecutionPolicy", statements=statements)
         policy.attach_to_role(self.role)
-        self._acknowledge_wildcards(policy, statements)
+        acknowledge_wildcards(policy, statements, execution_role.WILDCARD_REASONS)
 
         self.domain = sagemaker.CfnDomain(
             self,
@@ -117,7 +117,3 @@ class StudioStack(cdk.Stack):
             )
         cdk.CfnOutput(self, "DomainId", value=self.domain.attr_domain_id)
         cdk.CfnOutput(self, "ExecutionRoleArn", value=self.role.role_arn)
-
-    def _acknowledge_wildcards(self, policy: iam.Policy, statements: list[iam.PolicyStatement]) -> None:
-        """Acknowledge each IAM5 finding of the execution policy on its own, with its statement's reason."""
-        acknowledge_wildcards(policy, statements, execution_role.WILDCARD_REASONS)
