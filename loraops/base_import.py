@@ -34,7 +34,8 @@ from loraops import s3_layout
 from loraops.artifacts import ArtifactError, check_safetensors, served_files, write_once
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, WEIGHT_SUFFIXES, combined_weights_digest, content_digest
 from loraops.naming import base_group_name
-from loraops.registry import Package, Registry, RegistryError
+from loraops.packages import Package, RegistryError
+from loraops.registry import Registry
 
 Progress = Callable[[str, int], None]
 CHUNK = 8 * 1024 * 1024

@@ -27,7 +27,8 @@ from typing import Any
 
 from loraops import endpoints, s3_layout
 from loraops.naming import Metadata, OutputMode
-from loraops.registry import APPROVED, Package, Registry, RegistryError
+from loraops.packages import APPROVED, Package, RegistryError
+from loraops.registry import Registry
 
 
 class DeploymentError(RegistryError):

@@ -19,7 +19,8 @@ from aws_lambda_powertools.utilities.idempotency import idempotent
 from loraops.base_import import import_base, source_from
 from loraops.functions import idempotency, logger, required
 from loraops.naming import Metadata
-from loraops.registry import Registry, RegistryError
+from loraops.packages import RegistryError
+from loraops.registry import Registry
 
 log = logger("import-base")
 LOG_EVERY = 512 * 1024 * 1024

@@ -24,7 +24,7 @@ from loraops.artifacts import ArtifactError, adapter_archive, copy_once, stored_
 from loraops.base_import import LocalFolder, import_base
 from loraops.manifest import MANIFEST_FILE, content_digest, folder_weights_digest
 from loraops.naming import TAG_OUTPUT_MODE, OutputMode
-from loraops.registry import APPROVED, RegistryError
+from loraops.packages import APPROVED, RegistryError
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, REGION, upload_folder
 from tests.registry.stand_ins import CallRecorder
 

@@ -11,7 +11,7 @@ from loraops import s3_layout
 from loraops.base_import import LocalFolder, import_base, upload_base
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, content_digest, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
-from loraops.registry import APPROVED, PENDING, RegistryError
+from loraops.packages import APPROVED, PENDING, RegistryError
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, upload_folder
 
 JOB = "loraops-dolly-adapter-1"
