@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any
 
 from loraops import s3_layout
 from loraops.artifacts import ArtifactError, PendingCopy, adapter_archive, start_copy, write_once
-from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, content_digest
+from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest, content_digest
 from loraops.naming import TAG_BASE_GROUP, TAG_OUTPUT_MODE, Metadata, OutputMode, base_group_name
 from loraops.packages import APPROVED, Package, RegistryError
 from loraops.registration import Registration
@@ -64,14 +63,11 @@ class FinetuneRegistration(Registration):
         if not model_prefix.endswith("/"):
             raise RegistryError(f"model prefix {model_prefix!r} must end with '/' (an S3Prefix model data source)")
         # the bytes checked are the bytes copied: the job's role may rewrite its manifest meanwhile
-        manifest, manifest_bytes = self._read_json(model_prefix + MANIFEST_FILE, "training manifest")
+        manifest, manifest_bytes = self.read_manifest(model_prefix + MANIFEST_FILE)
         evaluation = self.read_json(model_prefix + EVALUATION_FILE, "evaluation report")
-        for key in ("output_mode", "base_model_id", "base_weights_digest", "dataset_digest", "files"):
-            if key not in manifest:
-                raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: no '{key}'")
         if "language_modeling_metrics" not in evaluation:
             raise RegistryError(f"{model_prefix}{EVALUATION_FILE}: not a ModelMetrics statistics report")
-        files: dict[str, str] = manifest["files"]
+        files = manifest.files
         if not files or MANIFEST_FILE in files or any(not _relative(n) for n in files):
             raise RegistryError(f"{model_prefix}{MANIFEST_FILE}: 'files' must name the artifact's other files")
         if EVALUATION_FILE not in files:
@@ -80,37 +76,37 @@ class FinetuneRegistration(Registration):
         if missing := sorted(set(files) - set(listed)):
             raise RegistryError(f"{model_prefix}: files the manifest lists are missing: {missing}")
         tags = self._group_tags(group)
-        mode = OutputMode(manifest["output_mode"])
+        mode = manifest.output_mode
         if tags.get(TAG_OUTPUT_MODE) != mode.value:
             raise RegistryError(f"group {group} holds {tags.get(TAG_OUTPUT_MODE)} models, the job wrote {mode.value}")
-        manifest_base = base_group_name(manifest["base_model_id"])
+        manifest_base = base_group_name(manifest.base_model_id)
         if tags.get(TAG_BASE_GROUP) != manifest_base:
             raise RegistryError(
                 f"group {group} holds fine-tunes of {tags.get(TAG_BASE_GROUP)}; the job's manifest names base "
-                f"{manifest['base_model_id']} ({manifest_base})"
+                f"{manifest.base_model_id} ({manifest_base})"
             )
         sizes = {n: listed[n] for n in files}
         self._check_objects(model_prefix, sizes, files)
-        base = self._finetune_base(manifest.get("base_model_package_arn") or base_package_arn, manifest)
+        base = self._finetune_base(manifest.base_model_package_arn or base_package_arn, manifest)
         self._check_environment(manifest_base, self._group_tags(manifest_base))
         content = content_digest(files, model_prefix)
         prefix = s3_layout.finetuned_prefix(group, content)
         if found := self._find(group, Metadata.CONTENT_DIGEST, content, prefix=prefix):
             return found
-        hyperparameters = manifest.get("hyperparameters", {})
+        hyperparameters = manifest.hyperparameters
         metadata = {
             Metadata.BASE_PACKAGE_ARN: base.arn,
             Metadata.BASE_CONTENT_DIGEST: base.metadata.get(Metadata.CONTENT_DIGEST, ""),
-            Metadata.BASE_WEIGHTS_DIGEST: manifest["base_weights_digest"],
-            Metadata.DATASET_NAME: manifest.get("dataset_name", ""),
-            Metadata.DATASET_DIGEST: manifest["dataset_digest"],
+            Metadata.BASE_WEIGHTS_DIGEST: manifest.base_weights_digest,
+            Metadata.DATASET_NAME: manifest.dataset_name,
+            Metadata.DATASET_DIGEST: manifest.dataset_digest,
             Metadata.TRAINING_JOB: training_job,
             Metadata.OUTPUT_MODE: mode.value,
-            Metadata.CODE_VERSION: manifest.get("code_version", ""),
+            Metadata.CODE_VERSION: manifest.code_version,
             Metadata.IMAGE: self.image,
             Metadata.CONTENT_DIGEST: content,
             Metadata.MANIFEST: s3_layout.s3_uri(self.bucket, prefix + MANIFEST_FILE),
-            Metadata.EVAL_LOSS: str(manifest.get("metrics", {}).get("validation_loss", "")),
+            Metadata.EVAL_LOSS: str(manifest.metrics.get("validation_loss", "")),
             **{
                 f"{Metadata.HYPERPARAMETER_PREFIX}{k}": str(hyperparameters[k])
                 for k in KEY_HYPERPARAMETERS
@@ -162,7 +158,7 @@ class FinetuneRegistration(Registration):
             )
         except ArtifactError:
             # another job's manifest for the same files (its registration stopped before its package): it stays
-            if self.read_json(prefix + MANIFEST_FILE, "manifest").get("files") != files:
+            if self.read_manifest(prefix + MANIFEST_FILE, "manifest")[0].files != files:
                 raise RegistryError(f"s3://{self.bucket}/{prefix}{MANIFEST_FILE} lists other files") from None
         if mode is not OutputMode.ADAPTER:
             return {}
@@ -175,12 +171,12 @@ class FinetuneRegistration(Registration):
                 raise RegistryError(str(error)) from None
         return {Metadata.ADAPTER_ARCHIVE: s3_layout.ADAPTER_ARCHIVE, Metadata.ARCHIVE_DIGEST: digest}
 
-    def _finetune_base(self, arn: str | None, manifest: dict[str, Any]) -> Package:
+    def _finetune_base(self, arn: str | None, manifest: Manifest) -> Package:
         """The approved base package a job trained on: the one its manifest names (the workflow passes the package
         it resolved), which must be of the manifest's base model and have its weights; else (a manifest without an
         ARN) the one approved base version with those weights. Two versions may share weights and differ in other
         files (config, tokenizer): then only the ARN can tell them apart."""
-        group, weights = base_group_name(manifest["base_model_id"]), manifest["base_weights_digest"]
+        group, weights = base_group_name(manifest.base_model_id), manifest.base_weights_digest
         if arn:
             base = self.describe(arn)
             if base.group != group or base.metadata.get(Metadata.WEIGHTS_DIGEST) != weights:
@@ -200,7 +196,7 @@ class FinetuneRegistration(Registration):
         ]
         if not candidates:
             raise RegistryError(
-                f"base weights {weights} of {manifest['base_model_id']} match no approved base package; register "
+                f"base weights {weights} of {manifest.base_model_id} match no approved base package; register "
                 "and approve the base first"
             )
         if len({p.metadata.get(Metadata.CONTENT_DIGEST) for p in candidates}) > 1:

@@ -37,7 +37,10 @@ class PackageIntegrity(FinetuneRegistration, RegistryTree):
         if not is_base and not prefix.startswith(s3_layout.FINETUNED):
             raise RegistryError(f"{package.arn} serves its job's output {prefix}, which is not write-once; {migrate}")
         manifest_file = BASE_MANIFEST if is_base else MANIFEST_FILE
-        files = self.read_json(prefix + manifest_file, "manifest").get("files") or {}
+        if is_base:
+            files = self.read_json(prefix + manifest_file, "manifest").get("files") or {}
+        else:
+            files = self.read_manifest(prefix + manifest_file, "manifest")[0].files
         if content_digest(files, prefix) != recorded:
             raise RegistryError(f"s3://{self.bucket}/{prefix}{manifest_file} no longer lists the registered files")
         archive = package.metadata.get(Metadata.ADAPTER_ARCHIVE)

@@ -4,10 +4,10 @@ objects and JSON documents."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraops.manifest import Manifest, ManifestError, strict_json
 from loraops.naming import TAG_ENVIRONMENT
 from loraops.packages import RegistryError
 
@@ -60,22 +60,27 @@ class RegistryStore:
 
     def read_json(self, key: str, what: str) -> dict[str, Any]:
         """A JSON object in the artifact bucket, or a :class:`RegistryError` naming ``what`` is wrong."""
-        return self._read_json(key, what)[0]
-
-    def _read_json(self, key: str, what: str) -> tuple[dict[str, Any], bytes]:
-        """:meth:`read_json` and the bytes it was parsed from."""
+        body = self._body(key, what)
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self.s3.exceptions.ClientError:
-            raise RegistryError(f"no {what} at s3://{self.bucket}/{key}") from None
-        try:
-            data = json.loads(body, parse_constant=_refuse)
+            data = strict_json(body)
         except ValueError as error:
             raise RegistryError(f"s3://{self.bucket}/{key}: {what} is not valid JSON ({error})") from None
         if not isinstance(data, dict):
             raise RegistryError(f"s3://{self.bucket}/{key}: {what} is not a JSON object")
-        return data, body
+        return data
 
+    def read_manifest(self, key: str, what: str = "training manifest") -> tuple[Manifest, bytes]:
+        """The fine-tune manifest (``loraops-manifest.json``) at ``key``, read only through
+        :meth:`loraops.manifest.Manifest.from_json`, and the bytes it was parsed from; a :class:`RegistryError`
+        naming ``what`` and what is wrong with it otherwise."""
+        body = self._body(key, what)
+        try:
+            return Manifest.from_json(body, f"s3://{self.bucket}/{key}: {what}"), body
+        except ManifestError as error:
+            raise RegistryError(str(error)) from None
 
-def _refuse(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    def _body(self, key: str, what: str) -> bytes:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.ClientError:
+            raise RegistryError(f"no {what} at s3://{self.bucket}/{key}") from None
