@@ -12,7 +12,8 @@ import hashlib
 import io
 
 from loraops import s3_layout
-from loraops.artifacts import ArtifactError, PendingCopy, adapter_archive, start_copy, write_once
+from loraops.adapter_archive import adapter_archive
+from loraops.artifacts import ArtifactError, PendingCopy, start_copy, write_once
 from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest, content_digest
 from loraops.naming import TAG_BASE_GROUP, TAG_OUTPUT_MODE, Metadata, OutputMode, base_group_name
 from loraops.packages import APPROVED, Package, RegistryError

@@ -79,7 +79,7 @@ def content_digest(file_digests: dict[str, str], where: str = "the model") -> st
 
 def folder_content_digest(folder: Path) -> str:
     """:func:`content_digest` of the files a local model folder serves (what an import of it names its version)."""
-    from loraops.artifacts import served_files
+    from loraops.model_files import served_files
 
     root = Path(folder)
     sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}

@@ -22,8 +22,9 @@ import time
 from typing import Any
 
 from loraops import s3_layout
-from loraops.artifacts import ArtifactError, check_safetensors, is_precondition_failure, stored_digest
-from loraops.naming import TAG_APPROVAL_POLICY, Metadata
+from loraops.artifacts import ArtifactError, is_precondition_failure, stored_digest
+from loraops.model_files import check_safetensors
+from loraops.naming import AUTO_APPROVAL, TAG_APPROVAL_POLICY, Metadata
 from loraops.packages import APPROVED, PENDING, Package, RegistryError
 from loraops.registry_lookup import RegistryLookup
 
@@ -72,7 +73,7 @@ class Registration(RegistryLookup):
 
     def approval_status(self, tags: dict[str, str]) -> str:
         """A new package's status: Approved only where the environment and the group's tag both say auto."""
-        auto = tags.get(TAG_APPROVAL_POLICY) == "auto" and self.approval in (None, "auto")
+        auto = tags.get(TAG_APPROVAL_POLICY) == AUTO_APPROVAL and self.approval in (None, AUTO_APPROVAL)
         return APPROVED if auto else PENDING
 
     def _create(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraops.manifest import Manifest, ManifestError, strict_json
-from loraops.naming import TAG_ENVIRONMENT
+from loraops.naming import APPROVAL_POLICIES, TAG_ENVIRONMENT
 from loraops.packages import RegistryError
 
 
@@ -30,7 +30,7 @@ class RegistryStore:
     _environment_read: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.approval not in (None, "auto", "manual"):
+        if self.approval not in (None, *APPROVAL_POLICIES):
             raise RegistryError(f"approval must be auto or manual, got {self.approval!r}")
         if not self.image:
             from loraops.images import image_uri

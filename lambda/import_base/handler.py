@@ -16,7 +16,8 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.idempotency import idempotent
 
-from loraops.base_import import import_base, source_from
+from loraops.base_import import import_base
+from loraops.base_sources import source_from
 from loraops.functions import idempotency, logger, required
 from loraops.naming import Metadata
 from loraops.packages import RegistryError

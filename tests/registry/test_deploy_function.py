@@ -15,8 +15,10 @@ import pytest
 from botocore.config import Config
 
 from loraops import endpoints, s3_layout
-from loraops.base_import import LocalFolder, import_base
-from loraops.deployment import Deployer, ServingTarget
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
+from loraops.deployment import Deployer
+from loraops.endpoints import ServingTarget
 from loraops.naming import OutputMode
 from loraops.packages import Package
 from tests.helpers import fast_args

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from loraops import s3_layout
-from loraops.artifacts import ArtifactError, check_safetensors, write_once
-from loraops.base_import import LocalFolder, import_base
+from loraops.artifacts import ArtifactError, write_once
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.collections import Hierarchy, migrate_member_tags, path_id
 from loraops.manifest import BASE_MANIFEST, folder_content_digest
+from loraops.model_files import check_safetensors
 from loraops.naming import TAG_ENVIRONMENT
 from loraops.packages import APPROVED, PENDING, RegistryError
 from loraops.registry import Registry

@@ -17,7 +17,8 @@ import pytest
 from botocore.config import Config
 
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, import_base
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest
 from loraops.naming import TAG_APPROVAL_POLICY, OutputMode, base_group_name
 from loraops.packages import APPROVED, PENDING

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, import_base, upload_base
+from loraops.base_import import import_base, upload_base
+from loraops.base_sources import LocalFolder
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, content_digest, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
 from loraops.packages import APPROVED, PENDING, RegistryError
