@@ -1,6 +1,6 @@
 """What a registry holds and reads in its environment: the SageMaker and S3 clients, the artifact bucket, the
 approval policy and serving image its packages get, the environment the bucket's tag names, and the bucket's
-objects and JSON documents."""
+objects, JSON documents and fine-tune manifests (read through :class:`loraops.manifest.Manifest`)."""
 
 from __future__ import annotations
 
