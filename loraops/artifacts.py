@@ -1,39 +1,23 @@
-"""What a model version serves, checked before it is stored or registered, and written once.
+"""Objects written once in the artifact bucket, each checked against its digest.
 
-- :func:`served_files`: the one exclusion list every source (local folder, S3, the Hub) goes through: git metadata
-  (``.git/``, ``.gitattributes``), caches (``.cache/``, ``__pycache__/``), Meta's raw checkpoints (``original/``,
-  ``*.pth``) and ``*.bin`` weights beside ``*.safetensors`` (the same weights twice).
-- :func:`check_safetensors`: a ``.safetensors`` file's header parses, every tensor's byte range matches its dtype
-  and shape, and the ranges end exactly at the file's size (a truncated or padded file is refused).
 - :func:`write_once`: put an object only if the key is free (S3 conditional write, ``If-None-Match: *``), with
   S3's SHA-256 checksum and the file's digest in its metadata; a key already holding the same digest is accepted,
   a key holding other bytes is an error. The bucket policy refuses any other write under the write-once prefixes.
 - :func:`copy_once` / :func:`start_copy`: the same for an object already in the bucket (a job's output), copied
   server-side and checked against its digest before it becomes visible.
-- :func:`adapter_archive`: an adapter's files as one deterministic ``.tar.gz`` (what an inference component's
-  ``ArtifactUrl`` must name).
+- :func:`stored_digest`: the digest an object was written with.
 """
 
 from __future__ import annotations
 
 import base64
-import fnmatch
-import gzip
 import hashlib
 import io
-import json
 import math
-import struct
-import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-#: Path components never served (any depth).
-EXCLUDED_DIRS = (".git", ".cache", ".huggingface", "__pycache__", "original")
-#: File names never served.
-EXCLUDED_NAMES = (".gitattributes", ".DS_Store", "*.pth", "*.lock")
 #: Object metadata key holding a written file's ``sha256:<hex>``.
 DIGEST_METADATA = "loraops-sha256"
 #: Bytes per part of a multipart write-once upload (S3's minimum part is 5 MiB).
@@ -42,67 +26,10 @@ PART_SIZE = 64 * 1024 * 1024
 COPY_PART_LIMIT = 5 * 1024**3
 #: Parts of a larger object's copy (at most 10,000 parts: larger objects get larger parts).
 COPY_PART_SIZE = 1024**3
-#: safetensors element sizes per dtype.
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
-MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 
 
 class ArtifactError(ValueError):
     """A file or object cannot be served as it is; nothing was written."""
-
-
-def excluded(name: str) -> bool:
-    """Whether relative path ``name`` is never part of a served model."""
-    parts = name.split("/")
-    return any(p in EXCLUDED_DIRS for p in parts[:-1]) or any(fnmatch.fnmatch(parts[-1], p) for p in EXCLUDED_NAMES)
-
-
-def served_files(files: dict[str, int]) -> dict[str, int]:
-    """``files`` (relative name -> size) without what a model folder holds but does not serve."""
-    keep = {n: size for n, size in files.items() if not excluded(n)}
-    if any(n.endswith(".safetensors") and "/" not in n for n in keep):
-        keep = {n: size for n, size in keep.items() if not (n.endswith(".bin") and "/" not in n)}
-    return keep
-
-
-def check_safetensors(name: str, size: int, read: Callable[[int, int], bytes]) -> None:
-    """Raise :class:`ArtifactError` unless ``name`` (``size`` bytes; ``read(offset, length)`` reads it) is a
-    complete safetensors file: 8-byte header length, JSON header, tensors that tile the data exactly."""
-    if size < 8:
-        raise ArtifactError(f"{name}: {size} bytes, too short for a safetensors file")
-    (length,) = struct.unpack("<Q", read(0, 8))
-    if length > MAX_HEADER or 8 + length > size:
-        raise ArtifactError(f"{name}: header of {length} bytes does not fit the file's {size} bytes (truncated?)")
-    try:
-        header = json.loads(read(8, length))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ArtifactError(f"{name}: the safetensors header is not JSON ({error})") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{name}: the safetensors header is not a JSON object")
-    end = 0
-    for tensor, info in header.items():
-        if tensor == "__metadata__":
-            continue
-        try:
-            begin, stop = info["data_offsets"]
-            count = 1
-            for dim in info["shape"]:
-                count *= int(dim)
-            expected = count * DTYPE_BYTES[info["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"{name}: tensor {tensor!r} has no valid dtype, shape and data_offsets") from None
-        if stop - begin != expected or begin < 0:
-            raise ArtifactError(f"{name}: tensor {tensor!r} spans {stop - begin} bytes, its shape needs {expected}")
-        end = max(end, stop)
-    if 8 + length + end != size:
-        raise ArtifactError(
-            f"{name}: the header describes {8 + length + end} bytes, the file has {size} (truncated or corrupt)"
-        )
 
 
 def _digest_of(head: dict[str, Any]) -> str:
@@ -324,33 +251,3 @@ def _read_digest(s3: Any, source: dict[str, str], etag: str) -> str:
     while chunk := body.read(8 * 1024 * 1024):
         sha.update(chunk)
     return f"sha256:{sha.hexdigest()}"
-
-
-#: Fixed metadata of every archive member, so the same files always give the same archive bytes.
-_ARCHIVE_MTIME = 0
-
-
-def adapter_archive(files: dict[str, Callable[[], BinaryIO]], sizes: dict[str, int]) -> tuple[BinaryIO, int, str]:
-    """``files`` (relative name -> opener of its bytes, ``sizes`` each) packed as one gzip-compressed tar, members
-    in name order with fixed mtime, owner and mode (gzip header without name or time): the same files give the same
-    archive, byte for byte. Returns the archive (a temporary file, at its start), its size and its digest."""
-    spool = tempfile.SpooledTemporaryFile(max_size=PART_SIZE)  # noqa: SIM115 - returned to the caller, who closes it
-    with gzip.GzipFile(filename="", mode="wb", fileobj=spool, mtime=_ARCHIVE_MTIME, compresslevel=6) as zipped:
-        with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name in sorted(files):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = sizes[name], _ARCHIVE_MTIME, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                body = files[name]()
-                try:
-                    tar.addfile(info, body)
-                finally:
-                    body.close()
-    size = spool.tell()
-    spool.seek(0)
-    sha = hashlib.sha256()
-    while chunk := spool.read(8 * 1024 * 1024):
-        sha.update(chunk)
-    spool.seek(0)
-    return spool, size, f"sha256:{sha.hexdigest()}"

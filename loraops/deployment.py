@@ -21,13 +21,14 @@ the ``loraops models migrate`` command that fixes it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from loraops import endpoints, s3_layout
+from loraops.endpoints import ServingTarget
 from loraops.naming import Metadata, OutputMode
-from loraops.registry import APPROVED, Package, Registry, RegistryError
+from loraops.packages import APPROVED, Package, RegistryError
+from loraops.registry import Registry
 
 
 class DeploymentError(RegistryError):
@@ -36,30 +37,6 @@ class DeploymentError(RegistryError):
 
 class EndpointBusy(RuntimeError):
     """The endpoint is not InService (a blue/green update is under way): nothing was changed; retry later."""
-
-
-@dataclass(frozen=True)
-class ServingTarget:
-    """The environment's endpoint, as the serving stack made it."""
-
-    prefix: str  # loraops-<env>: names of what the function creates
-    mode: str  # endpoint | inference-components
-    endpoint: str
-    rollback_alarms: tuple[str, ...] = ()
-
-    @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> ServingTarget:
-        """``NAME_PREFIX``, ``SERVING_MODE``, ``ENDPOINT_NAME``, ``ROLLBACK_ALARMS`` (comma-separated)."""
-        environ = os.environ if environ is None else environ
-        mode = environ["SERVING_MODE"]
-        if mode not in endpoints.MODES:
-            raise ValueError(f"SERVING_MODE={mode!r}; modes: {', '.join(endpoints.MODES)}")
-        alarms = tuple(a for a in environ.get("ROLLBACK_ALARMS", "").split(",") if a)
-        return cls(environ["NAME_PREFIX"], mode, environ["ENDPOINT_NAME"], alarms)
-
-    @property
-    def base_component(self) -> str:
-        return endpoints.base_component_name(self.prefix)
 
 
 @dataclass
@@ -301,20 +278,3 @@ def _reply(package: Package, action: str, detail: str) -> dict[str, Any]:
         "action": action,
         "detail": detail,
     }
-
-
-def pin_served_model(registry: Registry, ssm: Any, prefix: str, package_arn: str) -> Package:
-    """Record an approved base or merged package as the model the serving stack deploys (its SSM parameter)."""
-    package = registry.describe(package_arn)
-    if package.status != APPROVED:
-        raise DeploymentError(f"{package_arn} is {package.status or 'not approved'}; only approved packages are served")
-    if package.metadata.get(Metadata.OUTPUT_MODE) == OutputMode.ADAPTER:
-        raise DeploymentError(
-            f"{package_arn} is an adapter: pin its base, and approving the adapter adds its inference component"
-        )
-    registry.check_in_environment(package)
-    registry.verify_content(package)
-    ssm.put_parameter(
-        Name=endpoints.served_model_parameter(prefix), Value=package.model_data_prefix, Type="String", Overwrite=True
-    )
-    return package

@@ -8,7 +8,9 @@ names, so the stack and the function build from one definition.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Serving engines: ``vllm`` (LMI's vLLM backend with LoRA; adapter inference components) or ``loraops``
@@ -97,3 +99,27 @@ def engine_environment(engine: str, serving_container: Path) -> dict[str, str]:
     if engine not in ENGINES:
         raise ValueError(f"unknown serving engine {engine!r}; engines: {', '.join(ENGINES)}")
     return properties_environment((serving_container / _PROPERTIES[engine]).read_text())
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """The environment's endpoint, as the serving stack made it."""
+
+    prefix: str  # loraops-<env>: names of what the function creates
+    mode: str  # endpoint | inference-components
+    endpoint: str
+    rollback_alarms: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> ServingTarget:
+        """``NAME_PREFIX``, ``SERVING_MODE``, ``ENDPOINT_NAME``, ``ROLLBACK_ALARMS`` (comma-separated)."""
+        environ = os.environ if environ is None else environ
+        mode = environ["SERVING_MODE"]
+        if mode not in MODES:
+            raise ValueError(f"SERVING_MODE={mode!r}; modes: {', '.join(MODES)}")
+        alarms = tuple(a for a in environ.get("ROLLBACK_ALARMS", "").split(",") if a)
+        return cls(environ["NAME_PREFIX"], mode, environ["ENDPOINT_NAME"], alarms)
+
+    @property
+    def base_component(self) -> str:
+        return base_component_name(self.prefix)

@@ -30,7 +30,7 @@ def required(event: dict[str, Any], *keys: str) -> list[str]:
     """The event's string values for ``keys``, or one error naming every key that is missing or not a string."""
     missing = [k for k in keys if not isinstance(event.get(k), str) or not event.get(k)]
     if missing:
-        from loraops.registry import RegistryError
+        from loraops.packages import RegistryError
 
         raise RegistryError(f"the event needs non-empty string fields {missing}; it has {sorted(event)}")
     return [event[k] for k in keys]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ class ManifestError(ValueError):
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``text`` parsed as strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` raise :class:`ValueError`."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def file_digest(path: Path) -> str:
@@ -74,7 +79,7 @@ def content_digest(file_digests: dict[str, str], where: str = "the model") -> st
 
 def folder_content_digest(folder: Path) -> str:
     """:func:`content_digest` of the files a local model folder serves (what an import of it names its version)."""
-    from loraops.artifacts import served_files
+    from loraops.model_files import served_files
 
     root = Path(folder)
     sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
@@ -137,21 +142,38 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
+        """The manifest in ``folder`` (:meth:`from_json`)."""
         path = Path(folder) / MANIFEST_FILE
         if not path.is_file():
             raise ManifestError(f"{path}: no manifest")
+        return cls.from_json(path.read_bytes(), str(path))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str) -> Manifest:
+        """A manifest from its JSON text; ``where`` names it in errors. Refused with :class:`ManifestError`: text
+        that is not strict JSON (NaN and Infinity included) or not an object, a ``schema_version`` other than
+        :data:`SCHEMA_VERSION`, fields this version does not have, a missing required field, an unknown output
+        mode."""
         try:
-            data = json.loads(path.read_text(), parse_constant=_refuse_constant)
-        except (json.JSONDecodeError, ValueError) as error:
-            raise ManifestError(f"{path}: not JSON ({error})") from None
+            data = strict_json(text)
+        except ValueError as error:  # JSONDecodeError, a refused constant, bytes that are not UTF-8
+            raise ManifestError(f"{where} is not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where} is not a JSON object")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise ManifestError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-        try:
-            if "output_mode" in data:
+            raise ManifestError(f"{where}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        known = {f.name: f for f in fields(cls)}
+        if unknown := sorted(set(data) - set(known)):
+            raise ManifestError(f"{where}: unknown fields {unknown}")
+        if "output_mode" in data:
+            try:
                 data["output_mode"] = OutputMode(data["output_mode"])
-            return cls(**data)
-        except (TypeError, ValueError) as error:
-            raise ManifestError(f"{path}: {error}") from None
+            except ValueError as error:
+                raise ManifestError(f"{where}: {error}") from None
+        required = (n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING)
+        if missing := [n for n in required if n not in data]:
+            raise ManifestError(f"{where}: no {', '.join(repr(n) for n in missing)}")
+        return cls(**data)
 
     def verify(self, folder: Path) -> None:
         """Raise if any listed file is missing or differs, or an unlisted file is present."""

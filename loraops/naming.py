@@ -24,6 +24,9 @@ TAG_OUTPUT_MODE = "loraops:outputMode"
 TAG_PACKAGE_GROUP = "loraops:modelPackageGroup"
 #: ``auto`` or ``manual``: whether new packages in the group are approved on registration.
 TAG_APPROVAL_POLICY = "loraops:approvalPolicy"
+#: The approval policies: a group's ``loraops:approvalPolicy`` tag and an environment's ``approval`` take these values.
+AUTO_APPROVAL, MANUAL_APPROVAL = "auto", "manual"
+APPROVAL_POLICIES = (AUTO_APPROVAL, MANUAL_APPROVAL)
 #: On every resource the stacks create (groups, the bucket): the environment's name.
 TAG_ENVIRONMENT = "loraops:environment"
 

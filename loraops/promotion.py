@@ -36,7 +36,8 @@ from loraops.naming import (
     Metadata,
     ModelType,
 )
-from loraops.registry import APPROVED, Package, Registry, RegistryError
+from loraops.packages import APPROVED, Package, RegistryError
+from loraops.registry import Registry
 
 #: Bytes per ``UploadPartCopy`` (S3: 5 MiB to 5 GiB per part, at most 10,000 parts).
 COPY_PART = 1024**3

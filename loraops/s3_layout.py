@@ -108,7 +108,8 @@ def staging_prefix(purpose: str, token: str) -> str:
 
 
 def registration_claim(group: str, token: str) -> str:
-    """The claim object of one registration in progress (see :meth:`loraops.registry.Registry._register_once`)."""
+    """The claim object of one registration in progress (see
+    :meth:`loraops.registration.Registration._register_once`)."""
     return f"{REGISTRATIONS}{_segment(group, 'group')}/{_segment(token, 'token')}.json"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -57,9 +58,11 @@ def test_weights_digest_covers_names_and_contents(tmp_path):
     ("content", "message"),
     [
         (None, "no manifest"),
-        ("{oops", "not JSON"),
+        ("{oops", "is not valid JSON"),
+        ("[]", "is not a JSON object"),
         (json.dumps({"schema_version": 99}), "schema_version 99"),
-        (json.dumps({"schema_version": 2, "surprise": 1}), "unexpected keyword argument"),
+        (json.dumps({"schema_version": 2, "surprise": 1}), r"unknown fields \['surprise'\]"),
+        (json.dumps({"schema_version": 2}), "no 'output_mode', 'base_model_id', "),
         (json.dumps({"schema_version": 2, "output_mode": "zip"}), "'zip' is not a valid OutputMode"),
     ],
 )
@@ -88,3 +91,25 @@ def test_non_finite_numbers_are_refused_both_ways(tmp_path):
     (tmp_path / MANIFEST_FILE).write_text(text)
     with pytest.raises(ManifestError, match="NaN is not valid JSON"):
         Manifest.read(tmp_path)
+
+
+def test_from_json_is_what_read_parses_and_names_where_it_was(tmp_path):
+    """One parser for every reader: a manifest's bytes give the manifest :meth:`Manifest.read` gives, and errors
+    name the place the caller passes (the registry passes the S3 key)."""
+    _manifest().write(tmp_path)
+    text = (tmp_path / MANIFEST_FILE).read_bytes()
+    assert Manifest.from_json(text, "anywhere") == Manifest.read(tmp_path)
+    data = json.loads(text)
+    del data["dataset_digest"]
+    with pytest.raises(ManifestError, match=r"^s3://b/k: training manifest: no 'dataset_digest'$"):
+        Manifest.from_json(json.dumps(data), "s3://b/k: training manifest")
+
+
+def test_schema_version_1_is_refused_by_name(tmp_path):
+    """A schema 1 manifest (the first trainer's: ``dataset_records``/``validation_records``, no ``data``) is refused
+    naming its version, not parsed loosely."""
+    data = asdict(_manifest())
+    data.update(schema_version=1, dataset_records=10, validation_records=1)
+    del data["data"]
+    with pytest.raises(ManifestError, match="schema_version 1, expected 2"):
+        Manifest.from_json(json.dumps(data), "old")

@@ -18,7 +18,8 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 
-from loraops.deployment import Deployer, DeploymentError, ServingTarget
+from loraops.deployment import Deployer, DeploymentError
+from loraops.endpoints import ServingTarget
 from loraops.functions import logger
 from loraops.registry import Registry
 

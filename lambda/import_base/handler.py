@@ -16,10 +16,12 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.idempotency import idempotent
 
-from loraops.base_import import import_base, source_from
+from loraops.base_import import import_base
+from loraops.base_sources import source_from
 from loraops.functions import idempotency, logger, required
 from loraops.naming import Metadata
-from loraops.registry import Registry, RegistryError
+from loraops.packages import RegistryError
+from loraops.registry import Registry
 
 log = logger("import-base")
 LOG_EVERY = 512 * 1024 * 1024

@@ -18,8 +18,9 @@ import boto3
 
 from loraops.functions import logger, required
 from loraops.naming import Metadata
+from loraops.packages import RegistryError
 from loraops.promotion import Promotion, SourceEnvironment
-from loraops.registry import Registry, RegistryError
+from loraops.registry import Registry
 
 log = logger("promote")
 

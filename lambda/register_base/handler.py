@@ -15,7 +15,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.idempotency import idempotent
 
 from loraops.functions import idempotency, logger, required
-from loraops.registry import Registry, RegistryError
+from loraops.packages import RegistryError
+from loraops.registry import Registry
 
 log = logger("register-base")
 

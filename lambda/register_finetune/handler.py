@@ -16,7 +16,8 @@ from aws_lambda_powertools.utilities.idempotency import idempotent
 
 from loraops.functions import idempotency, logger
 from loraops.naming import TAG_PACKAGE_GROUP
-from loraops.registry import Registry, RegistryError
+from loraops.packages import RegistryError
+from loraops.registry import Registry
 
 log = logger("register-finetune")
 

@@ -72,13 +72,14 @@ def import_base(args: argparse.Namespace) -> int:
     )
 
     from loraops import base_import
+    from loraops.base_sources import source_from
     from loraops.naming import base_group_name
 
     _check_source(args.source)
     base_group_name(args.model_id)  # a usage error before anything is read
     registry = open_registry(args)
     token = os.environ.get(args.hub_token_env, "")
-    source = base_import.source_from(args.source, registry.s3, revision=args.revision, token=token)
+    source = source_from(args.source, registry.s3, revision=args.revision, token=token)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -88,7 +88,8 @@ def client(args: argparse.Namespace, service: str, role_arn: str | None = None):
 
 def open_registry(args: argparse.Namespace, role_arn: str | None = None):
     """The registry of ``--bucket``; with ``role_arn``, as that role (e.g. the environment's approver)."""
-    from loraops.registry import Registry, RegistryError
+    from loraops.packages import RegistryError
+    from loraops.registry import Registry
 
     sagemaker = client(args, "sagemaker", role_arn)
     s3 = client(args, "s3", role_arn)
@@ -154,7 +155,7 @@ def registry_errors(function):
         from loraops.finetune import FineTuneError
         from loraops.manifest import ManifestError
         from loraops.naming import NamingError
-        from loraops.registry import RegistryError
+        from loraops.packages import RegistryError
 
         try:
             return function(args, *rest)

@@ -25,8 +25,8 @@ def add_commands(nouns) -> None:
 
 @registry_errors
 def pin_model(args: argparse.Namespace) -> int:
-    from loraops.deployment import pin_served_model
     from loraops.endpoints import served_model_parameter
+    from loraops.serve_pin import pin_served_model
 
     if not args.prefix:
         raise CLIError("name the environment (--prefix loraops-<env> or LORAOPS_PREFIX)")

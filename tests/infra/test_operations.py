@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from loraops.deployment import Deployer, ServingTarget
+from loraops.deployment import Deployer
+from loraops.endpoints import ServingTarget
 from loraops.finetune import FineTuneRequest
 from loraops.naming import OutputMode
 from tests.infra.conftest import ENVIRONMENTS

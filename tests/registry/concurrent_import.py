@@ -13,7 +13,8 @@ def import_in_step(
     import boto3
     from botocore.config import Config
 
-    from loraops.base_import import LocalFolder, upload_base
+    from loraops.base_import import upload_base
+    from loraops.base_sources import LocalFolder
     from loraops.registry import Registry
 
     config = Config(retries={"max_attempts": 1})

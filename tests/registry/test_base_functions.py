@@ -9,7 +9,8 @@ import boto3
 import pytest
 
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, upload_base
+from loraops.base_import import upload_base
+from loraops.base_sources import LocalFolder
 from loraops.manifest import folder_content_digest, folder_weights_digest
 from tests.registry.conftest import MODEL_ID, LambdaContext, invoke_concurrently, load_handler
 

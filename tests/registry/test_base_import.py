@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from loraops import s3_layout
-from loraops.base_import import HubRepo, LocalFolder, S3Folder, import_base, source_from
+from loraops.base_import import import_base
+from loraops.base_sources import HubRepo, LocalFolder, S3Folder, source_from
 from loraops.manifest import BASE_MANIFEST, folder_content_digest, folder_weights_digest
-from loraops.registry import RegistryError
+from loraops.packages import RegistryError
 from tests.registry.conftest import BUCKET, MODEL_ID
 
 GROUP = "meta-llama--Llama-2-7b-hf"

@@ -15,10 +15,12 @@ import pytest
 from botocore.config import Config
 
 from loraops import endpoints, s3_layout
-from loraops.base_import import LocalFolder, import_base
-from loraops.deployment import Deployer, ServingTarget
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
+from loraops.deployment import Deployer
+from loraops.endpoints import ServingTarget
 from loraops.naming import OutputMode
-from loraops.registry import Package
+from loraops.packages import Package
 from tests.helpers import fast_args
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, REGION, load_handler
 from tests.registry.stand_ins import CallRecorder, SageMakerWithComponents

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from loraops import artifacts, s3_layout
-from loraops.artifacts import ArtifactError, adapter_archive, copy_once, stored_digest
-from loraops.base_import import LocalFolder, import_base
+from loraops.adapter_archive import adapter_archive
+from loraops.artifacts import ArtifactError, copy_once, stored_digest
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.manifest import MANIFEST_FILE, content_digest, folder_weights_digest
 from loraops.naming import TAG_OUTPUT_MODE, OutputMode
-from loraops.registry import APPROVED, RegistryError
+from loraops.packages import APPROVED, RegistryError
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, REGION, upload_folder
 from tests.registry.stand_ins import CallRecorder
 
@@ -328,7 +330,8 @@ def test_an_earlier_fine_tune_is_refused_by_deploy_until_migrated(
     registry, aws, emulator, tiny_base, adapter_output, capsys, with_digest
 ):
     from loraops.cli import main
-    from loraops.deployment import Deployer, DeploymentError, ServingTarget
+    from loraops.deployment import Deployer, DeploymentError
+    from loraops.endpoints import ServingTarget
 
     base = _approved_base(registry, tiny_base)
     legacy = _legacy_finetune(registry, aws, adapter_output, base, with_digest)

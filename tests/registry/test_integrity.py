@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from loraops import s3_layout
-from loraops.artifacts import ArtifactError, check_safetensors, write_once
-from loraops.base_import import LocalFolder, import_base
+from loraops.artifacts import ArtifactError, write_once
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.collections import Hierarchy, migrate_member_tags, path_id
 from loraops.manifest import BASE_MANIFEST, folder_content_digest
+from loraops.model_files import check_safetensors
 from loraops.naming import TAG_ENVIRONMENT
-from loraops.registry import APPROVED, PENDING, Registry, RegistryError
+from loraops.packages import APPROVED, PENDING, RegistryError
+from loraops.registry import Registry
 from tests.registry.concurrent_import import import_in_step
 from tests.registry.conftest import BUCKET, MODEL_ID, REGION, create_environment
 
@@ -259,7 +262,7 @@ def test_migration_moves_groups_tagged_with_an_earlier_child_path_into_the_sdk_f
 def test_create_model_package_carries_a_client_token_of_the_content(registry, aws, tiny_base):
     """SageMaker's own idempotency (the emulator ignores ClientToken, so the request is what is checked: botocore
     validates it against the real API model before sending)."""
-    from loraops.registry import client_token
+    from loraops.registration import client_token
 
     requests = []
     registry.sagemaker.meta.events.register(

@@ -17,11 +17,13 @@ import pytest
 from botocore.config import Config
 
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, import_base
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest
 from loraops.naming import TAG_APPROVAL_POLICY, OutputMode, base_group_name
+from loraops.packages import APPROVED, PENDING
 from loraops.promotion import Promotion, PromotionError, SourceEnvironment
-from loraops.registry import APPROVED, PENDING, Registry
+from loraops.registry import Registry
 from tests.registry.conftest import ADAPTER_GROUP, MODEL_ID, LambdaContext, create_environment, load_handler
 
 STAGING = SourceEnvironment("staging", "123456789012", "us-east-1")  # moto's default account

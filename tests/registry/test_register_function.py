@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, import_base
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.naming import TAG_PACKAGE_GROUP, OutputMode
 from tests.helpers import fast_args
 from tests.registry.conftest import (

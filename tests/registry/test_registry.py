@@ -8,10 +8,11 @@ import shutil
 import pytest
 
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, import_base, upload_base
+from loraops.base_import import import_base, upload_base
+from loraops.base_sources import LocalFolder
 from loraops.manifest import BASE_MANIFEST, MANIFEST_FILE, content_digest, folder_content_digest, folder_weights_digest
 from loraops.naming import OutputMode
-from loraops.registry import APPROVED, PENDING, RegistryError
+from loraops.packages import APPROVED, PENDING, RegistryError
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, upload_folder
 
 JOB = "loraops-dolly-adapter-1"
@@ -96,12 +97,21 @@ def test_finetune_of_an_unapproved_base_is_refused(registry, aws, tiny_base, ada
     assert _versions(aws, ADAPTER_GROUP) == []
 
 
+def _edit_manifest(folder, **changes) -> None:
+    """Change fields of the manifest in ``folder`` (None: remove the field)."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest.update(changes)
+    (folder / MANIFEST_FILE).write_text(json.dumps({k: v for k, v in manifest.items() if v is not None}))
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
         (lambda p: p.joinpath(MANIFEST_FILE).unlink(), "no training manifest at"),
         (lambda p: p.joinpath(MANIFEST_FILE).write_text("{not json"), "training manifest is not valid JSON"),
         (lambda p: p.joinpath("evaluation.json").write_text('{"loss": NaN}'), "evaluation report is not valid JSON"),
+        (lambda p: _edit_manifest(p, schema_version=1), "training manifest: schema_version 1, expected 2"),
+        (lambda p: _edit_manifest(p, data=None), "training manifest: no 'data'"),
         (
             lambda p: p.joinpath("adapter_model.safetensors").unlink(),
             r"files the manifest lists are missing: \['adapter_model.safetensors'\]",

@@ -12,7 +12,8 @@ import pytest
 
 from infra.workflow import WorkflowSettings, definition
 from loraops import s3_layout
-from loraops.base_import import LocalFolder, import_base
+from loraops.base_import import import_base
+from loraops.base_sources import LocalFolder
 from loraops.finetune import FineTuneError, FineTuneRequest
 from loraops.naming import TAG_PACKAGE_GROUP, OutputMode
 from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MODEL_ID, REGION
