@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from infra.config_sections import REGION_PATTERN, FineTunedLine, PromotionPeer, ServingConfig, StrictModel
-from loraops.naming import base_group_name
+from loraops.naming import AUTO_APPROVAL, MANUAL_APPROVAL, ApprovalPolicy, base_group_name
 
 LOG_RETENTION_DAYS = frozenset(
     {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
@@ -28,7 +28,7 @@ class EnvironmentConfig(StrictModel):
     base_model_id: str = "meta-llama/Llama-2-7b-hf"
     training_instance_type: str = Field(default="ml.g5.2xlarge", pattern=_INSTANCE_TYPE)
     serving_instance_type: str = Field(default="ml.g5.2xlarge", pattern=_INSTANCE_TYPE)
-    approval: Literal["auto", "manual"]
+    approval: ApprovalPolicy
     removal_policy: Literal["destroy", "retain"] = Field(
         description="destroy: `cdk destroy` removes everything, objects included; retain: data outlives its stacks"
     )
@@ -159,7 +159,7 @@ class EnvironmentConfig(StrictModel):
         groups = [line.group_name(self.base_model_id) for line in self.fine_tuned_lines]
         if len(set(groups)) != len(groups):
             raise ValueError(f"fine_tuned_lines name the same package group twice: {groups}")
-        if self.approval == "manual" and not self.approvers:
+        if self.approval == MANUAL_APPROVAL and not self.approvers:
             raise ValueError(
                 "approval is 'manual' but no 'approvers' are named: list the IAM role, user or account-root ARNs "
                 "that may approve packages (otherwise any administrator can)"
@@ -201,7 +201,7 @@ class EnvironmentConfig(StrictModel):
 
     @property
     def auto_approve(self) -> bool:
-        return self.approval == "auto"
+        return self.approval == AUTO_APPROVAL
 
     @property
     def base_group(self) -> str:

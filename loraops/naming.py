@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Literal
 
 MAX_GROUP_NAME_LENGTH = 63
 _GROUP_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -27,6 +28,8 @@ TAG_APPROVAL_POLICY = "loraops:approvalPolicy"
 #: The approval policies: a group's ``loraops:approvalPolicy`` tag and an environment's ``approval`` take these values.
 AUTO_APPROVAL, MANUAL_APPROVAL = "auto", "manual"
 APPROVAL_POLICIES = (AUTO_APPROVAL, MANUAL_APPROVAL)
+#: The type of a field that takes an approval policy (``Literal[("a", "b")]`` is ``Literal["a", "b"]``).
+ApprovalPolicy = Literal[APPROVAL_POLICIES]
 #: On every resource the stacks create (groups, the bucket): the environment's name.
 TAG_ENVIRONMENT = "loraops:environment"
 

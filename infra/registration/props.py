@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from infra.config_sections import FineTunedLine, ServingConfig
 from infra.props import Alerting, PromotionProps
+from loraops.naming import ApprovalPolicy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,7 +15,7 @@ class RegistrationProps(Alerting):
     where serving is configured, what deploy-on-approval guards (lines, instance types, the execution role)."""
 
     artifact_bucket_name: str
-    approval: Literal["auto", "manual"]
+    approval: ApprovalPolicy
     auto_approve: bool
     base_model_id: str
     fine_tuned_lines: tuple[FineTunedLine, ...]

@@ -4,7 +4,6 @@ and the approver role of manual-approval environments."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -17,7 +16,7 @@ from infra.config_sections import FineTunedLine
 from infra.nag import acknowledge_wildcards
 from infra.props import EnvironmentBasics, PromotionProps, removal_policy
 from loraops.collections import Collection, Hierarchy
-from loraops.naming import TAG_APPROVAL_POLICY, base_group_tags, finetuned_group_tags
+from loraops.naming import TAG_APPROVAL_POLICY, ApprovalPolicy, base_group_tags, finetuned_group_tags
 
 #: Why each statement of the approver's policy that holds a wildcard needs it.
 APPROVER_WILDCARD_REASONS = {
@@ -37,7 +36,7 @@ class RegistryProps(EnvironmentBasics):
     base_model_id: str
     base_group: str
     fine_tuned_lines: tuple[FineTunedLine, ...]
-    approval: Literal["auto", "manual"]
+    approval: ApprovalPolicy
     approvers: tuple[str, ...]
     artifact_bucket_name: str
     promotion: PromotionProps
