@@ -17,7 +17,7 @@ from loraops.artifacts import ArtifactError, PendingCopy, start_copy, write_once
 from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest, content_digest
 from loraops.naming import TAG_BASE_GROUP, TAG_OUTPUT_MODE, Metadata, OutputMode, base_group_name
 from loraops.packages import APPROVED, Package, RegistryError
-from loraops.registration import Registration
+from loraops.registration import Registration, evaluation_metrics
 
 #: Hyperparameters copied into a package's metadata (the manifest, linked from it, holds them all).
 KEY_HYPERPARAMETERS = (
@@ -114,14 +114,7 @@ class FinetuneRegistration(Registration):
                 if k in hyperparameters
             },
         }
-        metrics = {
-            "ModelQuality": {
-                "Statistics": {
-                    "ContentType": "application/json",
-                    "S3Uri": s3_layout.s3_uri(self.bucket, prefix + EVALUATION_FILE),
-                }
-            }
-        }
+        metrics = evaluation_metrics(self.bucket, prefix)
 
         def copy_and_create() -> Package:
             metadata.update(self._place_finetune(model_prefix, prefix, files, sizes, mode, manifest_bytes))

@@ -20,7 +20,6 @@ no package; promoting again finishes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 from loraops import s3_layout
 from loraops.artifacts import DIGEST_METADATA, is_precondition_failure, stored_digest
-from loraops.manifest import BASE_MANIFEST, EVALUATION_FILE, MANIFEST_FILE
+from loraops.manifest import BASE_MANIFEST, EVALUATION_FILE, MANIFEST_FILE, Manifest, strict_json
 from loraops.naming import (
     TAG_BASE_GROUP,
     TAG_MODEL_TYPE,
@@ -37,6 +36,7 @@ from loraops.naming import (
     ModelType,
 )
 from loraops.packages import APPROVED, Package, RegistryError
+from loraops.registration import evaluation_metrics
 from loraops.registry import Registry
 
 #: Bytes per ``UploadPartCopy`` (S3: 5 MiB to 5 GiB per part, at most 10,000 parts).
@@ -104,8 +104,8 @@ class Promotion:
             metadata[Metadata.MANIFEST] = s3_layout.s3_uri(self.target.bucket, prefix + MANIFEST_FILE)
         pinned = self._verified_objects(package)
         manifest_key = prefix + manifest_file
-        manifest, manifest_digest = self._manifest(manifest_key, pinned)
-        digests = {prefix + name: digest for name, digest in (manifest.get("files") or {}).items()}
+        manifest_files, manifest_digest = self._manifest_files(manifest_key, pinned)
+        digests = {prefix + name: digest for name, digest in manifest_files.items()}
         digests[manifest_key] = manifest_digest
         if archive := package.metadata.get(Metadata.ADAPTER_ARCHIVE):  # verify_content checked it against archiveDigest
             digests[prefix + archive] = package.metadata.get(Metadata.ARCHIVE_DIGEST, "")
@@ -117,8 +117,7 @@ class Promotion:
         files = {key[len(prefix) :] for key in pinned}
         metrics = None
         if EVALUATION_FILE in files and manifest_file == MANIFEST_FILE:
-            uri = s3_layout.s3_uri(self.target.bucket, prefix + EVALUATION_FILE)
-            metrics = {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": uri}}}
+            metrics = evaluation_metrics(self.target.bucket, prefix)
         description = f"{package.group} v{package.version} promoted from {self.origin.name}"
         return self.target.register_copy(package.group, prefix, metadata, description, metrics)
 
@@ -194,17 +193,24 @@ class Promotion:
             result[item["Key"]] = (None if version in (None, "null") else version, head["ContentLength"], head["ETag"])
         return result
 
-    def _manifest(self, key: str, pinned: dict[str, tuple[str | None, int]]) -> tuple[dict[str, Any], str]:
-        """The pinned manifest's JSON (the files and their digests) and its own digest."""
+    def _manifest_files(self, key: str, pinned: dict[str, tuple[str | None, int]]) -> tuple[dict[str, str], str]:
+        """The files the pinned manifest lists, with their digests, and the manifest's own digest. A fine-tune's
+        manifest is read through :class:`Manifest`; a base's (``loraops-base.json``, whose earliest form lacks
+        fields later ones carry) only for its ``files``."""
         version = pinned.get(key, (None, 0))[0]
         body = self.source.s3.get_object(
             Bucket=self.source.bucket, Key=key, **({"VersionId": version} if version else {})
         )["Body"].read()
+        where = f"s3://{self.source.bucket}/{key}"
         try:
-            data = json.loads(body)
-        except ValueError as error:
-            raise PromotionError(f"s3://{self.source.bucket}/{key} is not JSON ({error})") from None
-        return (data if isinstance(data, dict) else {}), f"sha256:{hashlib.sha256(body).hexdigest()}"
+            if key.endswith("/" + MANIFEST_FILE):
+                files = Manifest.from_json(body, where).files
+            else:
+                data = strict_json(body)
+                files = data.get("files") if isinstance(data, dict) else None
+        except ValueError as error:  # ManifestError is a ValueError
+            raise PromotionError(f"{where}: {error}") from None
+        return dict(files or {}), f"sha256:{hashlib.sha256(body).hexdigest()}"
 
     # ------------------------------------------------------------------------------------------------ copy
     def _copy_once(self, key: str, version: str | None, size: int, digest: str) -> bool:

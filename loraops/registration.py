@@ -23,6 +23,7 @@ from typing import Any
 
 from loraops import s3_layout
 from loraops.artifacts import ArtifactError, is_precondition_failure, stored_digest
+from loraops.manifest import EVALUATION_FILE
 from loraops.model_files import check_safetensors
 from loraops.naming import AUTO_APPROVAL, TAG_APPROVAL_POLICY, Metadata
 from loraops.packages import APPROVED, PENDING, Package, RegistryError
@@ -32,6 +33,13 @@ from loraops.registry_lookup import RegistryLookup
 CLAIM_LEASE_SECONDS = 600
 #: How long a registration waits for another one's package of the same content.
 CLAIM_WAIT_SECONDS = CLAIM_LEASE_SECONDS + 60
+
+
+def evaluation_metrics(bucket: str, prefix: str) -> dict[str, Any]:
+    """``CreateModelPackage``'s ``ModelMetrics``: the fine-tune's evaluation file under ``prefix`` as its model
+    quality statistics."""
+    uri = s3_layout.s3_uri(bucket, prefix + EVALUATION_FILE)
+    return {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": uri}}}
 
 
 def client_token(group: str, identity: str) -> str:
