@@ -277,7 +277,7 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict:
     from transformers import AutoConfig
 
     from loraops_trainer.data import read_records, tokenize
-    from loraops_trainer.run import load_tokenizer
+    from loraops_trainer.inputs import load_tokenizer
 
     model_dir = Path(args.model_dir)
     tokenizer = load_tokenizer(str(model_dir))
