@@ -72,8 +72,8 @@ def repeated_dolly(path: Path, copies: int) -> Path:
 def micro_batch_tokens(data: Path, args: argparse.Namespace) -> list[int]:
     """Tokens of each packed micro-batch, in the order the trainer consumes them (same code, same seed)."""
     from loraops_trainer.data import read_records, tokenize
+    from loraops_trainer.inputs import load_tokenizer
     from loraops_trainer.packing import PackedDataset
-    from loraops_trainer.run import load_tokenizer
 
     samples = tokenize(read_records(data), load_tokenizer(args.model_dir), 4096).samples
     dataset = PackedDataset(samples, args.tokens_per_step, seed=42)  # the trainer's default seed

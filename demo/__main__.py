@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -20,40 +18,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from demo import held_out
-from demo.functions import invoke
+from demo.command import loraops
+from demo.finetune import HYPERPARAMETERS, finetune, package_prefix, register, upload_dataset
 from demo.local_aws import CREDENTIALS, LocalAWS
 from demo.report import Report, answer_line, held_out_rows
 from demo.serving import S3Calls, mount, serve_and_compare
 from demo.stand_in import HELD_OUT, PRETRAIN_STEPS, SHAPES, build_stand_in, split_dolly
-from demo.training_job import run_training_job
-
-if TYPE_CHECKING:
-    from demo.environment import DemoEnvironment
 
 ROOT = Path(__file__).resolve().parents[1]
 DOLLY = ROOT / "data" / "dolly" / "databricks-dolly-15k-sample.jsonl"
-DATASET = "databricks-dolly-15k"
-#: Trainer settings sized for a laptop CPU and the stand-in model; the rest are the trainer's own defaults. A model this
-#: small takes a high learning rate; LoRA r32 on every linear layer, no dropout and gradients clipped at 1.0 let 100
-#: steps (about three epochs) show it.
-HYPERPARAMETERS = {
-    "quantization": "none",  # bitsandbytes' 4-bit path is proven on CUDA (tests/training/test_gpu.py); CPU: LoRA
-    "tokens_per_step": "2048",
-    "max_seq_length": "256",
-    "lora_r": "32",
-    "lora_alpha": "64",
-    "lora_dropout": "0.0",
-    "learning_rate": "0.01",
-    "warmup_steps": "4",
-    "max_grad_norm": "1.0",
-    "logging_steps": "2",
-    "activation_checkpointing": "false",
-    "sample_generations": "0",
-    "max_dropped_fraction": "0.5",
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,21 +76,6 @@ class Steps:
         print(f"   done in {seconds:.1f} s", flush=True)
 
 
-def loraops(aws: LocalAWS, environment: DemoEnvironment, *argv: str, show: bool = True) -> str:
-    """Run the ``loraops`` command against the emulator; returns (and prints) what it printed."""
-    from loraops.cli import main
-
-    options = ["--bucket", environment.bucket, "--region", "us-east-1", "--endpoint-url", aws.url]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main([*argv, *options])
-    if code != 0:
-        raise SystemExit(f"loraops {' '.join(argv)} failed: {out.getvalue().strip()}")
-    if show:
-        print(out.getvalue().rstrip())
-    return out.getvalue()
-
-
 def stand_in_base(size: str, steps: int, workdir: Path) -> Path:
     """The stand-in base (``demo/stand_in.py``), built once per size and pre-training steps, reused by later runs."""
     folder = workdir / f"base-{size}"
@@ -123,87 +84,6 @@ def stand_in_base(size: str, steps: int, workdir: Path) -> Path:
     reused = before == (folder / "stand-in.json").read_bytes()
     print(f"   {'reusing' if reused else 'built'} the stand-in base in {folder}")
     return folder
-
-
-def upload_dataset(aws: LocalAWS, environment: DemoEnvironment, data: bytes) -> str:
-    from loraops import s3_layout
-
-    prefix = s3_layout.dataset_prefix(DATASET, "sha256:" + hashlib.sha256(data).hexdigest())
-    aws.client("s3").put_object(Bucket=environment.bucket, Key=prefix + "train.jsonl", Body=data)
-    return s3_layout.s3_uri(environment.bucket, prefix)
-
-
-def finetune(
-    aws: LocalAWS, environment: DemoEnvironment, model_id: str, mode: str, training_uri: str, steps: int, workdir: Path
-) -> tuple[dict[str, Any], Path]:
-    """``loraops finetune start`` (the workflow creates the job), then the job run here; returns its event."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    hps = [f"--hp={k}={v}" for k, v in {**HYPERPARAMETERS, "max_steps": str(steps)}.items()]
-    started = json.loads(
-        loraops(
-            aws,
-            environment,
-            "finetune",
-            "start",
-            "--model-id",
-            model_id,
-            "--training-uri",
-            training_uri,
-            "--mode",
-            mode,
-            "--dataset",
-            DATASET,
-            "--workflow-arn",
-            environment.workflow_arn,
-            *hps,
-            "--json",
-            show=False,
-        )
-    )
-    job = started["job_name"]
-    wait_for_execution(aws, started["execution_arn"])
-    print(f"   workflow execution SUCCEEDED; training job {job} created with the base package's prefix as channel")
-    opt_ml = workdir / "opt_ml" / job
-    columns = (TextColumn(f"   {mode:8}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task(job, total=steps)
-        event = run_training_job(aws, job, opt_ml, lambda step, total: progress.update(task, completed=step))
-    return event, opt_ml
-
-
-def wait_for_execution(aws: LocalAWS, arn: str) -> None:
-    stepfunctions = aws.client("stepfunctions")
-    for _ in range(300):
-        execution = stepfunctions.describe_execution(executionArn=arn)
-        if execution["status"] != "RUNNING":
-            if execution["status"] != "SUCCEEDED":
-                raise SystemExit(f"workflow execution {execution['status']}: {execution.get('cause', '')}")
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"workflow execution {arn} did not end")
-
-
-def register(aws: LocalAWS, environment: DemoEnvironment, event: dict[str, Any]) -> str:
-    """Deliver the job's event to the register-finetune function, with the environment its stack gives it."""
-    result = invoke(
-        "register_finetune",
-        event,
-        {
-            **CREDENTIALS,
-            "AWS_ENDPOINT_URL": aws.url,
-            "ARTIFACT_BUCKET": environment.bucket,
-            "APPROVAL": environment.config.approval,
-            "IDEMPOTENCY_TABLE": environment.idempotency_table,
-            "POWERTOOLS_SERVICE_NAME": "loraops-register-finetune",
-            "POWERTOOLS_LOGGER_LOG_EVENT": "false",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-        },
-    )
-    if not result.get("registered"):
-        raise SystemExit(f"register-finetune refused {event['detail']['TrainingJobName']}: {result.get('reason')}")
-    print(f"   registered {result['package_arn']} (v{result['version']})")
-    return result["package_arn"]
 
 
 def losses(opt_ml: Path) -> list[tuple[int, float]]:
@@ -284,7 +164,7 @@ def run(args: argparse.Namespace) -> Path:
             s3 = calls.watch(aws.client("s3"))
             sagemaker = aws.client("sagemaker")
             described = {m: sagemaker.describe_model_package(ModelPackageName=a) for m, a in packages.items()}
-            prefix = {m: _prefix(d) for m, d in described.items()}
+            prefix = {m: package_prefix(d) for m, d in described.items()}
             mounts = run_dir / "mounts"
             base_mount = mount(s3, environment.bucket, base["model_data_prefix"], mounts / "model")
             adapter_mount = mount(s3, environment.bucket, prefix["adapter"], mounts / "adapters" / "dolly")
@@ -325,11 +205,6 @@ def closing_note(summary: dict[str, Any], path: Path) -> str:
         f"report: {path} (report.md and report.json beside it); total {summary['total_seconds']:.0f} s",
     ]
     return "\n".join(lines)
-
-
-def _prefix(description: dict[str, Any]) -> str:
-    uri = description["InferenceSpecification"]["Containers"][0]["ModelDataSource"]["S3DataSource"]["S3Uri"]
-    return uri.split("/", 3)[3]
 
 
 def _prompt(record: dict[str, Any]) -> str:

@@ -4,10 +4,11 @@ without Docker)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from demo.environ import restore_environ, set_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,13 +36,8 @@ def load_handler(name: str) -> ModuleType:
 
 def invoke(name: str, event: dict[str, Any], environment: dict[str, str]) -> Any:
     """Run function ``name`` on ``event`` with the environment the stacks give it (``environment``)."""
-    saved = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)
+    saved = set_environ(environment)
     try:
         return load_handler(name).handler(event, LambdaContext())
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(saved)

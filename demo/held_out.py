@@ -56,7 +56,7 @@ def compare(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loraops_trainer.run import load_tokenizer
+    from loraops_trainer.inputs import load_tokenizer
 
     tokenizer = load_tokenizer(str(base_dir))
     tokenized = samples(records, tokenizer, max_seq_length)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import urllib.request
 from typing import Any
+
+from demo.environ import restore_environ, set_environ
 
 REGION = "us-east-1"
 #: Credentials that reach nothing but the emulator (the demo's process sets them; clients here pass them).
@@ -40,9 +41,7 @@ class LocalAWS:
     def __enter__(self) -> LocalAWS:
         from moto.server import ThreadedMotoServer
 
-        for key, value in {"MOTO_PORT": str(self.port)}.items():  # where Step Functions send aws-sdk tasks
-            self._saved[key] = os.environ.get(key)
-            os.environ[key] = value
+        self._saved = set_environ({"MOTO_PORT": str(self.port)})  # where Step Functions send aws-sdk tasks
         import logging
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
@@ -55,11 +54,7 @@ class LocalAWS:
     def __exit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.stop()
-        for key, value in self._saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(self._saved)
 
     def configure(self, settings: dict[str, Any]) -> None:
         """moto's own configuration API (``/moto-api/config``)."""

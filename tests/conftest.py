@@ -21,6 +21,6 @@ def tiny_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_base):
-    from loraops_trainer.run import load_tokenizer
+    from loraops_trainer.inputs import load_tokenizer
 
     return load_tokenizer(str(tiny_base))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +48,31 @@ def run_train(args: list[str], timeout: int = 600, env: dict | None = None) -> s
     return subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def until_stopped_args(base: Path, model_dir: Path, checkpoint_dir: Path, reports_dir: Path) -> list[str]:
+    """CLI arguments for a run that trains until it is stopped (no step limit nor checkpoint reached), logging
+    every step into ``reports_dir``."""
+    return fast_args(
+        base,
+        model_dir,
+        checkpoint_dir=checkpoint_dir,
+        output_data_dir=reports_dir,
+        max_steps=100_000,
+        save_steps=100_000,
+        logging_steps=1,
+        sample_generations=0,
+    )
+
+
+def wait_until_training(process: subprocess.Popen, reports_dir: Path, timeout: float = 300) -> None:
+    """Until the run in ``process`` has logged two steps; fails if it ends first or takes over ``timeout`` s."""
+    metrics = reports_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, f"no two steps logged in {timeout:.0f} s"
+        time.sleep(0.1)
 
 
 def train_in_process(args: list[str], capsys) -> tuple[int, dict | None, str]:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from demo.__main__ import parse_args
+from demo.environ import restore_environ, set_environ
 from demo.environment import resolve
 from demo.local_aws import LocalAWS
 from demo.report import render_html
@@ -217,6 +218,16 @@ def test_the_emulator_stops_when_the_work_inside_fails():
         assert _port_open(port)
         raise RuntimeError("boom")
     assert not _port_open(port)
+
+
+def test_the_environment_a_function_or_the_emulator_sets_is_put_back(monkeypatch):
+    """What was set comes back, what was unset is unset again (a function's variables never leak into the next)."""
+    monkeypatch.setenv("LORAOPS_DEMO_SET", "before")
+    monkeypatch.delenv("LORAOPS_DEMO_UNSET", raising=False)
+    saved = set_environ({"LORAOPS_DEMO_SET": "during", "LORAOPS_DEMO_UNSET": "during"})
+    assert os.environ["LORAOPS_DEMO_SET"] == os.environ["LORAOPS_DEMO_UNSET"] == "during"
+    restore_environ(saved)
+    assert os.environ["LORAOPS_DEMO_SET"] == "before" and "LORAOPS_DEMO_UNSET" not in os.environ
 
 
 def test_cross_stack_values_get_stand_ins_and_the_rest_is_kept():

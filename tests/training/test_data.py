@@ -120,7 +120,7 @@ def test_dataset_digest_changes_with_content(tmp_path):
 
 
 def test_validation_channel_is_used_instead_of_a_split(tmp_path, tokenizer):
-    from loraops_trainer.run import prepare_data
+    from loraops_trainer.inputs import prepare_data
     from loraops_trainer.settings import TrainConfig
 
     validation = tmp_path / "validation.jsonl"

@@ -8,13 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from loraops.manifest import Manifest
-from tests.helpers import TRAIN_SCRIPT, fast_args, train_in_process
+from tests.helpers import TRAIN_SCRIPT, fast_args, train_in_process, until_stopped_args, wait_until_training
 
 
 def _weights_digests(log: str) -> dict[int, str]:
@@ -105,26 +104,14 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tiny_base, tmp_pa
     """Only rank 1 receives SIGTERM: the ranks agree (over a gloo group) and all stop after the same step, rank 0
     saves the checkpoint, nothing is published. Without the agreement rank 0 would wait in the next all-reduce."""
     out, checkpoints, reports = tmp_path / "model", tmp_path / "checkpoints", tmp_path / "reports"
-    args = fast_args(
-        tiny_base,
-        out,
-        checkpoint_dir=checkpoints,
-        output_data_dir=reports,
-        max_steps=100_000,
-        save_steps=100_000,
-        logging_steps=1,
-        sample_generations=0,
-    )
+    args = until_stopped_args(tiny_base, out, checkpoints, reports)
     process = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TRAIN_SCRIPT), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 300
-    while not ((reports / "metrics.jsonl").exists() and (reports / "metrics.jsonl").read_text().count("\n") >= 2):
-        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
-        time.sleep(0.1)
+    wait_until_training(process, reports)
     (rank1,) = [pid for pid in _children(process.pid) if _rank_of(pid) == 1]
     os.kill(rank1, signal.SIGTERM)
     _, err = process.communicate(timeout=300)

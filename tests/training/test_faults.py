@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from loraops_trainer.guards import FINGERPRINT_FILE, TrainingFault, claim_checkpoint_dir, run_fingerprint
-from tests.helpers import DOLLY, TRAIN_SCRIPT, fast_args, train_in_process
+from tests.helpers import DOLLY, TRAIN_SCRIPT, fast_args, train_in_process, until_stopped_args, wait_until_training
 
 
 @pytest.fixture
@@ -236,25 +235,12 @@ def test_sigterm_saves_a_checkpoint_exits_non_zero_and_publishes_nothing(tiny_ba
     """What StopTrainingJob and a spot reclaim send: the run checkpoints, fails with the reason, and a rerun
     resumes from that checkpoint."""
     checkpoints, out, failure = tmp_path / "checkpoints", tmp_path / "model", tmp_path / "failure"
-    args = fast_args(
-        tiny_base,
-        out,
-        checkpoint_dir=checkpoints,
-        max_steps=100_000,
-        save_steps=100_000,
-        logging_steps=1,
-        sample_generations=0,
-        output_data_dir=tmp_path / "reports",
-    )
+    args = until_stopped_args(tiny_base, out, checkpoints, tmp_path / "reports")
     env = dict(os.environ, LORAOPS_FAILURE_FILE=str(failure))
     process = subprocess.Popen(
         [sys.executable, str(TRAIN_SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    metrics = tmp_path / "reports" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.1)
+    wait_until_training(process, tmp_path / "reports")
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 2, err[-3000:]

@@ -46,9 +46,9 @@ def test_packed_varlen_attention_matches_padded_loss_on_cuda(tmp_path, shape):
     in bf16 the change is within the kernels' rounding.)"""
     from loraops_trainer import synthetic_base
     from loraops_trainer.data import read_records, tokenize
+    from loraops_trainer.inputs import load_tokenizer
     from loraops_trainer.model import load_base_model
     from loraops_trainer.packing import PackedCollator, pad_batch
-    from loraops_trainer.run import load_tokenizer
     from loraops_trainer.settings import TrainConfig
 
     texts = synthetic_base.dolly_texts(DOLLY)

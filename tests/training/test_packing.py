@@ -93,7 +93,7 @@ def test_varlen_path_reads_boundaries_from_the_batch_through_the_model(tmp_path,
     from transformers import AutoModelForCausalLM
 
     from loraops_trainer import attention, synthetic_base
-    from loraops_trainer.run import load_tokenizer
+    from loraops_trainer.inputs import load_tokenizer
 
     base = synthetic_base.build_base_model(tmp_path, synthetic_base.dolly_texts(DOLLY), getattr(synthetic_base, shape))
     tokenizer = load_tokenizer(str(base))

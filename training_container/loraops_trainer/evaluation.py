@@ -1,4 +1,5 @@
-"""Validation loss, perplexity, sample generations and the ModelMetrics-shaped report."""
+"""Validation loss, perplexity, sample generations and the ModelMetrics-shaped report, and the evaluation a run
+does after training (:func:`evaluate`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from typing import Any
 
 import torch
 
+from loraops.manifest import EVALUATION_FILE
 from loraops_trainer.data import IGNORE_INDEX, DataError, Record, Sample, prompt_ids
+from loraops_trainer.guards import TrainingFault
+from loraops_trainer.inputs import PreparedData
 from loraops_trainer.packing import PackedCollator, PackedDataset
+from loraops_trainer.settings import TrainConfig
+from loraops_trainer.tracking import TrackingCallback
 
 SAMPLES_FILE = "samples.json"
 
@@ -94,6 +100,44 @@ def sample_generations(
     finally:
         model.train(was_training)
     return results
+
+
+def evaluate(
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    prepared: PreparedData,
+    collator: PackedCollator,
+    metrics: dict[str, Any],
+    tracking: TrackingCallback,
+    reports_dir: Path,
+) -> list[Path]:
+    """Validation loss/perplexity and sample generations into ``metrics`` and report files; returns the files."""
+    if prepared.validation is None:
+        return []
+    loss, tokens = validation_loss(
+        model,
+        prepared.validation.samples,
+        config.tokens_per_step,
+        collator,
+        config.eval_batches,
+        where=f"validation data {prepared.validation.source}",
+    )
+    if not math.isfinite(loss):
+        raise TrainingFault(
+            f"validation loss is {loss} after training: the run diverged (its weights are finite but useless); "
+            "lower learning_rate; nothing was published"
+        )
+    report = metrics_report(loss, metrics["train_loss"], tokens)
+    metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
+    tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
+    files = [write_json(reports_dir / EVALUATION_FILE, report)]
+    if config.sample_generations:
+        samples = sample_generations(
+            model, tokenizer, prepared.validation_records[: config.sample_generations], config.max_new_tokens
+        )
+        files.append(write_json(reports_dir / SAMPLES_FILE, samples))
+    return files
 
 
 def write_json(path: Path, data: Any) -> Path:

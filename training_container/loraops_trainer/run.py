@@ -6,23 +6,16 @@ settings -> checks (before anything loads) -> data -> QLoRA training -> evaluati
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import subprocess
 import tempfile
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import loraops
-from loraops.manifest import EVALUATION_FILE, Manifest, folder_weights_digest
-from loraops.naming import OutputMode
 from loraops_trainer import data as data_lib
 from loraops_trainer.accounting import (
     LogAtSaveAndEnd,
@@ -32,13 +25,7 @@ from loraops_trainer.accounting import (
     run_train_loss,
     trained_amount,
 )
-from loraops_trainer.evaluation import (
-    SAMPLES_FILE,
-    metrics_report,
-    sample_generations,
-    validation_loss,
-    write_json,
-)
+from loraops_trainer.evaluation import evaluate
 from loraops_trainer.guards import (
     NonFiniteGuard,
     TerminationGuard,
@@ -48,94 +35,21 @@ from loraops_trainer.guards import (
     run_fingerprint,
     weights_digest,
 )
-from loraops_trainer.model import add_lora, check_target_modules, load_base_model, uses_boundaries
+from loraops_trainer.inputs import check_inputs, load_tokenizer, prepare_data
+from loraops_trainer.model import add_lora, load_base_model, uses_boundaries
 from loraops_trainer.outputs import copy_reports, write_artifacts
 from loraops_trainer.packing import PackedCollator, PackedDataset
-from loraops_trainer.publish import check_model_dir, staged
+from loraops_trainer.publish import staged
+from loraops_trainer.run_manifest import build_manifest
 from loraops_trainer.settings import Settings, TrainConfig
 from loraops_trainer.tracking import LOSS_CURVE_FILE, METRICS_FILE, TrackingCallback, backends_from_environment
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class PreparedData:
-    train: data_lib.Channel
-    validation: data_lib.Channel | None
-    validation_records: list[data_lib.Record]
-    digest: str
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        channels = [self.train] + ([self.validation] if self.validation else [])
-        return {channel.name: channel.summary() for channel in channels}
-
-
-def prepare_data(config: TrainConfig, tokenizer: Any, seed: int) -> PreparedData:
-    """Read, filter, split and tokenize; every problem raises ``DataError`` (naming the file) before training."""
-    train_path = Path(config.train_path)
-    records = data_lib.filter_categories(data_lib.read_records(train_path), config.category_filter)
-    validation_source = str(train_path)
-    if config.validation_path:
-        validation_source = config.validation_path
-        validation = data_lib.filter_categories(
-            data_lib.read_records(Path(config.validation_path)), config.category_filter
-        )
-        train = records
-        digest = data_lib.dataset_digest(train_path, Path(config.validation_path))
-    else:
-        train, validation = data_lib.split(records, config.validation_fraction, seed)
-        digest = data_lib.dataset_digest(train_path)
-
-    def channel(records: list[data_lib.Record], name: str, source: str) -> data_lib.Channel:
-        return data_lib.tokenize(
-            records,
-            tokenizer,
-            config.max_seq_length,
-            name=name,
-            source=source,
-            max_dropped_fraction=config.max_dropped_fraction,
-        )
-
-    return PreparedData(
-        train=channel(train, "training", str(train_path)),
-        validation=channel(validation, "validation", validation_source) if validation else None,
-        validation_records=validation,
-        digest=digest,
-    )
-
-
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.eos_token_id is None:
-        raise data_lib.DataError(f"{path}: the tokenizer has no EOS token")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
-
-
 def static_shapes(config: TrainConfig) -> bool:
     """Pad rows to the budget only when asked (fixed shapes for compiled kernels); no kept attention path needs it."""
     return config.static_shapes == "on"
-
-
-@functools.cache
-def code_version() -> str:
-    """``loraops <version> (<commit>)``: the commit from the image build (``LORAOPS_GIT_SHA``) or the checkout."""
-    sha = os.environ.get("LORAOPS_GIT_SHA", "")
-    if not sha:
-        try:
-            sha = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=5,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            sha = ""
-    return f"loraops {loraops.__version__}" + (f" ({sha})" if sha else "")
 
 
 def idle_gpu_warning(environ: dict[str, str]) -> str | None:
@@ -188,86 +102,6 @@ def build_trainer(
         model=model, args=settings.training, train_dataset=dataset, data_collator=collator, callbacks=callbacks
     )
     return trainer, dataset, collator
-
-
-def evaluate(
-    config: TrainConfig,
-    model: Any,
-    tokenizer: Any,
-    prepared: PreparedData,
-    collator: PackedCollator,
-    metrics: dict[str, Any],
-    tracking: TrackingCallback,
-    reports_dir: Path,
-) -> list[Path]:
-    """Validation loss/perplexity and sample generations into ``metrics`` and report files; returns the files."""
-    if prepared.validation is None:
-        return []
-    loss, tokens = validation_loss(
-        model,
-        prepared.validation.samples,
-        config.tokens_per_step,
-        collator,
-        config.eval_batches,
-        where=f"validation data {prepared.validation.source}",
-    )
-    if not math.isfinite(loss):
-        raise TrainingFault(
-            f"validation loss is {loss} after training: the run diverged (its weights are finite but useless); "
-            "lower learning_rate; nothing was published"
-        )
-    report = metrics_report(loss, metrics["train_loss"], tokens)
-    metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
-    tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
-    files = [write_json(reports_dir / EVALUATION_FILE, report)]
-    if config.sample_generations:
-        samples = sample_generations(
-            model, tokenizer, prepared.validation_records[: config.sample_generations], config.max_new_tokens
-        )
-        files.append(write_json(reports_dir / SAMPLES_FILE, samples))
-    return files
-
-
-def build_manifest(
-    settings: Settings,
-    mode: OutputMode,
-    base_digest: str,
-    prepared: PreparedData,
-    metrics: dict[str, Any],
-    job_name: str | None,
-) -> Manifest:
-    config = settings.config
-    return Manifest(
-        output_mode=mode,
-        base_model_id=config.base_model_id,
-        base_weights_digest=base_digest,
-        base_model_package_arn=config.base_model_package_arn or None,
-        dataset_name=config.dataset_name,
-        dataset_digest=prepared.digest,
-        data=_with_trained(prepared.summary(), metrics),
-        hyperparameters=settings.hyperparameters,
-        code_version=code_version(),
-        metrics={k: float(v) for k, v in metrics.items()},
-        training_job=job_name,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-
-
-def _with_trained(summary: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The training channel's summary with the samples its steps consumed (the rest of the channel was not)."""
-    training = {**summary["training"], "samples_trained": int(metrics["train_samples"])}
-    return {**summary, "training": training}
-
-
-def check_inputs(config: TrainConfig) -> str:
-    """Everything about the inputs that can fail, before a model loads; returns the base weights digest."""
-    base_dir = Path(config.base_model_dir)
-    if not (base_dir / "config.json").is_file():
-        raise data_lib.DataError(f"{base_dir}: not a Hugging Face model folder (no config.json)")
-    base_digest = folder_weights_digest(base_dir)  # fails early on a folder without weights
-    check_target_modules(config)
-    check_model_dir(Path(config.model_dir))
-    return base_digest
 
 
 def train(settings: Settings) -> dict[str, Any]:
