@@ -14,7 +14,14 @@ import io
 from loraops import s3_layout
 from loraops.adapter_archive import adapter_archive
 from loraops.artifacts import ArtifactError, PendingCopy, start_copy, write_once
-from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest, content_digest
+from loraops.manifest import (
+    EVALUATION_FILE,
+    LANGUAGE_MODELING_METRICS,
+    MANIFEST_FILE,
+    VALIDATION_LOSS,
+    Manifest,
+    content_digest,
+)
 from loraops.naming import TAG_BASE_GROUP, TAG_OUTPUT_MODE, Metadata, OutputMode, base_group_name
 from loraops.packages import APPROVED, Package, RegistryError
 from loraops.registration import Registration, evaluation_metrics
@@ -66,7 +73,7 @@ class FinetuneRegistration(Registration):
         # the bytes checked are the bytes copied: the job's role may rewrite its manifest meanwhile
         manifest, manifest_bytes = self.read_manifest(model_prefix + MANIFEST_FILE)
         evaluation = self.read_json(model_prefix + EVALUATION_FILE, "evaluation report")
-        if "language_modeling_metrics" not in evaluation:
+        if LANGUAGE_MODELING_METRICS not in evaluation:
             raise RegistryError(f"{model_prefix}{EVALUATION_FILE}: not a ModelMetrics statistics report")
         files = manifest.files
         if not files or MANIFEST_FILE in files or any(not _relative(n) for n in files):
@@ -107,7 +114,7 @@ class FinetuneRegistration(Registration):
             Metadata.IMAGE: self.image,
             Metadata.CONTENT_DIGEST: content,
             Metadata.MANIFEST: s3_layout.s3_uri(self.bucket, prefix + MANIFEST_FILE),
-            Metadata.EVAL_LOSS: str(manifest.metrics.get("validation_loss", "")),
+            Metadata.EVAL_LOSS: str(manifest.metrics.get(VALIDATION_LOSS, "")),
             **{
                 f"{Metadata.HYPERPARAMETER_PREFIX}{k}": str(hyperparameters[k])
                 for k in KEY_HYPERPARAMETERS

@@ -21,6 +21,10 @@ MANIFEST_FILE = "loraops-manifest.json"
 BASE_MANIFEST = "loraops-base.json"
 #: A fine-tune's evaluation report (ModelMetrics statistics), written by the trainer beside the model.
 EVALUATION_FILE = "evaluation.json"
+#: The evaluation report's statistics (SageMaker ModelMetrics' ``<problem>_metrics``) and, in them and in the
+#: manifest's ``metrics``, the held-out loss: written by the trainer, read at registration.
+LANGUAGE_MODELING_METRICS = "language_modeling_metrics"
+VALIDATION_LOSS = "validation_loss"
 SCHEMA_VERSION = 2
 #: Files that hold a Hugging Face model's weights (what the base digest covers).
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from loraops.manifest import EVALUATION_FILE
+from loraops.manifest import EVALUATION_FILE, LANGUAGE_MODELING_METRICS, VALIDATION_LOSS
 from loraops_trainer.data import IGNORE_INDEX, DataError, Record, Sample, prompt_ids
 from loraops_trainer.guards import TrainingFault
 from loraops_trainer.inputs import PreparedData
@@ -59,13 +59,13 @@ def validation_loss(
 def metrics_report(validation: float, train_loss: float | None, tokens: int) -> dict[str, Any]:
     """SageMaker ModelMetrics statistics JSON (``<problem>_metrics`` -> name -> value)."""
     metrics = {
-        "validation_loss": validation,
+        VALIDATION_LOSS: validation,
         "perplexity": math.exp(min(validation, 50.0)),
     }
     if train_loss is not None:
         metrics["train_loss"] = train_loss
     return {
-        "language_modeling_metrics": {
+        LANGUAGE_MODELING_METRICS: {
             name: {"value": value, "standard_deviation": "NaN"} for name, value in metrics.items()
         },
         "validation_tokens": tokens,
@@ -129,7 +129,7 @@ def evaluate(
             "lower learning_rate; nothing was published"
         )
     report = metrics_report(loss, metrics["train_loss"], tokens)
-    metrics.update(validation_loss=loss, perplexity=report["language_modeling_metrics"]["perplexity"]["value"])
+    metrics.update({VALIDATION_LOSS: loss, "perplexity": report[LANGUAGE_MODELING_METRICS]["perplexity"]["value"]})
     tracking.log_final({"eval_loss": loss, "perplexity": metrics["perplexity"]}, metrics["global_step"])
     files = [write_json(reports_dir / EVALUATION_FILE, report)]
     if config.sample_generations:
