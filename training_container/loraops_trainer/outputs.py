@@ -50,7 +50,10 @@ def save_adapter(peft_model: Any, tokenizer: Any, folder: Path, base_model_id: s
     try:
         for config, name in configs:
             setattr(config, name, base_model_id)
-        peft_model.save_pretrained(str(folder), safe_serialization=True)
+        # No embedding layer is ever trained or resized, so none is saved: peft's default ("auto") would look the
+        # base up on the Hub (a network call from a network-isolated job) and, where the vocabulary there differed
+        # from the local base's, save the whole embedding matrix into the adapter.
+        peft_model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
     finally:
         for (config, name), value in zip(configs, local, strict=True):
             setattr(config, name, value)
