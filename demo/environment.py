@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from infra.app_factory import build_app
-from infra.config import CONTEXT_KEY, EnvironmentConfig
+from infra.config import CONTEXT_KEY
+from infra.environment_config import EnvironmentConfig
 from infra.stacks.workflow import workflow_parameter
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from typing import Any
 
 from demo.environ import restore_environ, set_environ
+from infra.rehearsal.emulator import emulator_client, free_port, start_server
 
 REGION = "us-east-1"
 #: Credentials that reach nothing but the emulator (the demo's process sets them; clients here pass them).
@@ -17,12 +17,6 @@ CREDENTIALS = {
     "AWS_REGION": REGION,
     "AWS_DEFAULT_REGION": REGION,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class LocalAWS:
@@ -39,15 +33,11 @@ class LocalAWS:
         self._saved: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalAWS:
-        from moto.server import ThreadedMotoServer
-
-        self._saved = set_environ({"MOTO_PORT": str(self.port)})  # where Step Functions send aws-sdk tasks
         import logging
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self._saved = set_environ({"MOTO_PORT": str(self.port)})  # where Step Functions send aws-sdk tasks
         logging.getLogger("moto").setLevel(logging.CRITICAL)  # its Step Functions executor narrates each state
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        self._server = start_server(self.port)
         self.configure({"stepfunctions": {"execute_state_machine": True}})
         return self
 
@@ -65,14 +55,4 @@ class LocalAWS:
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")).read()
 
     def client(self, service: str) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            service,
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=Config(retries={"max_attempts": 1}),
-        )
+        return emulator_client(service, self.url, REGION, CREDENTIALS["AWS_ACCESS_KEY_ID"])

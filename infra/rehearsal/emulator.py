@@ -7,10 +7,37 @@ import socket
 from typing import Any
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_server(port: int) -> Any:
+    """moto's threaded server on 127.0.0.1:``port``, started, without its line per request."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+def emulator_client(service: str, url: str, region: str, key: str) -> Any:
+    """A boto3 client of the emulator at ``url``, with credentials ``key`` that reach nothing else; no retries, so
+    an emulator error shows at once."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=key,
+        config=Config(retries={"max_attempts": 1}),
+    )
 
 
 class Emulator:
@@ -23,7 +50,7 @@ class Emulator:
 
     def __init__(self, account: str) -> None:
         self.account = account
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: Any = None
 
@@ -34,11 +61,7 @@ class Emulator:
         return view
 
     def __enter__(self) -> Emulator:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        self._server = start_server(self.port)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -47,17 +70,7 @@ class Emulator:
             self._server = None
 
     def client(self, service: str, region: str) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        client = boto3.client(
-            service,
-            endpoint_url=self.url,
-            region_name=region,
-            aws_access_key_id="rehearsal",
-            aws_secret_access_key="rehearsal",
-            config=Config(retries={"max_attempts": 1}),
-        )
+        client = emulator_client(service, self.url, region, "rehearsal")
 
         def as_account(request: Any, **_: Any) -> None:
             request.headers["x-moto-account-id"] = self.account

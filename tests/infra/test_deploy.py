@@ -14,10 +14,10 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.stub import Stubber
 
 from infra import deploy, preflight, stack_plan, teardown
+from infra.rehearsal.emulator import emulator_client
 from loraops import endpoints
 from loraops.naming import adapter_group_name, merged_group_name
 from tests.helpers import ROOT
@@ -146,14 +146,7 @@ class EmulatorSession:
 
     def client(self, service: str, region_name: str) -> Any:
         if service not in self.clients:
-            self.clients[service] = boto3.client(
-                service,
-                endpoint_url=self.url,
-                region_name=region_name,
-                aws_access_key_id="test",
-                aws_secret_access_key="test",
-                config=Config(retries={"max_attempts": 1}),
-            )
+            self.clients[service] = emulator_client(service, self.url, region_name, "test")
         return self.clients[service]
 
 
