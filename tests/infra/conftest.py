@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import pytest
 from aws_cdk.assertions import Template
 
+from infra import deploy
 from infra.app_factory import build_app
 from infra.environment import EnvironmentStacks
+from infra.rehearsal.emulator import emulator_client
+from loraops.naming import adapter_group_name, merged_group_name
 from tests.helpers import ROOT
 
 
@@ -44,3 +48,44 @@ def templates(synthesized) -> dict[tuple[str, str], Template]:
 #: Every environment configured in cdk.json: adding one there adds its assertions everywhere.
 ENVIRONMENTS = tuple(json.loads((ROOT / "cdk.json").read_text())["context"]["loraops:environments"])
 CONCERNS = ("storage", "network", "studio", "registry", "registration", "training", "workflow", "serving")
+
+
+# ------------------------------------------------- make deploy / make destroy against moto's server
+#: The groups the deploy and destroy tests register and serve.
+ADAPTER_GROUP = adapter_group_name("meta-llama/Llama-2-7b-hf", "instruction-following")
+MERGED_GROUP = merged_group_name("meta-llama/Llama-2-7b-hf", "databricks-dolly-15k")
+ACCOUNT = "123456789012"  # the emulator's account
+CDK = str(deploy.CDK)
+
+
+def _in_emulator_account(name: str):
+    """``name``'s configuration from cdk.json, moved to the emulator's account (same region, same everything else)."""
+    return deploy.load_environment(name).model_copy(update={"account": ACCOUNT})
+
+
+@pytest.fixture(scope="package")
+def emulator():
+    """moto's server, started once for the infra tests that deploy and destroy against it (each test resets it)."""
+    from demo.local_aws import LocalAWS
+
+    with LocalAWS() as aws:
+        yield aws
+
+
+class EmulatorSession:
+    """A boto3-Session-like factory of clients of the emulator (one client per service, so tests can hook them)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.clients: dict[str, Any] = {}
+
+    def client(self, service: str, region_name: str) -> Any:
+        if service not in self.clients:
+            self.clients[service] = emulator_client(service, self.url, region_name, "test")
+        return self.clients[service]
+
+
+@pytest.fixture
+def session(emulator) -> EmulatorSession:
+    emulator.reset()
+    return EmulatorSession(emulator.url)
