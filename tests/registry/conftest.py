@@ -4,6 +4,7 @@ from the same naming and collection code the stacks use."""
 from __future__ import annotations
 
 import json
+import struct
 import urllib.request
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +18,7 @@ from loraops import s3_layout
 from loraops.base_import import import_base
 from loraops.base_sources import LocalFolder
 from loraops.collections import Hierarchy
-from loraops.manifest import MANIFEST_FILE
+from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_ENVIRONMENT,
@@ -28,6 +29,7 @@ from loraops.naming import (
     finetuned_group_tags,
     merged_group_name,
 )
+from loraops.promotion import SourceEnvironment
 from loraops.registry import Registry
 
 MODEL_ID = "meta-llama/Llama-2-7b-hf"
@@ -191,3 +193,82 @@ def _versions(aws, group: str = ADAPTER_GROUP) -> list[dict]:
 def _flip_last_byte(aws, key: str) -> None:
     body = _read(aws, key)
     aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=body[:-1] + bytes([body[-1] ^ 1]))  # same size, other bytes
+
+
+# ------------------------------------ promotion: staging (us-east-1) and prod (us-west-2) in the emulator
+STAGING = SourceEnvironment("staging", "123456789012", "us-east-1")  # moto's default account
+PROD_REGION = "us-west-2"
+STAGING_BUCKET, PROD_BUCKET = "loraops-staging-artifacts", "loraops-prod-artifacts"
+BASE_GROUP = base_group_name(MODEL_ID)
+PROMOTED_JOB = "loraops-dolly-adapter-3"
+
+
+def _safetensors(path: Path, values: int, fill: float) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [values], "data_offsets": [0, 4 * values]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack(f"<{values}f", *[fill] * values))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """A base model folder and a training job's adapter output (manifest included) trained on it."""
+    from loraops.manifest import folder_weights_digest
+
+    base = tmp_path_factory.mktemp("base")
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    _safetensors(base / "model.safetensors", 64, 0.5)
+    adapter = tmp_path_factory.mktemp("adapter")
+    _safetensors(adapter / "adapter_model.safetensors", 16, 0.25)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    (adapter / EVALUATION_FILE).write_text(json.dumps({"language_modeling_metrics": {"loss": {"value": 1.5}}}))
+    Manifest(
+        output_mode=OutputMode.ADAPTER,
+        base_model_id=MODEL_ID,
+        base_weights_digest=folder_weights_digest(base),
+        dataset_name="databricks-dolly-15k",
+        dataset_digest="sha256:" + "d" * 64,
+        data={},
+        hyperparameters={"lora_r": 8},
+        code_version="test",
+        metrics={"validation_loss": 1.5},
+        training_job=PROMOTED_JOB,
+    ).write(adapter)
+    return {"base": base, "adapter": adapter}
+
+
+def _clients(emulator: str, region: str) -> dict:
+    config = Config(retries={"max_attempts": 1})
+    return {n: boto3.client(n, endpoint_url=emulator, region_name=region, config=config) for n in ("sagemaker", "s3")}
+
+
+@pytest.fixture
+def world(aws, emulator, folders):
+    """Staging holds an approved base and an approved adapter of it; prod (manual approval) holds nothing yet."""
+    staging = _clients(emulator, STAGING.region)
+    prod = _clients(emulator, PROD_REGION)
+    create_environment(staging, "manual", "staging", STAGING_BUCKET)
+    create_environment({"s3": staging["s3"], "sagemaker": prod["sagemaker"]}, "manual", "prod", PROD_BUCKET)
+    for bucket in (STAGING_BUCKET, PROD_BUCKET):  # the stacks' buckets are versioned
+        staging["s3"].put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    source = Registry(staging["sagemaker"], staging["s3"], STAGING_BUCKET, STAGING.region, approval="manual")
+    base = source.decide(import_base(source, LocalFolder(folders["base"]), MODEL_ID, licence="llama2").arn, True)
+    prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, PROMOTED_JOB)
+    for path in sorted(folders["adapter"].iterdir()):
+        staging["s3"].upload_file(str(path), STAGING_BUCKET, prefix + path.name)
+    adapter = source.decide(source.register_finetune(ADAPTER_GROUP, prefix, PROMOTED_JOB).arn, True)
+    return {"staging": staging, "prod": prod, "base": base, "adapter": adapter, "emulator": emulator}
+
+
+def _prod_objects(world) -> dict[str, bytes]:
+    s3 = world["prod"]["s3"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=PROD_BUCKET).get("Contents", [])]
+    return {k: s3.get_object(Bucket=PROD_BUCKET, Key=k)["Body"].read() for k in keys}
+
+
+def _prod_packages(world) -> list[dict]:
+    sagemaker = world["prod"]["sagemaker"]
+    return [
+        p
+        for group in (BASE_GROUP, ADAPTER_GROUP)
+        for p in sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    ]

@@ -1,92 +1,33 @@
 """Promotion from staging to prod (issue #21), end to end against the local AWS emulator: two environments in two
 regions (staging us-east-1, prod us-west-2, as cdk.json has them), each with its bucket and its groups, boto3 over HTTP.
+What reaches prod and with which lineage and approval, promoting twice or concurrently, the refusals that write nothing,
+and a copy while staging changes.
 
 The models are small hand-made Hugging Face folders (valid safetensors, a manifest the registry checks): what is
-tested here is the registry and S3, not the weights. The promote function is called in-process (moto cannot run
-Lambda without Docker)."""
+tested here is the registry and S3, not the weights. The world both environments share is in conftest.py."""
 
 from __future__ import annotations
 
-import json
-import struct
 import threading
-from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
-from loraops import s3_layout
-from loraops.base_import import import_base
-from loraops.base_sources import LocalFolder
-from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest
-from loraops.naming import TAG_APPROVAL_POLICY, OutputMode, base_group_name
+from loraops.manifest import MANIFEST_FILE
+from loraops.naming import TAG_APPROVAL_POLICY
 from loraops.packages import APPROVED, PENDING
-from loraops.promotion import Promotion, PromotionError, SourceEnvironment
+from loraops.promotion import Promotion, PromotionError
 from loraops.registry import Registry
-from tests.registry.conftest import ADAPTER_GROUP, MODEL_ID, LambdaContext, create_environment, load_handler
-
-STAGING = SourceEnvironment("staging", "123456789012", "us-east-1")  # moto's default account
-PROD_REGION = "us-west-2"
-STAGING_BUCKET, PROD_BUCKET = "loraops-staging-artifacts", "loraops-prod-artifacts"
-BASE_GROUP = base_group_name(MODEL_ID)
-JOB = "loraops-dolly-adapter-3"
-
-
-def _safetensors(path: Path, values: int, fill: float) -> None:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [values], "data_offsets": [0, 4 * values]}}).encode()
-    header += b" " * (-len(header) % 8)
-    path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack(f"<{values}f", *[fill] * values))
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    """A base model folder and a training job's adapter output (manifest included) trained on it."""
-    from loraops.manifest import folder_weights_digest
-
-    base = tmp_path_factory.mktemp("base")
-    (base / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
-    _safetensors(base / "model.safetensors", 64, 0.5)
-    adapter = tmp_path_factory.mktemp("adapter")
-    _safetensors(adapter / "adapter_model.safetensors", 16, 0.25)
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
-    (adapter / EVALUATION_FILE).write_text(json.dumps({"language_modeling_metrics": {"loss": {"value": 1.5}}}))
-    Manifest(
-        output_mode=OutputMode.ADAPTER,
-        base_model_id=MODEL_ID,
-        base_weights_digest=folder_weights_digest(base),
-        dataset_name="databricks-dolly-15k",
-        dataset_digest="sha256:" + "d" * 64,
-        data={},
-        hyperparameters={"lora_r": 8},
-        code_version="test",
-        metrics={"validation_loss": 1.5},
-        training_job=JOB,
-    ).write(adapter)
-    return {"base": base, "adapter": adapter}
-
-
-def _clients(emulator: str, region: str) -> dict:
-    config = Config(retries={"max_attempts": 1})
-    return {n: boto3.client(n, endpoint_url=emulator, region_name=region, config=config) for n in ("sagemaker", "s3")}
-
-
-@pytest.fixture
-def world(aws, emulator, folders):
-    """Staging holds an approved base and an approved adapter of it; prod (manual approval) holds nothing yet."""
-    staging = _clients(emulator, STAGING.region)
-    prod = _clients(emulator, PROD_REGION)
-    create_environment(staging, "manual", "staging", STAGING_BUCKET)
-    create_environment({"s3": staging["s3"], "sagemaker": prod["sagemaker"]}, "manual", "prod", PROD_BUCKET)
-    for bucket in (STAGING_BUCKET, PROD_BUCKET):  # the stacks' buckets are versioned
-        staging["s3"].put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    source = Registry(staging["sagemaker"], staging["s3"], STAGING_BUCKET, STAGING.region, approval="manual")
-    base = source.decide(import_base(source, LocalFolder(folders["base"]), MODEL_ID, licence="llama2").arn, True)
-    prefix = s3_layout.model_prefix(OutputMode.ADAPTER, ADAPTER_GROUP, JOB)
-    for path in sorted(folders["adapter"].iterdir()):
-        staging["s3"].upload_file(str(path), STAGING_BUCKET, prefix + path.name)
-    adapter = source.decide(source.register_finetune(ADAPTER_GROUP, prefix, JOB).arn, True)
-    return {"staging": staging, "prod": prod, "base": base, "adapter": adapter, "emulator": emulator}
+from tests.registry.conftest import (
+    BASE_GROUP,
+    PROD_BUCKET,
+    PROD_REGION,
+    STAGING,
+    STAGING_BUCKET,
+    _clients,
+    _prod_objects,
+    _prod_packages,
+)
+from tests.registry.conftest import PROMOTED_JOB as JOB
 
 
 class _S3Calls:
@@ -108,21 +49,6 @@ def _promotion(world, prod_approval: str = "manual") -> Promotion:
         Registry(prod["sagemaker"], prod["s3"], PROD_BUCKET, PROD_REGION, approval=prod_approval),
         STAGING,
     )
-
-
-def _prod_objects(world) -> dict[str, bytes]:
-    s3 = world["prod"]["s3"]
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=PROD_BUCKET).get("Contents", [])]
-    return {k: s3.get_object(Bucket=PROD_BUCKET, Key=k)["Body"].read() for k in keys}
-
-
-def _prod_packages(world) -> list[dict]:
-    sagemaker = world["prod"]["sagemaker"]
-    return [
-        p
-        for group in (BASE_GROUP, ADAPTER_GROUP)
-        for p in sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
-    ]
 
 
 def test_an_approved_base_and_adapter_reach_prod_copied_inside_s3_with_their_lineage_and_wait_for_approval(world):
@@ -285,106 +211,3 @@ def test_the_copy_takes_the_verified_version_when_staging_changes_during_it(worl
     assert overwritten
     assert world["prod"]["s3"].get_object(Bucket=PROD_BUCKET, Key=key)["Body"].read() == verified
     promotion.target.verify_content(adapter)
-
-
-def _promote_function_environment(world, monkeypatch) -> None:
-    """The environment prod's stack gives the promote function, pointed at the emulator."""
-    for key, value in dict(
-        AWS_ENDPOINT_URL=world["emulator"],
-        AWS_REGION=PROD_REGION,
-        ARTIFACT_BUCKET=PROD_BUCKET,
-        APPROVAL="manual",
-        SOURCE_ENVIRONMENT="staging",
-        SOURCE_ACCOUNT=STAGING.account,
-        SOURCE_REGION=STAGING.region,
-        SOURCE_BUCKET=STAGING_BUCKET,
-    ).items():
-        monkeypatch.setenv(key, value)
-
-
-def test_the_function_promotes_and_refuses_with_the_reason(world, monkeypatch):
-    _promote_function_environment(world, monkeypatch)
-    function = load_handler("promote")
-    result = function.handler({"package_arn": world["base"].arn}, LambdaContext())
-    assert result["promoted"] and result["status"] == PENDING and result["source_package_arn"] == world["base"].arn
-    assert result["source_environment"] == "staging"
-    assert result["content_digest"] == world["base"].metadata["contentDigest"]
-    refused = function.handler({"package_arn": world["adapter"].arn}, LambdaContext())
-    assert refused == {"promoted": False, "reason": refused["reason"]} and "approve it first" in refused["reason"]
-    assert function.handler({}, LambdaContext())["promoted"] is False
-
-
-class _PromoteFunction:
-    """Stands in for Lambda (moto needs Docker to run a function): ``invoke`` checks its parameters against botocore's
-    model of the Lambda API, then runs the promote handler in this process with the environment the stack gives it."""
-
-    def __init__(self, handler, invoked: list) -> None:
-        self.handler, self.invoked = handler, invoked
-        self.model = boto3.client("lambda", region_name=PROD_REGION).meta.service_model
-
-    def invoke(self, **params):
-        import io
-
-        from botocore.exceptions import ParamValidationError
-        from botocore.validate import ParamValidator
-
-        report = ParamValidator().validate(params, self.model.operation_model("Invoke").input_shape)
-        if report.has_errors():
-            raise ParamValidationError(report=report.generate_report())
-        self.invoked.append(params)
-        result = self.handler.handler(json.loads(params["Payload"]), LambdaContext())
-        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(result).encode())}
-
-
-@pytest.fixture
-def cli(world, monkeypatch, capsys):
-    """``loraops models promote`` against the emulator, its function run in-process."""
-    from loraops.cli import main
-    from loraops.cli import promote as promote_cli
-
-    _promote_function_environment(world, monkeypatch)
-    invoked: list = []
-    function = _PromoteFunction(load_handler("promote"), invoked)
-    monkeypatch.setattr(promote_cli, "lambda_client", lambda args: function)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(["models", "promote", *args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    run.invoked = invoked
-    return run
-
-
-def test_the_cli_promotes_through_the_function_and_prints_the_lineage(cli, world):
-    code, out, err = cli(world["base"].arn, "--to", "prod", "--json")
-    assert code == 0, err
-    result = json.loads(out)
-    assert result["schema_version"] == 1 and result["status"] == PENDING
-    assert result["source_package_arn"] == world["base"].arn and result["source_environment"] == "staging"
-    assert [p["FunctionName"] for p in cli.invoked] == ["loraops-prod-promote"]
-    assert cli.invoked[0]["InvocationType"] == "RequestResponse"
-    code, out, _ = cli(world["base"].arn, "--to", "prod")
-    assert code == 0 and f"promoted from staging {world['base'].arn}" in out and len(_prod_packages(world)) == 1
-
-
-def test_the_cli_refuses_in_one_line_and_changes_nothing(cli, world):
-    code, out, err = cli(world["adapter"].arn, "--to", "prod")  # its base is not in prod
-    assert (code, out) == (1, "")
-    # the CLI's own line (the in-process function's log lines share stderr here; in AWS they go to CloudWatch)
-    (line,) = [line for line in err.splitlines() if line.startswith("loraops:")]
-    assert err.endswith(line + "\n") and line.startswith("loraops: error: not promoted: ")
-    assert "promote its base and approve it first" in line
-    assert _prod_objects(world) == {} and _prod_packages(world) == []
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["arn:aws:sagemaker:us-east-1:123456789012:model-package-group/g", "--to", "prod"], "not a versioned"),
-        (["arn:aws:sagemaker:us-east-1:123456789012:model-package/g/1", "--to", "Prod!"], "not an environment name"),
-    ],
-)
-def test_the_cli_rejects_malformed_arguments_with_a_usage_error_before_invoking(cli, args, message):
-    code, out, err = cli(*args)
-    assert code == 2 and message in err and cli.invoked == []
