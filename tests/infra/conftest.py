@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,8 @@ from aws_cdk.assertions import Template
 from infra import deploy
 from infra.app_factory import build_app
 from infra.environment import EnvironmentStacks
-from infra.rehearsal.emulator import emulator_client
+from infra.rehearsal import StackArtifact
+from infra.rehearsal.emulator import Emulator, emulator_client
 from loraops.naming import adapter_group_name, merged_group_name
 from tests.helpers import ROOT
 
@@ -89,3 +92,29 @@ class EmulatorSession:
 def session(emulator) -> EmulatorSession:
     emulator.reset()
     return EmulatorSession(emulator.url)
+
+
+# ------------------------------------------------ the deploy rehearsal's server, one account per test
+REHEARSAL_ACCOUNT, REHEARSAL_REGION = "111111111111", "us-east-1"  # dev's, as in cdk.json
+
+
+@pytest.fixture(scope="package")
+def rehearsal_server():
+    """moto's server for the rehearsal's failure and adaptation tests, started once (each test has its account)."""
+    with Emulator(REHEARSAL_ACCOUNT) as emulator:
+        yield emulator
+
+
+_accounts = itertools.count(100000000001)
+
+
+@pytest.fixture
+def aws(rehearsal_server) -> Emulator:
+    """The rehearsal server as an account of this test's own (moto's state is per account)."""
+    return rehearsal_server.as_account(str(next(_accounts)))
+
+
+def _artifact(tmp_path: Path, name: str, template: dict, dependencies: tuple[str, ...] = ()) -> StackArtifact:
+    path = tmp_path / f"{name}.template.json"
+    path.write_text(json.dumps(template))
+    return StackArtifact(name, path, dependencies, None, REHEARSAL_ACCOUNT, REHEARSAL_REGION)
