@@ -18,7 +18,7 @@ from loraops import s3_layout
 from loraops.base_import import import_base
 from loraops.base_sources import LocalFolder
 from loraops.collections import Hierarchy
-from loraops.manifest import EVALUATION_FILE, MANIFEST_FILE, Manifest
+from loraops.manifest import EVALUATION_FILE, Manifest
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_ENVIRONMENT,
@@ -29,8 +29,10 @@ from loraops.naming import (
     finetuned_group_tags,
     merged_group_name,
 )
+from loraops.packages import Package
 from loraops.promotion import SourceEnvironment
 from loraops.registry import Registry
+from tests.registry.stand_ins import SageMakerWithComponents
 
 MODEL_ID = "meta-llama/Llama-2-7b-hf"
 BUCKET = "loraops-test-artifacts"
@@ -159,42 +161,6 @@ def invoke_concurrently(function: ModuleType, make_event, times: int = 4) -> lis
     return results
 
 
-# ------------------------------------------- registered fine-tunes: a job's output, a base, what S3 holds
-JOB = "loraops-adapter-1"
-
-
-def _job(aws, folder: Path, job: str = JOB, mode: OutputMode = OutputMode.ADAPTER, group: str = ADAPTER_GROUP) -> str:
-    prefix = s3_layout.model_prefix(mode, group, job)
-    upload_folder(aws, folder, prefix)
-    return prefix
-
-
-def _approved_base(registry, folder: Path):
-    return registry.decide(import_base(registry, LocalFolder(folder), MODEL_ID).arn, approve=True)
-
-
-def _manifest(folder: Path) -> dict:
-    return json.loads((folder / MANIFEST_FILE).read_text())
-
-
-def _read(aws, key: str) -> bytes:
-    return aws["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-
-def _keys(aws, prefix: str) -> list[str]:
-    pages = aws["s3"].get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-
-def _versions(aws, group: str = ADAPTER_GROUP) -> list[dict]:
-    return aws["sagemaker"].list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
-
-
-def _flip_last_byte(aws, key: str) -> None:
-    body = _read(aws, key)
-    aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=body[:-1] + bytes([body[-1] ^ 1]))  # same size, other bytes
-
-
 # ------------------------------------ promotion: staging (us-east-1) and prod (us-west-2) in the emulator
 STAGING = SourceEnvironment("staging", "123456789012", "us-east-1")  # moto's default account
 PROD_REGION = "us-west-2"
@@ -242,7 +208,7 @@ def _clients(emulator: str, region: str) -> dict:
 
 
 @pytest.fixture
-def world(aws, emulator, folders):
+def promotion_world(aws, emulator, folders):
     """Staging holds an approved base and an approved adapter of it; prod (manual approval) holds nothing yet."""
     staging = _clients(emulator, STAGING.region)
     prod = _clients(emulator, PROD_REGION)
@@ -272,3 +238,62 @@ def _prod_packages(world) -> list[dict]:
         for group in (BASE_GROUP, ADAPTER_GROUP)
         for p in sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
     ]
+
+
+PREFIX = "loraops-test"
+ROLE = "arn:aws:iam::123456789012:role/loraops-test-sagemaker-execution"
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
+
+
+def _train(tiny_base: Path, tmp_path_factory, mode: str) -> Path:
+    from loraops_trainer.cli import main
+    from tests.helpers import fast_args
+
+    out = tmp_path_factory.mktemp(f"job-{mode}") / "model"
+    assert main(fast_args(tiny_base, out, max_steps=2, sample_generations=0, output_mode=mode)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def outputs(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    return {mode: _train(tiny_base, tmp_path_factory, mode) for mode in ("adapter", "merged")}
+
+
+def _register(registry, aws, folder: Path, mode: OutputMode, group: str, job: str) -> Package:
+    prefix = s3_layout.model_prefix(mode, group, job)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            aws["s3"].upload_file(str(path), BUCKET, prefix + str(path.relative_to(folder)))
+    return registry.register_finetune(group, prefix, job)
+
+
+def _model(sagemaker, name: str, prefix: str) -> None:
+    sagemaker.create_model(
+        ModelName=name,
+        ExecutionRoleArn=ROLE,
+        PrimaryContainer={
+            "Image": IMAGE,
+            "Environment": {"OPTION_ENABLE_LORA": "true"},
+            "ModelDataSource": {
+                "S3DataSource": {
+                    "S3Uri": f"s3://{BUCKET}/{prefix}",
+                    "S3DataType": "S3Prefix",
+                    "CompressionType": "None",
+                }
+            },
+        },
+        VpcConfig={"SecurityGroupIds": ["sg-0123456789abcdef0"], "Subnets": ["subnet-0123456789abcdef0"]},
+        EnableNetworkIsolation=True,
+    )
+
+
+@pytest.fixture
+def deployment_world(registry, aws, emulator, tiny_base, outputs):
+    """An approved base, an adapter and a merged fine-tune pending approval, the clients a deployment uses."""
+    base = registry.decide(import_base(registry, LocalFolder(tiny_base), MODEL_ID).arn, approve=True)
+    adapter = _register(registry, aws, outputs["adapter"], OutputMode.ADAPTER, ADAPTER_GROUP, "loraops-a-1")
+    merged = _register(registry, aws, outputs["merged"], OutputMode.MERGED, MERGED_GROUP, "loraops-m-1")
+    sagemaker = SageMakerWithComponents(registry.sagemaker)
+    registry.sagemaker = sagemaker
+    ssm = boto3.client("ssm", endpoint_url=emulator, region_name=REGION, config=Config(retries={"max_attempts": 1}))
+    return {"base": base, "adapter": adapter, "merged": merged, "sagemaker": sagemaker, "ssm": ssm}

@@ -13,7 +13,8 @@ from loraops import s3_layout
 from loraops.adapter_archive import adapter_archive
 from loraops.manifest import MANIFEST_FILE
 from loraops.naming import TAG_OUTPUT_MODE, OutputMode
-from tests.registry.conftest import ADAPTER_GROUP, JOB, MERGED_GROUP, _approved_base, _job, _keys, _manifest, _read
+from tests.registry.conftest import ADAPTER_GROUP, MERGED_GROUP
+from tests.registry.finetune_helpers import JOB, _approved_base, _job, _keys, _manifest, _read
 from tests.registry.stand_ins import CallRecorder
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from loraops import artifacts, s3_layout
 from loraops.artifacts import ArtifactError, copy_once, stored_digest
-from tests.registry.conftest import BUCKET, _keys, _read
+from tests.registry.conftest import BUCKET
+from tests.registry.finetune_helpers import _keys, _read
 from tests.registry.stand_ins import CallRecorder
 
 

@@ -1,8 +1,11 @@
-"""The deploy-on-approval function against the local AWS emulator (S3, SageMaker models, endpoints, SSM over HTTP).
+"""The deploy-on-approval function's adapter deployments against the local AWS emulator (S3, SageMaker models,
+endpoints, SSM over HTTP): an approved adapter becomes its group's inference component without reading the base, a
+newer version updates it and a rejection or deletion removes it; a changed adapter or one of other base weights is
+refused, and so is any adapter on an endpoint that serves one model.
 
-Inference components and UpdateEndpoint are not implemented by moto 5.2.5; those calls are checked against botocore's
-API model and answered by ``stand_ins.SageMakerWithComponents`` (tests say so in their names). The handler runs
-in-process with realistic EventBridge events (Lambda itself needs Docker, absent here).
+Inference components are not implemented by moto 5.2.5; those calls are checked against botocore's API model and
+answered by ``stand_ins.SageMakerWithComponents`` (tests say so in their names). The handler runs in-process with
+realistic EventBridge events (Lambda itself needs Docker, absent here). The world is in conftest.py.
 """
 
 from __future__ import annotations
@@ -10,77 +13,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from loraops import endpoints, s3_layout
-from loraops.base_import import import_base
-from loraops.base_sources import LocalFolder
 from loraops.deployment import Deployer
 from loraops.endpoints import ServingTarget
 from loraops.naming import OutputMode
 from loraops.packages import Package
-from tests.helpers import fast_args
-from tests.registry.conftest import ADAPTER_GROUP, BUCKET, MERGED_GROUP, MODEL_ID, REGION, load_handler
-from tests.registry.stand_ins import CallRecorder, SageMakerWithComponents
-
-PREFIX = "loraops-test"
-ROLE = "arn:aws:iam::123456789012:role/loraops-test-sagemaker-execution"
-IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
-
-
-def _train(tiny_base: Path, tmp_path_factory, mode: str) -> Path:
-    from loraops_trainer.cli import main
-
-    out = tmp_path_factory.mktemp(f"job-{mode}") / "model"
-    assert main(fast_args(tiny_base, out, max_steps=2, sample_generations=0, output_mode=mode)) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def outputs(tiny_base, tmp_path_factory) -> dict[str, Path]:
-    return {mode: _train(tiny_base, tmp_path_factory, mode) for mode in ("adapter", "merged")}
-
-
-def _register(registry, aws, folder: Path, mode: OutputMode, group: str, job: str) -> Package:
-    prefix = s3_layout.model_prefix(mode, group, job)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            aws["s3"].upload_file(str(path), BUCKET, prefix + str(path.relative_to(folder)))
-    return registry.register_finetune(group, prefix, job)
-
-
-def _model(sagemaker, name: str, prefix: str) -> None:
-    sagemaker.create_model(
-        ModelName=name,
-        ExecutionRoleArn=ROLE,
-        PrimaryContainer={
-            "Image": IMAGE,
-            "Environment": {"OPTION_ENABLE_LORA": "true"},
-            "ModelDataSource": {
-                "S3DataSource": {
-                    "S3Uri": f"s3://{BUCKET}/{prefix}",
-                    "S3DataType": "S3Prefix",
-                    "CompressionType": "None",
-                }
-            },
-        },
-        VpcConfig={"SecurityGroupIds": ["sg-0123456789abcdef0"], "Subnets": ["subnet-0123456789abcdef0"]},
-        EnableNetworkIsolation=True,
-    )
+from tests.registry.conftest import ADAPTER_GROUP, BUCKET, IMAGE, PREFIX, REGION, _model, _register, load_handler
+from tests.registry.stand_ins import CallRecorder
 
 
 @pytest.fixture
-def world(registry, aws, emulator, tiny_base, outputs):
-    """An approved base, an adapter and a merged fine-tune pending approval, the clients a deployment uses."""
-    base = registry.decide(import_base(registry, LocalFolder(tiny_base), MODEL_ID).arn, approve=True)
-    adapter = _register(registry, aws, outputs["adapter"], OutputMode.ADAPTER, ADAPTER_GROUP, "loraops-a-1")
-    merged = _register(registry, aws, outputs["merged"], OutputMode.MERGED, MERGED_GROUP, "loraops-m-1")
-    sagemaker = SageMakerWithComponents(registry.sagemaker)
-    registry.sagemaker = sagemaker
-    ssm = boto3.client("ssm", endpoint_url=emulator, region_name=REGION, config=Config(retries={"max_attempts": 1}))
-    return {"base": base, "adapter": adapter, "merged": merged, "sagemaker": sagemaker, "ssm": ssm}
+def world(deployment_world):
+    """conftest.py's deployment_world, under the name these tests use."""
+    return deployment_world
 
 
 def _components_endpoint(world, base_prefix: str) -> Deployer:
@@ -268,91 +215,9 @@ def test_a_deleted_package_is_taken_from_the_event_and_its_component_removed_inf
     assert endpoints.component_name(PREFIX, ADAPTER_GROUP) not in world["sagemaker"].components
 
 
-def test_approved_merged_model_rolls_the_endpoint_blue_green_update_endpoint_checked_against_botocore(registry, world):
-    sagemaker = world["sagemaker"]
-    _model(sagemaker, f"{PREFIX}-model", world["base"].model_data_prefix)
-    sagemaker.create_endpoint_config(
-        EndpointConfigName=f"{PREFIX}-config",
-        ProductionVariants=[
-            {
-                "VariantName": "main",
-                "ModelName": f"{PREFIX}-model",
-                "InstanceType": "ml.m5.xlarge",
-                "InitialInstanceCount": 1,
-            }
-        ],
-        DataCaptureConfig={
-            "EnableCapture": True,
-            "InitialSamplingPercentage": 20,
-            "DestinationS3Uri": f"s3://{BUCKET}/capture/",
-            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
-        },
-    )
-    target = ServingTarget(PREFIX, "endpoint", endpoints.endpoint_name(PREFIX), ("p90-latency", "5xx-errors"))
-    sagemaker.create_endpoint(EndpointName=target.endpoint, EndpointConfigName=f"{PREFIX}-config")
-    deployer = Deployer(registry, world["ssm"], target)
-    merged = registry.decide(world["merged"].arn, approve=True)
-
-    result = deployer.apply(merged.arn)
-
-    assert result["action"] == "rolled"
-    (update,) = sagemaker.endpoint_updates
-    assert update["DeploymentConfig"] == endpoints.blue_green(["p90-latency", "5xx-errors"])
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=update["EndpointConfigName"])
-    assert config["DataCaptureConfig"]["DestinationS3Uri"] == f"s3://{BUCKET}/capture/"  # the rest is kept
-    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-    assert (
-        model["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
-        == f"s3://{BUCKET}/{merged.model_data_prefix}"
-    )
-    assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
-    parameter = world["ssm"].get_parameter(Name=endpoints.served_model_parameter(PREFIX))["Parameter"]["Value"]
-    assert parameter == merged.model_data_prefix
-
-    registry.decide(merged.arn, approve=False, reason="regressed")
-    kept = deployer.apply(merged.arn)
-    assert kept["action"] == "kept" and "approve another version" in kept["detail"]
-
-
 def test_adapters_are_refused_by_an_endpoint_that_serves_one_model(registry, world):
     deployer = Deployer(registry, world["ssm"], ServingTarget(PREFIX, "endpoint", endpoints.endpoint_name(PREFIX)))
     adapter = registry.decide(world["adapter"].arn, approve=True)
     function = load_handler("deploy_on_approval")
     result = function.deploy(function.EventBridgeEvent(_event(adapter, "Approved")), deployer)
     assert result["action"] == "refused" and "inference-components" in result["detail"]
-
-
-def test_serve_pin_records_only_an_approved_base_or_merged_package(registry, world, emulator, capsys):
-    from loraops.cli import main
-
-    def pin(arn: str) -> tuple[int, str]:
-        code = main(
-            [
-                "serve",
-                "pin",
-                arn,
-                "--prefix",
-                PREFIX,
-                "--bucket",
-                BUCKET,
-                "--region",
-                REGION,
-                "--endpoint-url",
-                emulator,
-            ]
-        )
-        out, err = capsys.readouterr()
-        return code, out + err
-
-    code, message = pin(world["merged"].arn)
-    assert code == 1 and "PendingManualApproval" in message and "only approved packages" in message
-    adapter = registry.decide(world["adapter"].arn, approve=True)
-    code, message = pin(adapter.arn)
-    assert code == 1 and "is an adapter" in message
-    with pytest.raises(world["ssm"].exceptions.ParameterNotFound):  # refusals wrote nothing
-        world["ssm"].get_parameter(Name=endpoints.served_model_parameter(PREFIX))
-
-    code, message = pin(world["base"].arn)
-    assert code == 0, message
-    value = world["ssm"].get_parameter(Name=endpoints.served_model_parameter(PREFIX))["Parameter"]["Value"]
-    assert value == world["base"].model_data_prefix and value.startswith(s3_layout.BASE)

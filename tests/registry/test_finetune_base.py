@@ -12,7 +12,8 @@ import pytest
 
 from loraops.manifest import MANIFEST_FILE, folder_weights_digest
 from loraops.packages import RegistryError
-from tests.registry.conftest import ADAPTER_GROUP, JOB, _approved_base, _job, _manifest, _versions
+from tests.registry.conftest import ADAPTER_GROUP
+from tests.registry.finetune_helpers import JOB, _approved_base, _job, _manifest, _versions
 
 BASE_GROUP = "meta-llama--Llama-2-7b-hf"
 

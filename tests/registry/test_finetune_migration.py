@@ -11,17 +11,8 @@ import pytest
 from loraops import s3_layout
 from loraops.manifest import content_digest
 from loraops.packages import APPROVED, RegistryError
-from tests.registry.conftest import (
-    ADAPTER_GROUP,
-    BUCKET,
-    JOB,
-    REGION,
-    _approved_base,
-    _flip_last_byte,
-    _job,
-    _manifest,
-    _versions,
-)
+from tests.registry.conftest import ADAPTER_GROUP, BUCKET, REGION
+from tests.registry.finetune_helpers import JOB, _approved_base, _flip_last_byte, _job, _manifest, _versions
 
 
 def _legacy_finetune(registry, aws, adapter_output, base, with_digest: bool):

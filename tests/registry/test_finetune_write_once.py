@@ -18,11 +18,9 @@ import pytest
 from loraops import s3_layout
 from loraops.manifest import MANIFEST_FILE, content_digest
 from loraops.packages import RegistryError
-from tests.registry.conftest import (
-    ADAPTER_GROUP,
-    BUCKET,
+from tests.registry.conftest import ADAPTER_GROUP, BUCKET, REGION
+from tests.registry.finetune_helpers import (
     JOB,
-    REGION,
     _approved_base,
     _flip_last_byte,
     _job,

@@ -23,6 +23,12 @@ from tests.registry.conftest import (
 )
 
 
+@pytest.fixture
+def world(promotion_world):
+    """conftest.py's promotion_world, under the name these tests use."""
+    return promotion_world
+
+
 def _promote_function_environment(world, monkeypatch) -> None:
     """The environment prod's stack gives the promote function, pointed at the emulator."""
     for key, value in dict(

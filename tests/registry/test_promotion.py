@@ -30,6 +30,12 @@ from tests.registry.conftest import (
 from tests.registry.conftest import PROMOTED_JOB as JOB
 
 
+@pytest.fixture
+def world(promotion_world):
+    """conftest.py's promotion_world, under the name these tests use."""
+    return promotion_world
+
+
 class _S3Calls:
     """(operation, key) of every call an S3 client makes, from the API parameters botocore is given."""
 
