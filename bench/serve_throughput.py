@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rates", type=float, nargs="*", default=[4, 8, 16, 32, 0], help="req/s; 0: all at once")
-    parser.add_argument("--open-requests", type=int, default=64)
+    parser.add_argument("--open-requests", type=int, default=256, help="requests a rate (64 before)")
     parser.add_argument("--open-batch", type=int, default=32, help="the scheduler's max batch in the open loop")
     parser.add_argument(
         "--open-loop-only", action="store_true", help="only the open loop through the engine's scheduler"

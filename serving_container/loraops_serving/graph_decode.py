@@ -1,6 +1,7 @@
 """One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as
-CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill one prompt at a time, padded
-to a length bucket, also captured per (bucket, adapters on/off) on CUDA (eager, all prompts at once, elsewhere).
+CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); the prompts admitted in a step
+prefilled packed into one sequence, padded to a length bucket, also captured per (bucket, adapters on/off) on CUDA
+(eager, all prompts at once as rows of one width, elsewhere).
 
 The running batch is a set of cache rows ``0 .. max_batch-1``. A scheduler gives each request a free row, calls
 :meth:`GraphDecoder.prefill` once for the requests it admits (writes their prompts' keys and values into their rows
@@ -73,11 +74,12 @@ class GraphDecoder(PrefillMixin):
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.positions = torch.full((max_batch,), -1, dtype=torch.long, device=self.device)
         self.slots = torch.zeros(max_batch, dtype=torch.long, device=self.device)
-        # prefill one prompt at a time, right-padded to a length bucket, from static buffers (a CUDA graph per
-        # bucket on CUDA): [ids..., row, slot, last index]
+        # packed prefill: the admitted prompts end to end, right-padded to a length bucket, from static buffers (a
+        # CUDA graph per bucket on CUDA); per token [ids | positions | cache rows | slots | segments], then the
+        # index of each prompt's last token
         self.bucketed_prefill = self.graphs_on if bucketed_prefill is None else bucketed_prefill
         self.prefill_buckets = buckets(max_len, min(16, max_len))
-        self.prefill_in = torch.zeros(max_len + 3, dtype=torch.long, device=self.device)
+        self.prefill_in = torch.zeros(5 * max_len + max_batch, dtype=torch.long, device=self.device)
         self.captured: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # q/k/v and gate/up as one product each, every slot's A under the weights, one grouped expand per group
         self.grouped = self.device.type == "cuda" if grouped is None else grouped
@@ -139,16 +141,25 @@ class GraphDecoder(PrefillMixin):
         norms.append(model.norm)
         x = pieces.rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
         rows = self.routing.rows if self.routing.active else None
-        token_slots = rows  # one slot per token
-        if rows is not None and length > 1:
+        token_slots = rows  # one slot per token (a packed prefill routes each token already)
+        if rows is not None and rows.numel() != batch * length:
             token_slots = rows[:, None].expand(-1, length).contiguous().view(-1)
+        if rows is not None and length > 1 and rows.numel() == batch * length:  # the layers see one token a row
+
+            def lin(layer, t: torch.Tensor) -> torch.Tensor:
+                return layer(t.reshape(-1, 1, t.shape[-1])).view(batch, length, -1)
+        else:
+
+            def lin(layer, t: torch.Tensor) -> torch.Tensor:
+                return layer(t)
+
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             if self.groups is not None:
                 group = self.groups[i]
                 q, k, v = group["qkv"](x, token_slots, self.kernel)
             else:
-                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+                q, k, v = lin(attn.q_proj, x), lin(attn.k_proj, x), lin(attn.v_proj, x)
             q = q.view(batch, length, -1, self.head_dim).transpose(1, 2)
             k = k.view(batch, length, -1, self.head_dim).transpose(1, 2)
             v = v.view(batch, length, -1, self.head_dim).transpose(1, 2)
@@ -156,13 +167,13 @@ class GraphDecoder(PrefillMixin):
             write(i, k, v)
             out = attend(i, q, k, v).transpose(1, 2).reshape(batch, length, -1)
             norm = norms[2 * i + 1]
-            out = group["o"](out, token_slots, self.kernel)[0] if self.groups is not None else attn.o_proj(out)
+            out = group["o"](out, token_slots, self.kernel)[0] if self.groups is not None else lin(attn.o_proj, out)
             hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
             if self.groups is not None:
                 gate, up = group["gate_up"](x, token_slots, self.kernel)
                 out = group["down"](pieces.silu_mul(gate, up), token_slots, self.kernel)[0]
             else:
-                out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+                out = lin(mlp.down_proj, pieces.silu_mul(lin(mlp.gate_proj, x), lin(mlp.up_proj, x)))
             norm = norms[2 * i + 2]
             hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
         return x
@@ -275,8 +286,11 @@ class GraphDecoder(PrefillMixin):
         if self.bucketed_prefill and batches is None and windows is None:  # every prefill bucket, scratch row
             for length in self.prefill_buckets:
                 for lora in (False, True) if self.routing.version > 0 else (False,):
+                    cap = self.max_len  # all padding: scratch row, segment -1
                     self.prefill_in.zero_()
-                    self.prefill_in[-3:-1] = torch.tensor([self.max_batch, int(lora)])
+                    self.prefill_in[2 * cap : 3 * cap] = self.max_batch
+                    self.prefill_in[3 * cap : 4 * cap] = int(lora)
+                    self.prefill_in[4 * cap : 5 * cap] = -1
                     self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora))  # noqa: B023
                     count += 1
         return count

@@ -1,6 +1,8 @@
 """Prefill for :class:`~loraops_serving.graph_decode.GraphDecoder`: write each admitted prompt's keys and values
-into its static-cache row and return its last token's logits; eager, all prompts at once, or one prompt at a time
-from static buffers, right-padded to a length bucket (captured as a CUDA graph per bucket on CUDA)."""
+into its static-cache row and return its last token's logits; eager, all prompts at once (left-aligned rows of one
+width), or packed: the prompts end to end in one sequence of at most ``max_len`` tokens from static buffers,
+right-padded to a length bucket (captured as a CUDA graph per bucket on CUDA), so one forward prefills every prompt
+the scheduler admits in a step."""
 
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ class PrefillMixin:
             )
         self._sync_groups()
         if self.bucketed_prefill:
-            return torch.cat([self._prefill_one(*args) for args in zip(rows, prompts, slots)])
+            packs = self._packs(lengths)
+            pick = [[seq[j] for j in pack] for pack in packs for seq in (rows, prompts, slots)]
+            return torch.cat([self._prefill_packed(*pick[3 * n : 3 * n + 3]) for n in range(len(packs))])
         width = max(lengths)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         for j, prompt in enumerate(prompts):  # right-padded: padding only ever follows a row's real tokens
@@ -52,37 +56,67 @@ class PrefillMixin:
         last = hidden[torch.arange(len(rows), device=self.device), torch.as_tensor(lengths, device=self.device) - 1]
         return self.model.lm_head(last)
 
-    def _prefill_one(self, row: int, prompt: Sequence[int], slot: int) -> torch.Tensor:
-        """One prompt through the static prefill buffers, padded to its bucket; its last token's logits ``[1, V]``
-        (a copy: the graph's output is overwritten by the next replay)."""
-        length = next(b for b in self.prefill_buckets if b >= len(prompt))
-        host = torch.zeros(self.max_len + 3, dtype=torch.long)
-        host[: len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
-        host[-3:] = torch.tensor([row, slot, len(prompt) - 1])
+    def _packs(self, lengths: list[int]) -> list[list[int]]:
+        """The prompts' indices in order, cut into packs of at most ``max_len`` tokens (the static buffers' size)."""
+        packs: list[list[int]] = [[]]
+        total = 0
+        for j, length in enumerate(lengths):
+            if packs[-1] and total + length > self.max_len:
+                packs.append([])
+                total = 0
+            packs[-1].append(j)
+            total += length
+        return packs
+
+    def _prefill_packed(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], slots: Sequence[int]):
+        """Several prompts packed end to end into one sequence, right-padded to its length bucket, one forward
+        (one graph replay on CUDA) from the static buffers; each prompt's last token's logits ``[len(rows), V]``
+        (a copy: the graph's output is overwritten by the next replay). Every token carries its own position,
+        cache row, adapter slot and segment (its prompt): a token attends only to earlier tokens of its own prompt;
+        the padding (segment -1, position 0) writes its keys and values to the scratch row."""
+        cap = self.max_len
+        total = sum(len(p) for p in prompts)
+        length = next(b for b in self.prefill_buckets if b >= total)
+        host = torch.zeros(5 * cap + self.max_batch, dtype=torch.long)
+        host[2 * cap : 3 * cap] = self.max_batch  # padding: the scratch row
+        host[4 * cap : 5 * cap] = -1
+        start = 0
+        for j, (row, prompt, slot) in enumerate(zip(rows, prompts, slots)):
+            end = start + len(prompt)
+            host[start:end] = torch.as_tensor(prompt, dtype=torch.long)
+            host[cap + start : cap + end] = torch.arange(len(prompt))
+            host[2 * cap + start : 2 * cap + end] = row
+            host[3 * cap + start : 3 * cap + end] = slot
+            host[4 * cap + start : 4 * cap + end] = j
+            host[5 * cap + j] = end - 1
+            start = end
         self.prefill_in.copy_(host, non_blocking=False)
-        lora = bool(slot) and self.routing.version > 0
+        lora = any(slots) and self.routing.version > 0
         if not self.graphs_on:
-            return self._prefill_step(length, lora).clone()
-        return self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora)).clone()
+            return self._prefill_step(length, lora)[: len(rows)].clone()
+        return self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora))[: len(rows)].clone()
 
     def _prefill_step(self, length: int, lora: bool) -> torch.Tensor:
-        """The captured prefill of one prompt padded to ``length`` (the padding's keys and values land past the
-        prompt in its own row, where decode overwrites them before any step attends to them)."""
-        meta = self.prefill_in[-3:]
-        ids = self.prefill_in[None, :length]
-        positions = torch.arange(length, device=self.device)[None, :]
-        row = meta[0:1]
+        """The captured prefill of a pack padded to ``length``: logits ``[max_batch, V]`` at the pack's last-token
+        indices (entries past the pack's prompts are the first token's, unused)."""
+        cap, buffer = self.max_len, self.prefill_in
+        ids = buffer[None, :length]
+        positions, cache_rows = buffer[cap : cap + length], buffer[2 * cap : 2 * cap + length]
+        token_slots, segments = buffer[3 * cap : 3 * cap + length], buffer[4 * cap : 4 * cap + length]
+        last = buffer[5 * cap : 5 * cap + self.max_batch]
+        same = segments[:, None] == segments[None, :]
+        mask = (same & (positions[None, :] <= positions[:, None]))[None, None]  # causal inside each prompt
 
         def write(i, k, v):
-            self.keys[i, row, :, :length] = k
-            self.values[i, row, :, :length] = v
+            self.keys[i, cache_rows, :, positions] = k[0].transpose(0, 1)
+            self.values[i, cache_rows, :, positions] = v[0].transpose(0, 1)
 
         def attend(i, q, k, v):
-            return self._sdpa(q, k, v, is_causal=True)
+            return self._sdpa(q, k, v, attn_mask=mask)
 
-        self._route(meta[1:2] if lora else None, lora)
+        self._route(token_slots if lora else None, lora)
         try:
-            hidden = self._forward(ids, positions, write, attend)
+            hidden = self._forward(ids, positions[None, :], write, attend)
         finally:
             self._route(None, False)
-        return self.model.lm_head(hidden[0].index_select(0, meta[2:3]))
+        return self.model.lm_head(hidden[0].index_select(0, last))
