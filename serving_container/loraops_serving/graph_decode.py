@@ -1,6 +1,7 @@
 """One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as
-CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); prefill one prompt at a time, padded
-to a length bucket, also captured per (bucket, adapters on/off) on CUDA (eager, all prompts at once, elsewhere).
+CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); the prompts admitted in a step
+prefilled packed into one sequence, padded to a length bucket, also captured per (bucket, adapters on/off) on CUDA
+(eager, all prompts at once as rows of one width, elsewhere).
 
 The running batch is a set of cache rows ``0 .. max_batch-1``. A scheduler gives each request a free row, calls
 :meth:`GraphDecoder.prefill` once for the requests it admits (writes their prompts' keys and values into their rows
@@ -28,54 +29,16 @@ from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from loraops_serving.graph_pieces import Pieces, buckets
+from loraops_serving.graph_prefill import PrefillMixin
 from loraops_serving.multi_lora import FusedGroup, MultiLoRALinear, Routing
 from loraops_serving.ops import triton_available
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm (float32 statistics, the weight applied in the input's dtype)."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
-    """The residual sum ``x + delta`` and its RMSNorm."""
-    x = x + delta
-    return x, rms_norm(x, weight, eps)
-
-
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate) * up
-
-
-class Pieces:
-    """The elementwise pieces between the matrix products; on CUDA each one compiled into one fused kernel
-    (a step of eager pieces launches ~40 small kernels a layer, most of a 7B step's time at small batches)."""
-
-    def __init__(self, fuse: bool) -> None:
-        if fuse:  # shapes (batch, prompt length) and strides (fused groups' views, with or without adapters) vary:
-            # each variant compiles once; the default limit of 8 failed the step once it was reached
-            limit = torch._dynamo.config.recompile_limit
-            torch._dynamo.config.recompile_limit = max(limit, 64)
-        wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if fuse else (lambda f: f)
-        self.rms_norm, self.add_rms_norm = wrap(rms_norm), wrap(add_rms_norm)
-        self.silu_mul, self.rope = wrap(silu_mul), wrap(apply_rotary_pos_emb)
-
-
-def _buckets(limit: int, first: int) -> tuple[int, ...]:
-    sizes, size = [], first
-    while size < limit:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, limit)
-
-
-class GraphDecoder:
+class GraphDecoder(PrefillMixin):
     """Static KV cache + decode step (CUDA graphs on CUDA, eager elsewhere) for ``model`` and its ``routing``."""
 
     def __init__(
@@ -105,17 +68,18 @@ class GraphDecoder:
         shape = (len(self.layers), max_batch + 1, self.kv_heads, max_len, self.head_dim)
         self.keys = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.values = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        self.batch_buckets = _buckets(max_batch, 1)
-        self.window_buckets = _buckets(max_len, min(window_first, max_len))
+        self.batch_buckets = buckets(max_batch, 1)
+        self.window_buckets = buckets(max_len, min(window_first, max_len))
         # static inputs of the graphs
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.positions = torch.full((max_batch,), -1, dtype=torch.long, device=self.device)
         self.slots = torch.zeros(max_batch, dtype=torch.long, device=self.device)
-        # prefill one prompt at a time, right-padded to a length bucket, from static buffers (a CUDA graph per
-        # bucket on CUDA): [ids..., row, slot, last index]
+        # packed prefill: the admitted prompts end to end, right-padded to a length bucket, from static buffers (a
+        # CUDA graph per bucket on CUDA); per token [ids | positions | cache rows | slots | segments], then the
+        # index of each prompt's last token
         self.bucketed_prefill = self.graphs_on if bucketed_prefill is None else bucketed_prefill
-        self.prefill_buckets = _buckets(max_len, min(16, max_len))
-        self.prefill_in = torch.zeros(max_len + 3, dtype=torch.long, device=self.device)
+        self.prefill_buckets = buckets(max_len, min(16, max_len))
+        self.prefill_in = torch.zeros(5 * max_len + max_batch, dtype=torch.long, device=self.device)
         self.captured: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # q/k/v and gate/up as one product each, every slot's A under the weights, one grouped expand per group
         self.grouped = self.device.type == "cuda" if grouped is None else grouped
@@ -177,16 +141,25 @@ class GraphDecoder:
         norms.append(model.norm)
         x = pieces.rms_norm(hidden, norms[0].weight, norms[0].variance_epsilon)
         rows = self.routing.rows if self.routing.active else None
-        token_slots = rows  # one slot per token
-        if rows is not None and length > 1:
+        token_slots = rows  # one slot per token (a packed prefill routes each token already)
+        if rows is not None and rows.numel() != batch * length:
             token_slots = rows[:, None].expand(-1, length).contiguous().view(-1)
+        if rows is not None and length > 1 and rows.numel() == batch * length:  # the layers see one token a row
+
+            def lin(layer, t: torch.Tensor) -> torch.Tensor:
+                return layer(t.reshape(-1, 1, t.shape[-1])).view(batch, length, -1)
+        else:
+
+            def lin(layer, t: torch.Tensor) -> torch.Tensor:
+                return layer(t)
+
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             if self.groups is not None:
                 group = self.groups[i]
                 q, k, v = group["qkv"](x, token_slots, self.kernel)
             else:
-                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+                q, k, v = lin(attn.q_proj, x), lin(attn.k_proj, x), lin(attn.v_proj, x)
             q = q.view(batch, length, -1, self.head_dim).transpose(1, 2)
             k = k.view(batch, length, -1, self.head_dim).transpose(1, 2)
             v = v.view(batch, length, -1, self.head_dim).transpose(1, 2)
@@ -194,13 +167,13 @@ class GraphDecoder:
             write(i, k, v)
             out = attend(i, q, k, v).transpose(1, 2).reshape(batch, length, -1)
             norm = norms[2 * i + 1]
-            out = group["o"](out, token_slots, self.kernel)[0] if self.groups is not None else attn.o_proj(out)
+            out = group["o"](out, token_slots, self.kernel)[0] if self.groups is not None else lin(attn.o_proj, out)
             hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
             if self.groups is not None:
                 gate, up = group["gate_up"](x, token_slots, self.kernel)
                 out = group["down"](pieces.silu_mul(gate, up), token_slots, self.kernel)[0]
             else:
-                out = mlp.down_proj(pieces.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+                out = lin(mlp.down_proj, pieces.silu_mul(lin(mlp.gate_proj, x), lin(mlp.up_proj, x)))
             norm = norms[2 * i + 2]
             hidden, x = pieces.add_rms_norm(hidden, out, norm.weight, norm.variance_epsilon)
         return x
@@ -208,81 +181,6 @@ class GraphDecoder:
     def _sdpa(self, q, k, v, **kw) -> torch.Tensor:
         gqa = {"enable_gqa": True} if self.kv_heads != self.heads else {}
         return F.scaled_dot_product_attention(q, k, v, **kw, **gqa)
-
-    # --------------------------------------------------------------------------------------------- prefill
-    @torch.no_grad()
-    def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], slots: Sequence[int]) -> torch.Tensor:
-        """Write each prompt's keys and values into its cache row; return the logits of each prompt's last token
-        ``[len(rows), vocab]``. The prompts' next position is their length (the first :meth:`decode` position)."""
-        if not len(rows) == len(prompts) == len(slots) or not rows:
-            raise ValueError("prefill needs one prompt and one slot per row, and at least one row")
-        if len(set(rows)) != len(rows) or not all(0 <= r < self.max_batch for r in rows):
-            raise ValueError(f"prefill rows must be distinct and in 0..{self.max_batch - 1}: {list(rows)}")
-        lengths = [len(p) for p in prompts]
-        if min(lengths) < 1 or max(lengths) >= self.max_len:
-            raise ValueError(
-                f"prompt lengths {lengths} must be in 1..{self.max_len - 1} (the cache holds {self.max_len})"
-            )
-        self._sync_groups()
-        if self.bucketed_prefill:
-            return torch.cat([self._prefill_one(*args) for args in zip(rows, prompts, slots)])
-        width = max(lengths)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, prompt in enumerate(prompts):  # right-padded: padding only ever follows a row's real tokens
-            ids[j, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
-        ids = ids.to(self.device)
-        positions = torch.arange(width, device=self.device).expand(len(rows), -1)
-        cache_rows = torch.as_tensor(list(rows), device=self.device)
-
-        def write(i, k, v):
-            self.keys[i, cache_rows, :, :width] = k
-            self.values[i, cache_rows, :, :width] = v
-
-        def attend(i, q, k, v):
-            return self._sdpa(q, k, v, is_causal=True)
-
-        self._route(torch.as_tensor(list(slots), device=self.device), any(slots))
-        try:
-            hidden = self._forward(ids, positions, write, attend)
-        finally:
-            self._route(None, False)
-        last = hidden[torch.arange(len(rows), device=self.device), torch.as_tensor(lengths, device=self.device) - 1]
-        return self.model.lm_head(last)
-
-    def _prefill_one(self, row: int, prompt: Sequence[int], slot: int) -> torch.Tensor:
-        """One prompt through the static prefill buffers, padded to its bucket; its last token's logits ``[1, V]``
-        (a copy: the graph's output is overwritten by the next replay)."""
-        length = next(b for b in self.prefill_buckets if b >= len(prompt))
-        host = torch.zeros(self.max_len + 3, dtype=torch.long)
-        host[: len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
-        host[-3:] = torch.tensor([row, slot, len(prompt) - 1])
-        self.prefill_in.copy_(host, non_blocking=False)
-        lora = bool(slot) and self.routing.version > 0
-        if not self.graphs_on:
-            return self._prefill_step(length, lora).clone()
-        return self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora)).clone()
-
-    def _prefill_step(self, length: int, lora: bool) -> torch.Tensor:
-        """The captured prefill of one prompt padded to ``length`` (the padding's keys and values land past the
-        prompt in its own row, where decode overwrites them before any step attends to them)."""
-        meta = self.prefill_in[-3:]
-        ids = self.prefill_in[None, :length]
-        positions = torch.arange(length, device=self.device)[None, :]
-        row = meta[0:1]
-
-        def write(i, k, v):
-            self.keys[i, row, :, :length] = k
-            self.values[i, row, :, :length] = v
-
-        def attend(i, q, k, v):
-            return self._sdpa(q, k, v, is_causal=True)
-
-        self._route(meta[1:2] if lora else None, lora)
-        try:
-            hidden = self._forward(ids, positions, write, attend)
-        finally:
-            self._route(None, False)
-        return self.model.lm_head(hidden[0].index_select(0, meta[2:3]))
 
     # ---------------------------------------------------------------------------------------------- decode
     def _step(self, batch: int, window: int) -> torch.Tensor:
@@ -388,8 +286,11 @@ class GraphDecoder:
         if self.bucketed_prefill and batches is None and windows is None:  # every prefill bucket, scratch row
             for length in self.prefill_buckets:
                 for lora in (False, True) if self.routing.version > 0 else (False,):
+                    cap = self.max_len  # all padding: scratch row, segment -1
                     self.prefill_in.zero_()
-                    self.prefill_in[-3:-1] = torch.tensor([self.max_batch, int(lora)])
+                    self.prefill_in[2 * cap : 3 * cap] = self.max_batch
+                    self.prefill_in[3 * cap : 4 * cap] = int(lora)
+                    self.prefill_in[4 * cap : 5 * cap] = -1
                     self._graph(("prefill", length, lora), lambda: self._prefill_step(length, lora))  # noqa: B023
                     count += 1
         return count

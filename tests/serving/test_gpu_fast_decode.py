@@ -91,6 +91,7 @@ def test_graph_decode_matches_peft_and_recaptures_for_new_layers(tiny_base, adap
     assert decoder.graphs_on
     prompts = _ids(tiny_base)
     plan = [(0, prompts[0], slots["alpha"], 9), (2, prompts[1], 0, 12), (12, prompts[2], slots["alpha"], 6)]
+    plan.append((2, prompts[2], slots["alpha"], 5))  # two join in one step: one packed prefill, base and adapter
     got = run_requests(decoder, plan)
     assert {lora for _, _, lora in decoder.captured} == {False, True}  # plain-only steps and mixed steps
     for k, (_, prompt, slot, new) in enumerate(plan):

@@ -49,8 +49,8 @@ def _prompt_ids(tiny_base) -> list[list[int]]:
     ("grouped", "bucketed"), [(False, False), (True, False), (True, True)], ids=["per-layer", "fused", "bucketed"]
 )
 def test_continuous_batch_of_mixed_adapters_matches_peft(tiny_base, adapters, served, grouped, bucketed):
-    """Also with the fused groups, and with prefill one prompt at a time from the static buffers, right-padded to
-    its length bucket (what CUDA captures as one graph per bucket)."""
+    """Also with the fused groups, and with the prompts admitted in a step packed into one sequence in the static
+    buffers, right-padded to its length bucket (what CUDA captures as one graph per bucket)."""
     model, routing, _, slots = served
     prompts = _prompt_ids(tiny_base)
     decoder = GraphDecoder(
@@ -62,10 +62,36 @@ def test_continuous_batch_of_mixed_adapters_matches_peft(tiny_base, adapters, se
     # third joins and takes its row back; rows run at different positions with different adapters
     plan = [(0, prompts[0], slots["alpha"], 9), (2, prompts[1], slots["beta"], 12), (12, prompts[2], slots[None], 6)]
     plan.append((3, prompts[2], slots["alpha"], 5))
+    plan.append((2, prompts[2], slots[None], 3))  # two join in one step: one packed prefill, base and adapter mixed
     got = run_requests(decoder, plan)
     names = {v: k for k, v in slots.items()}
     for k, (_, prompt, slot, new) in enumerate(plan):
         assert got[k] == peft_greedy(tiny_base, adapters, prompt, names[slot], new, "cpu"), f"request {k}"
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-layer", "fused"])
+def test_packed_prefill_equals_each_prompt_alone(tiny_base, served, grouped):
+    """Prompts of mixed adapters packed end to end (cut into two packs here: the static buffers hold ``max_len``
+    tokens) give each prompt the logits and cache row it gets prefilled alone; nothing lands in other rows."""
+    model, routing, _, slots = served
+    prompts = _prompt_ids(tiny_base)
+    lengths = [len(p) for p in prompts]
+    mine = [slots["alpha"], slots[None], slots["beta"]]
+
+    def decoder() -> GraphDecoder:
+        max_len = sum(lengths) - 1
+        return GraphDecoder(model, routing, max_batch=4, max_len=max_len, grouped=grouped, bucketed_prefill=True)
+
+    packed = decoder()
+    assert len(packed._packs(lengths)) == 2
+    together = packed.prefill([2, 0, 1], prompts, mine)
+    alone = decoder()
+    for row, prompt, slot, logits in zip([2, 0, 1], prompts, mine, together):
+        torch.testing.assert_close(logits, alone.prefill([row], [prompt], [slot])[0], rtol=1e-5, atol=1e-5)
+        for cache, reference in ((packed.keys, alone.keys), (packed.values, alone.values)):
+            torch.testing.assert_close(cache[:, row, :, : len(prompt)], reference[:, row, :, : len(prompt)])
+            assert cache[:, row, :, len(prompt) :].abs().max() == 0  # no padding in a prompt's row
+    assert packed.keys[:, 3].abs().max() == 0  # an unused row stays untouched
 
 
 def test_idle_rows_write_only_the_scratch_row(tiny_base, served):
