@@ -102,10 +102,10 @@ def folder_file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILE,
 
 
 def recorded_base_weights(folder: Path) -> str:
-    """The base weights digest that ``folder``'s manifest records; "" where it has no manifest or the manifest records
-    none. Only that field is read: what a server needs to match an adapter to the loaded base."""
-    path = Path(folder) / MANIFEST_FILE
-    return json.loads(path.read_text()).get("base_weights_digest", "") if path.is_file() else ""
+    """The base weights digest that ``folder``'s manifest records (what a server needs to match an adapter to the
+    loaded base); "" where it has no manifest. A manifest :meth:`Manifest.read` refuses raises its
+    :class:`ManifestError`."""
+    return Manifest.read(folder).base_weights_digest if (Path(folder) / MANIFEST_FILE).is_file() else ""
 
 
 def recorded_weights_digest(folder: Path) -> str | None:

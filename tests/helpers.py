@@ -10,9 +10,27 @@ from pathlib import Path
 
 import torch
 
+from loraops.manifest import Manifest
+from loraops.naming import OutputMode
+
 ROOT = Path(__file__).resolve().parents[1]
 DOLLY = ROOT / "data" / "dolly" / "databricks-dolly-15k-sample.jsonl"
 TRAIN_SCRIPT = ROOT / "training_container" / "train.py"
+
+
+def adapter_manifest(base_weights_digest: str, **overrides) -> Manifest:
+    """A fine-tune manifest as the trainer writes it, for an adapter trained on weights ``base_weights_digest``."""
+    fields = dict(
+        output_mode=OutputMode.ADAPTER,
+        base_model_id="meta-llama/Llama-2-7b-hf",
+        base_weights_digest=base_weights_digest,
+        dataset_name="databricks-dolly-15k",
+        dataset_digest="sha256:" + "d" * 64,
+        data={"training": {"records_read": 10, "samples": 9}},
+        hyperparameters={"lora_r": 8},
+        code_version="loraops test",
+    )
+    return Manifest(**{**fields, **overrides})
 
 
 def fast_args(base: Path, model_dir: Path, **overrides) -> list[str]:

@@ -9,19 +9,11 @@ import pytest
 
 from loraops.manifest import MANIFEST_FILE, Manifest, ManifestError, file_digest, folder_weights_digest
 from loraops.naming import OutputMode
+from tests.helpers import adapter_manifest
 
 
 def _manifest() -> Manifest:
-    return Manifest(
-        output_mode=OutputMode.ADAPTER,
-        base_model_id="meta-llama/Llama-2-7b-hf",
-        base_weights_digest="sha256:0",
-        dataset_name="databricks-dolly-15k",
-        dataset_digest="sha256:1",
-        data={"training": {"records_read": 10, "samples": 9}},
-        hyperparameters={"lora_r": 8},
-        code_version="loraops test",
-    )
+    return adapter_manifest("sha256:0")
 
 
 def test_round_trip_and_verify(tmp_path):

@@ -3,13 +3,13 @@ manifests naming the base's weights digest, and the merged model of the first.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from loraops.manifest import MANIFEST_FILE, folder_weights_digest
+from loraops.manifest import folder_weights_digest
+from tests.helpers import adapter_manifest
 
 
 def _adapter(tiny_base: Path, out: Path, seed: int, **lora) -> Path:
@@ -23,8 +23,7 @@ def _adapter(tiny_base: Path, out: Path, seed: int, **lora) -> Path:
         if "lora_B" in name:
             parameter.data.normal_(0, 0.5)
     peft_model.save_pretrained(out)
-    manifest = {"base_weights_digest": folder_weights_digest(tiny_base), "output_mode": "adapter"}
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    adapter_manifest(folder_weights_digest(tiny_base)).write(out)
     return out
 
 

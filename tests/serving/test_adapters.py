@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from loraops.manifest import MANIFEST_FILE
+from loraops.manifest import MANIFEST_FILE, Manifest
 from loraops_serving.engine import Engine, Row
 from loraops_serving.schema import UnknownAdapter
 from loraops_serving.settings import ServingSettings
@@ -36,7 +36,12 @@ def zoo(tiny_base, adapters, tmp_path_factory) -> dict[str, object]:
     broken = root / "broken"
     shutil.copytree(adapters["alpha"], broken)
     (broken / "adapter_config.json").write_text("{not json")
-    return {**folders, "unverified": unverified, "broken": broken, "beta": adapters["beta"]}
+    # only the one field a server compares, the right digest: not a manifest the trainer writes
+    foreign = root / "foreign"
+    shutil.copytree(adapters["alpha"], foreign)
+    digest = Manifest.read(foreign).base_weights_digest
+    (foreign / MANIFEST_FILE).write_text(json.dumps({"base_weights_digest": digest}))
+    return {**folders, "unverified": unverified, "broken": broken, "foreign": foreign, "beta": adapters["beta"]}
 
 
 def test_every_unserved_peft_feature_is_refused_with_its_reason_and_the_others_serve(tiny_base, zoo):
@@ -46,6 +51,7 @@ def test_every_unserved_peft_feature_is_refused_with_its_reason_and_the_others_s
         assert reason in engine.refused[name], (name, engine.refused[name])
     assert f"no {MANIFEST_FILE} naming its base weights" in engine.refused["unverified"]
     assert "broken" in engine.refused
+    assert "schema_version None, expected 2" in engine.refused["foreign"], engine.refused["foreign"]
     assert engine.generate([Row("Hello", "beta", 3)])[0].tokens == 3
     with pytest.raises(UnknownAdapter, match=r"no adapter 'dora' \(refused at load: adapter dora uses DoRA"):
         engine.generate([Row("Hello", "dora", 3)])
