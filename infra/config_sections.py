@@ -8,7 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loraops import endpoints
-from loraops.naming import OutputMode, adapter_group_name, check_slug, merged_group_name
+from loraops.naming import (
+    PROMOTE_FUNCTION,
+    OutputMode,
+    adapter_group_name,
+    check_slug,
+    merged_group_name,
+    resource_prefix,
+)
 
 #: The serving modes and engines are ``loraops.endpoints``' (what the serving stack and deploy-on-approval act on):
 #: ``Literal[("a", "b")]`` is ``Literal["a", "b"]``, so configuration accepts exactly those values.
@@ -86,18 +93,29 @@ class ServingConfig(StrictModel):
         return self
 
 
-class PromotionPeer(StrictModel):
-    """The other end of a promotion (``promote_from``): an environment's name, account and region."""
+class EnvironmentIdentity(StrictModel):
+    """An environment's name, account and region, and the resource names derived from them alone (the same for the
+    environment itself and for its promotion peers, which name them across accounts)."""
 
     name: str
     account: str = Field(pattern=r"^\d{12}$")
     region: str = Field(pattern=REGION_PATTERN)
 
     @property
-    def bucket(self) -> str:
-        return f"loraops-{self.name}-artifacts-{self.account}-{self.region}"
+    def prefix(self) -> str:
+        """Prefix of stack and resource names: ``loraops-<env>``."""
+        return resource_prefix(self.name)
+
+    @property
+    def artifact_bucket_name(self) -> str:
+        """Globally unique, predictable name, so policies in other stacks and accounts can name it literally."""
+        return f"{self.prefix}-artifacts-{self.account}-{self.region}"
 
     @property
     def promote_role_name(self) -> str:
-        """The role of the promote function of this (target) environment, named so the source can grant it."""
-        return f"loraops-{self.name}-promote"
+        """The role of the environment's promote function, named so a promotion source can grant it."""
+        return f"{self.prefix}-{PROMOTE_FUNCTION}"
+
+
+class PromotionPeer(EnvironmentIdentity):
+    """The other end of a promotion (``promote_from``): an environment's name, account and region."""

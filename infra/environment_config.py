@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from infra.config_sections import REGION_PATTERN, FineTunedLine, PromotionPeer, ServingConfig, StrictModel
+from infra.config_sections import EnvironmentIdentity, FineTunedLine, PromotionPeer, ServingConfig
 from loraops.naming import AUTO_APPROVAL, MANUAL_APPROVAL, ApprovalPolicy, base_group_name
 
 LOG_RETENTION_DAYS = frozenset(
@@ -17,12 +17,9 @@ LOG_RETENTION_DAYS = frozenset(
 _INSTANCE_TYPE = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
 
 
-class EnvironmentConfig(StrictModel):
+class EnvironmentConfig(EnvironmentIdentity):
     """Settings of one deployment environment (dev, staging, prod, ...)."""
 
-    name: str
-    account: str = Field(pattern=r"^\d{12}$")
-    region: str = Field(pattern=REGION_PATTERN)
     availability_zones: list[str] = Field(min_length=2, max_length=3)
     vpc_cidr: str = Field(default="10.40.0.0/16", pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-4])$")
     base_model_id: str = "meta-llama/Llama-2-7b-hf"
@@ -183,10 +180,6 @@ class EnvironmentConfig(StrictModel):
         return self._promotion_targets
 
     @property
-    def promote_role_name(self) -> str:
-        return f"{self.prefix}-promote"
-
-    @property
     def import_base_role_name(self) -> str:
         return f"{self.prefix}-import-base"
 
@@ -208,15 +201,5 @@ class EnvironmentConfig(StrictModel):
         return base_group_name(self.base_model_id)
 
     @property
-    def artifact_bucket_name(self) -> str:
-        """Globally unique, predictable name, so policies in other stacks can name it literally."""
-        return f"{self.prefix}-artifacts-{self.account}-{self.region}"
-
-    @property
     def execution_role_name(self) -> str:
         return f"{self.prefix}-sagemaker-execution"
-
-    @property
-    def prefix(self) -> str:
-        """Prefix of stack and resource names: ``loraops-<env>``."""
-        return f"loraops-{self.name}"

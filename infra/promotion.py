@@ -49,7 +49,7 @@ def promote_environment(props: PromotionProps) -> dict[str, str]:
         "SOURCE_ENVIRONMENT": source.name,
         "SOURCE_ACCOUNT": source.account,
         "SOURCE_REGION": source.region,
-        "SOURCE_BUCKET": source.bucket,
+        "SOURCE_BUCKET": source.artifact_bucket_name,
     }
 
 
@@ -58,7 +58,7 @@ def promote_statements(stack: cdk.Stack, props: PromotionProps) -> list[iam.Poli
     source = props.source
     assert source is not None
     partition = stack.partition
-    source_bucket = f"arn:{partition}:s3:::{source.bucket}"
+    source_bucket = f"arn:{partition}:s3:::{source.artifact_bucket_name}"
     own_bucket = f"arn:{partition}:s3:::{props.artifact_bucket_name}"
     return [
         iam.PolicyStatement(

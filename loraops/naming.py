@@ -30,6 +30,8 @@ AUTO_APPROVAL, MANUAL_APPROVAL = "auto", "manual"
 APPROVAL_POLICIES = (AUTO_APPROVAL, MANUAL_APPROVAL)
 #: The type of a field that takes an approval policy (``Literal[("a", "b")]`` is ``Literal["a", "b"]``).
 ApprovalPolicy = Literal[APPROVAL_POLICIES]
+#: The promote function's short name: an environment deploys it, and its role, as ``<prefix>-promote``.
+PROMOTE_FUNCTION = "promote"
 #: On every resource the stacks create (groups, the bucket): the environment's name.
 TAG_ENVIRONMENT = "loraops:environment"
 
@@ -143,3 +145,8 @@ def finetuned_group_tags(model_id: str, mode: OutputMode, dataset: str) -> dict[
         TAG_BASE_GROUP: base_group_name(model_id),
         TAG_OUTPUT_MODE: mode.value,
     }
+
+
+def resource_prefix(environment: str) -> str:
+    """The prefix of an environment's stack and resource names: ``loraops-<env>``."""
+    return f"loraops-{environment}"

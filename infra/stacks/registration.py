@@ -40,6 +40,7 @@ from infra.registration.queues import dead_letter_alarm, dead_letter_queue
 from infra.serving.deploy_on_approval import deploy_on_approval
 from loraops import s3_layout
 from loraops.events import TRAINING_JOB_COMPLETED
+from loraops.naming import PROMOTE_FUNCTION
 
 
 class RegistrationStack(cdk.Stack):
@@ -127,7 +128,7 @@ class RegistrationStack(cdk.Stack):
             registry_function(
                 shared,
                 FunctionSpec(
-                    "promote",
+                    PROMOTE_FUNCTION,
                     promotion.promote_statements(self, props.promotion),
                     in_vpc=False,
                     timeout=cdk.Duration.minutes(15),

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from loraops.cli.common import CLIError, UsageError, emit, registry_errors
+from loraops.naming import PROMOTE_FUNCTION, resource_prefix
 
 #: A promotion copies up to a merged 7B model inside S3: wait as long as Lambda lets the function run, and more.
 READ_TIMEOUT_S = 16 * 60
@@ -74,7 +75,7 @@ def promote_package(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if not re.match(r"^[a-z][a-z0-9]{0,15}$", args.to):
         raise UsageError(f"--to {args.to!r} is not an environment name (1-16 lowercase letters and digits)")
-    function = args.function or f"loraops-{args.to}-promote"
+    function = args.function or f"{resource_prefix(args.to)}-{PROMOTE_FUNCTION}"
     response = lambda_client(args).invoke(
         FunctionName=function,
         InvocationType="RequestResponse",

@@ -186,7 +186,7 @@ def test_promote_from_is_resolved_both_ways_also_when_one_environment_is_selecte
     (staging,) = load_environments(context_copy, "staging")
     assert [(t.name, t.promote_role_name) for t in staging.promotion_targets] == [("prod", "loraops-prod-promote")]
     (prod,) = load_environments(context_copy, "prod")
-    assert prod.promotion_source.bucket == "loraops-staging-artifacts-222222222222-us-east-1"
+    assert prod.promotion_source.artifact_bucket_name == "loraops-staging-artifacts-222222222222-us-east-1"
 
 
 @pytest.mark.parametrize("source", ["prod", "qa"])
