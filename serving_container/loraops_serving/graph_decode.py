@@ -1,7 +1,7 @@
-"""One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as
-CUDA graphs, one per (batch bucket, attention-window bucket, adapters on/off); the prompts admitted in a step
-prefilled packed into one sequence, padded to a length bucket, also captured per (bucket, adapters on/off) on CUDA
-(eager, all prompts at once as rows of one width, elsewhere).
+"""One decode step over a running batch, at hardware speed: a static KV cache and, on CUDA, the step captured as CUDA
+graphs, one per (batch bucket, attention-window bucket, adapters on/off); the prompts admitted in a step prefilled
+packed into one sequence (several where they exceed ``max_len`` together), padded to a length bucket, also captured per
+(bucket, adapters on/off) on CUDA (eager, all prompts at once as rows of one width, elsewhere).
 
 The running batch is a set of cache rows ``0 .. max_batch-1``. A scheduler gives each request a free row, calls
 :meth:`GraphDecoder.prefill` once for the requests it admits (writes their prompts' keys and values into their rows

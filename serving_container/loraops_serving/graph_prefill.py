@@ -2,7 +2,7 @@
 into its static-cache row and return its last token's logits; eager, all prompts at once (left-aligned rows of one
 width), or packed: the prompts end to end in one sequence of at most ``max_len`` tokens from static buffers,
 right-padded to a length bucket (captured as a CUDA graph per bucket on CUDA), so one forward prefills every prompt
-the scheduler admits in a step."""
+the scheduler admits in a step (several forwards where they exceed ``max_len`` together)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,17 @@
-"""Many LoRA adapters in one batch: each adapted linear layer keeps every resident adapter's A and B stacked in
-one tensor, gathers each row's pair by index and applies them with two batched matrix products (the BGMV idea of
-Punica and S-LoRA), instead of peft's loop over adapters.
+"""Many LoRA adapters in one batch: each adapted linear layer keeps every resident adapter's A and B stacked in one
+tensor, gathers each row's pair by index and applies them with two batched matrix products (the BGMV idea of Punica and
+S-LoRA), instead of peft's loop over adapters.
 
 Row ``i`` of a batch uses slot ``rows[i]``; slot 0 is all zeros (the base model alone). Adapters of different
 ranks share a layer: smaller ones are zero-padded to the largest rank, which leaves their product unchanged.
 
 Three ways to apply them, one function: the torch gather below (``reference_delta``: the CPU path and the reference,
 which copies each row's ``A`` and ``B``); on CUDA, one token per row (decode) goes to the Triton BGMV kernels
-(``ops.bgmv``), which read each row's pair in place and skip slot-0 rows, and several tokens per row (prefill) to
-two matrix products over all slots at once (``stacked_delta``), which copies no adapter per row and needs no host
-synchronisation. The graph decoder goes further with :class:`FusedGroup`: layers that read one input share one
-matrix product with every slot's ``A`` stacked under their weights, and one grouped expand (``ops.sgmv``).
+(``ops.bgmv``), which read each row's pair in place and skip slot-0 rows, and several tokens per row (prefill) to two
+matrix products over all slots at once (``stacked_delta``), which copies no adapter per row and needs no host
+synchronisation (the eager prefill; the graph decoder's packed prefill gives each token its own row, so BGMV). The graph
+decoder goes further with :class:`FusedGroup`: layers that read one input share one matrix product with every slot's
+``A`` stacked under their weights, and one grouped expand (``ops.sgmv``).
 """
 
 from __future__ import annotations
