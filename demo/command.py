@@ -6,7 +6,7 @@ import contextlib
 import io
 from typing import TYPE_CHECKING
 
-from demo.local_aws import LocalAWS
+from demo.local_aws import REGION, LocalAWS
 
 if TYPE_CHECKING:
     from demo.environment import DemoEnvironment
@@ -16,7 +16,7 @@ def loraops(aws: LocalAWS, environment: DemoEnvironment, *argv: str, show: bool 
     """Run the ``loraops`` command against the emulator; returns (and prints) what it printed."""
     from loraops.cli import main
 
-    options = ["--bucket", environment.bucket, "--region", "us-east-1", "--endpoint-url", aws.url]
+    options = ["--bucket", environment.bucket, "--region", REGION, "--endpoint-url", aws.url]
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = main([*argv, *options])

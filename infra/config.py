@@ -9,14 +9,13 @@ one environment per account and region); one environment's fields in ``infra.env
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import ValidationError
 
 from infra.config_sections import PromotionPeer
 from infra.environment_config import EnvironmentConfig
-from loraops.naming import NamingError
+from loraops.naming import ENVIRONMENT_NAME, NamingError
 
 CONTEXT_KEY = "loraops:environments"
 ENV_SELECTOR_KEY = "env"
@@ -37,7 +36,7 @@ def _format_errors(env: str, error: ValidationError) -> str:
 
 def parse_environment(name: str, raw: Any) -> EnvironmentConfig:
     """Validate one environment's raw context dict."""
-    if not re.match(r"^[a-z][a-z0-9]{0,15}$", name):
+    if not ENVIRONMENT_NAME.match(name):
         raise ConfigError(f"{CONTEXT_KEY}.{name}: environment names are 1-16 lowercase letters/digits")
     if not isinstance(raw, dict):
         raise ConfigError(f"{CONTEXT_KEY}.{name}: expected an object, got {type(raw).__name__}")

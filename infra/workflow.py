@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from loraops.manifest import VALIDATION_LOSS
 from loraops.naming import TAG_ENVIRONMENT, TAG_PACKAGE_GROUP
 
 POLL_SECONDS = 60
@@ -32,7 +33,7 @@ LAUNCH_HYPERPARAMETERS = {"sagemaker_torch_distributed_enabled": "true"}
 #: line each from rank 0): the job's metrics, and the objectives a hyperparameter tuning job can use.
 METRIC_DEFINITIONS = [
     {"Name": name, "Regex": f"loraops metric {name}=([-+.0-9eE]+);"}
-    for name in ("train_loss", "validation_loss", "perplexity")
+    for name in ("train_loss", VALIDATION_LOSS, "perplexity")
 ]
 
 

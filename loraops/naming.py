@@ -147,6 +147,10 @@ def finetuned_group_tags(model_id: str, mode: OutputMode, dataset: str) -> dict[
     }
 
 
+#: An environment's name: 1-16 lowercase letters and digits, starting with a letter (it is part of resource names).
+ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+
+
 def resource_prefix(environment: str) -> str:
     """The prefix of an environment's stack and resource names: ``loraops-<env>``."""
     return f"loraops-{environment}"

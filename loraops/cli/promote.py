@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from typing import Any
 
 from loraops.cli.common import CLIError, UsageError, emit, registry_errors
-from loraops.naming import PROMOTE_FUNCTION, resource_prefix
+from loraops.naming import ENVIRONMENT_NAME, PROMOTE_FUNCTION, resource_prefix
 
 #: A promotion copies up to a merged 7B model inside S3: wait as long as Lambda lets the function run, and more.
 READ_TIMEOUT_S = 16 * 60
@@ -73,7 +72,7 @@ def promote_package(args: argparse.Namespace) -> int:
         parse_package_arn(args.package_arn)
     except PromotionError as error:
         raise UsageError(str(error)) from None
-    if not re.match(r"^[a-z][a-z0-9]{0,15}$", args.to):
+    if not ENVIRONMENT_NAME.match(args.to):
         raise UsageError(f"--to {args.to!r} is not an environment name (1-16 lowercase letters and digits)")
     function = args.function or f"{resource_prefix(args.to)}-{PROMOTE_FUNCTION}"
     response = lambda_client(args).invoke(

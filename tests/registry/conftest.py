@@ -18,7 +18,7 @@ from loraops import s3_layout
 from loraops.base_import import import_base
 from loraops.base_sources import LocalFolder
 from loraops.collections import Hierarchy
-from loraops.manifest import EVALUATION_FILE, Manifest
+from loraops.manifest import EVALUATION_FILE
 from loraops.naming import (
     TAG_APPROVAL_POLICY,
     TAG_ENVIRONMENT,
@@ -32,6 +32,7 @@ from loraops.naming import (
 from loraops.packages import Package
 from loraops.promotion import SourceEnvironment
 from loraops.registry import Registry
+from tests.helpers import adapter_manifest
 from tests.registry.stand_ins import SageMakerWithComponents
 
 MODEL_ID = "meta-llama/Llama-2-7b-hf"
@@ -187,17 +188,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     _safetensors(adapter / "adapter_model.safetensors", 16, 0.25)
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
     (adapter / EVALUATION_FILE).write_text(json.dumps({"language_modeling_metrics": {"loss": {"value": 1.5}}}))
-    Manifest(
-        output_mode=OutputMode.ADAPTER,
-        base_model_id=MODEL_ID,
-        base_weights_digest=folder_weights_digest(base),
-        dataset_name="databricks-dolly-15k",
-        dataset_digest="sha256:" + "d" * 64,
-        data={},
-        hyperparameters={"lora_r": 8},
-        code_version="test",
-        metrics={"validation_loss": 1.5},
-        training_job=PROMOTED_JOB,
+    adapter_manifest(
+        folder_weights_digest(base), base_model_id=MODEL_ID, metrics={"validation_loss": 1.5}, training_job=PROMOTED_JOB
     ).write(adapter)
     return {"base": base, "adapter": adapter}
 
