@@ -64,7 +64,7 @@ def environment_props(config: EnvironmentConfig) -> EnvironmentProps:
     promotion = PromotionProps(
         region=config.region,
         artifact_bucket_name=config.artifact_bucket_name,
-        groups=(config.base_group, *(line.group_name(config.base_model_id) for line in lines)),
+        groups=tuple(config.package_groups),
         source=config.promotion_source,
         targets=tuple(config.promotion_targets),
     )

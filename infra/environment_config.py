@@ -153,7 +153,7 @@ class EnvironmentConfig(EnvironmentIdentity):
         for zone in self.availability_zones:
             if not zone.startswith(self.region):
                 raise ValueError(f"availability zone {zone!r} is not in region {self.region!r}")
-        groups = [line.group_name(self.base_model_id) for line in self.fine_tuned_lines]
+        groups = self.finetuned_groups
         if len(set(groups)) != len(groups):
             raise ValueError(f"fine_tuned_lines name the same package group twice: {groups}")
         if self.approval == MANUAL_APPROVAL and not self.approvers:
@@ -199,6 +199,16 @@ class EnvironmentConfig(EnvironmentIdentity):
     @property
     def base_group(self) -> str:
         return base_group_name(self.base_model_id)
+
+    @property
+    def finetuned_groups(self) -> list[str]:
+        """The package group of each fine-tuned line, in ``fine_tuned_lines`` order."""
+        return [line.group_name(self.base_model_id) for line in self.fine_tuned_lines]
+
+    @property
+    def package_groups(self) -> list[str]:
+        """The model package groups the registry stack creates: the base's, then each fine-tuned line's."""
+        return [self.base_group, *self.finetuned_groups]
 
     @property
     def execution_role_name(self) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.environment_config import EnvironmentConfig
-from infra.stack_plan import package_groups, parameter_exists
+from infra.stack_plan import parameter_exists
 from loraops.images import image_uri, registry_of
 
 #: Where ``cdk bootstrap`` (default qualifier) records its template version.
@@ -101,7 +101,7 @@ def orphan_problems(config: EnvironmentConfig, session: Any) -> list[str]:
             raise
     sagemaker = session.client("sagemaker", region_name=config.region)
     problems = []
-    for group in package_groups(config):
+    for group in config.package_groups:
         try:
             sagemaker.describe_model_package_group(ModelPackageGroupName=group)
         except sagemaker.exceptions.ClientError:

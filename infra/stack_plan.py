@@ -45,8 +45,3 @@ def stack_plan(config: EnvironmentConfig, ssm: Any) -> StackPlan:
             f"`loraops serve pin` it, then run make deploy ENV={config.name} again"
         )
     return StackPlan(names, skipped)
-
-
-def package_groups(config: EnvironmentConfig) -> list[str]:
-    """The model package groups the registry stack creates."""
-    return [config.base_group, *(line.group_name(config.base_model_id) for line in config.fine_tuned_lines)]

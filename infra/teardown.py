@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.environment_config import EnvironmentConfig
-from infra.stack_plan import DEPLOY_ORDER, package_groups
+from infra.stack_plan import DEPLOY_ORDER
 from loraops import endpoints
 
 
@@ -84,7 +84,7 @@ def remove_deployed(
             sagemaker.delete_model(ModelName=name)
             removed.append(f"model {name}")
     if config.removal_policy == "destroy":
-        removed += _remove_packages(sagemaker, package_groups(config))
+        removed += _remove_packages(sagemaker, config.package_groups)
         ssm = session.client("ssm", region_name=region)
         parameter = endpoints.served_model_parameter(config.prefix)
         try:

@@ -96,7 +96,7 @@ ADOPTABLE = {
 def test_retained_named_resources_are_adopted_or_checked_on_redeploy(env, synthesized, templates):
     """A destroyed ``retain`` environment leaves these behind; make deploy adopts each (or, for package groups, whose
     identifier is their read-only ARN, the preflight names each one left outside a stack)."""
-    from infra import deploy, stack_plan
+    from infra import deploy
 
     config = synthesized[env].config
     for concern in CONCERNS:
@@ -105,7 +105,7 @@ def test_retained_named_resources_are_adopted_or_checked_on_redeploy(env, synthe
                 continue
             kind, properties = resource["Type"], resource.get("Properties", {})
             if kind == "AWS::SageMaker::ModelPackageGroup":
-                assert properties["ModelPackageGroupName"] in stack_plan.package_groups(config)
+                assert properties["ModelPackageGroupName"] in config.package_groups
             elif kind in ADOPTABLE:
                 name = properties.get(ADOPTABLE[kind])
                 assert name is None or isinstance(name, str), f"{logical}: auto-import needs a literal name"
